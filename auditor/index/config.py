@@ -1,0 +1,57 @@
+"""Typed configuration of the index stage (readers, decoding limits, embedder)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReaderConfig(_Strict):
+    layout: Literal["auto", "webdataset", "parquet", "files", "folder"] = "auto"
+    # plain image folders: samples per shard (shards are chunks of the sorted relative paths)
+    folder_shard_size: int = Field(10_000, ge=1)
+    # plain image folders: a CSV/parquet with columns (key|path, caption) mapping images to captions
+    captions_file: Optional[str] = None
+    # img2dataset parquet layout: column with the image bytes; None = the encode format (jpg, png, webp)
+    image_column: Optional[str] = None
+
+
+class DecodeConfig(_Strict):
+    # decompression-bomb limit: images with more pixels than this are recorded as errors, never decoded
+    max_pixels: int = Field(89_478_485, ge=1)  # PIL's own default warning limit
+    # stored-bytes limit per sample
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1)
+
+
+class EmbedderConfig(_Strict):
+    name: Literal["none", "open_clip", "sscd", "onnx"] = "none"
+    # open_clip: model name (e.g. ViT-B-32) and a pretrained tag (e.g. laion2b_s34b_b79k) or a checkpoint file
+    model: str = "ViT-B-32"
+    pretrained: Optional[str] = None
+    # sscd: TorchScript file; onnx: .onnx file; open_clip: optional local checkpoint
+    checkpoint: Optional[str] = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    batch_size: int = Field(64, ge=1)
+    # sscd / onnx preprocessing (open_clip uses its own)
+    image_size: int = Field(288, ge=8)
+    resize_mode: Literal["resize", "center_crop"] = "resize"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    caption_embeddings: bool = False
+
+
+class IndexConfig(_Strict):
+    # worker processes for read+decode+hash; 0 = in-process (no pool); -1 = one per CPU core
+    workers: int = -1
+    # samples handed to a worker at a time
+    chunk_size: int = Field(256, ge=1)
+    progress: bool = True
+    reader: ReaderConfig = ReaderConfig()
+    decode: DecodeConfig = DecodeConfig()
+    embedder: EmbedderConfig = EmbedderConfig()

@@ -1,0 +1,133 @@
+"""The index on disk, and the small reader API every later stage uses.
+
+Layout of ``RUN_DIR/index/``::
+
+    index.json                 config, package versions, dataset, embedder, per-shard and total counts
+    errors.parquet             every bad sample: key, shard, stage, error
+    not_indexed.parquet        rows img2dataset did not download (status != success): listed, not indexed
+    shards/<id>.parquet        one row per indexed sample (columns: SAMPLE_COLUMNS)
+    shards/<id>.emb.npy        float16 [rows, dim], L2-normalised, row-aligned with the parquet (if an embedder ran)
+    shards/<id>.errors.parquet, shards/<id>.not_indexed.parquet
+    shards/<id>.done           completion marker (JSON counts), written last and atomically
+
+A shard is complete iff its marker exists; every file is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+INDEX_DIR = "index"
+SHARDS_DIR = "shards"
+
+# column -> arrow type of the per-shard sample table
+SAMPLE_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("shard", pa.string()),
+    ("caption", pa.string()),
+    ("url", pa.string()),
+    ("sha256", pa.string()),        # of the stored bytes
+    ("pixel_sha256", pa.string()),  # of the decoded RGB pixels (with the shape)
+    ("phash", pa.uint64()),         # == int(str(imagehash.phash(img)), 16)
+    ("dhash", pa.uint64()),         # == int(str(imagehash.dhash(img)), 16)
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("format", pa.string()),        # detected from magic bytes: JPEG, PNG, WEBP, GIF, ...
+    ("stored_ext", pa.string()),    # the extension it was stored under
+    ("nbytes", pa.int64()),
+    ("caption_hash", pa.string()),  # blake2b of the normalised caption ('' when empty)
+])
+SAMPLE_COLUMNS = [f.name for f in SAMPLE_SCHEMA]
+
+NOT_INDEXED_COLUMNS = ["key", "shard", "url", "caption", "status", "error"]
+
+
+class IndexStore:
+    """Read access to a finished (or partial) index in ``run_dir``."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / INDEX_DIR
+        self.shard_dir = self.dir / SHARDS_DIR
+        if not (self.dir / "index.json").exists():
+            raise FileNotFoundError(f"{self.run_dir} holds no index (no {INDEX_DIR}/index.json): run `auditor index` first")
+
+    # --- metadata -----------------------------------------------------------------------------------
+    @cached_property
+    def info(self) -> dict:
+        return json.loads((self.dir / "index.json").read_text(encoding="utf-8"))
+
+    @property
+    def embedder(self) -> dict:
+        return self.info.get("embedder") or {"name": "none", "dim": 0}
+
+    def shard_ids(self) -> list[str]:
+        """Completed shards, in the order every table and embedding matrix is concatenated."""
+        return sorted(p.name[: -len(".done")] for p in self.shard_dir.glob("*.done"))
+
+    # --- tables -------------------------------------------------------------------------------------
+    def shard_table(self, shard: str, columns: Optional[list[str]] = None) -> pd.DataFrame:
+        return pq.read_table(self.shard_dir / f"{shard}.parquet", columns=columns).to_pandas()
+
+    def table(self, columns: Optional[list[str]] = None, shards: Optional[Iterable[str]] = None) -> pd.DataFrame:
+        """All indexed samples, shards concatenated in ``shard_ids()`` order; ``row`` is the global row,
+        aligned with :meth:`embeddings`."""
+        ids = list(shards) if shards is not None else self.shard_ids()
+        parts = [pq.read_table(self.shard_dir / f"{s}.parquet", columns=columns) for s in ids]
+        if not parts:
+            cols = columns or SAMPLE_COLUMNS
+            df = SAMPLE_SCHEMA.empty_table().select(cols).to_pandas()
+        else:
+            df = pa.concat_tables(parts).to_pandas()
+        df.insert(0, "row", np.arange(len(df), dtype=np.int64))
+        return df
+
+    def embeddings(self, shards: Optional[Iterable[str]] = None, mmap: bool = True) -> np.ndarray:
+        """float16 [N, dim] L2-normalised embeddings, row-aligned with :meth:`table` (empty if no embedder)."""
+        ids = list(shards) if shards is not None else self.shard_ids()
+        dim = int(self.embedder.get("dim") or 0)
+        mats = []
+        for s in ids:
+            p = self.shard_dir / f"{s}.emb.npy"
+            if p.exists():
+                mats.append(np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False))
+        if not mats:
+            return np.zeros((0, dim), dtype=np.float16)
+        return np.concatenate(mats, axis=0) if len(mats) > 1 else np.asarray(mats[0])
+
+    def errors(self) -> pd.DataFrame:
+        p = self.dir / "errors.parquet"
+        return pd.read_parquet(p) if p.exists() else pd.DataFrame(columns=["key", "shard", "stage", "error"])
+
+    def not_indexed(self) -> pd.DataFrame:
+        p = self.dir / "not_indexed.parquet"
+        return pd.read_parquet(p) if p.exists() else pd.DataFrame(columns=NOT_INDEXED_COLUMNS)
+
+    # --- images -------------------------------------------------------------------------------------
+    @cached_property
+    def reader(self):
+        """The dataset reader the index was built from (to fetch training images by key)."""
+        from ..io import open_dataset
+
+        ds = self.info["dataset"]
+        return open_dataset(ds["root"], layout=ds["layout"], **(ds.get("options") or {}))
+
+    def image_bytes(self, shard: str, key: str) -> bytes:
+        sample = self.reader.get(shard, key)
+        if sample.data is None:
+            raise KeyError(f"sample {key!r} of shard {shard!r} has no image bytes")
+        return sample.data
+
+    def load_image(self, shard: str, key: str):
+        """The training image as an RGB PIL image."""
+        from .decode import decode_rgb
+
+        return decode_rgb(self.image_bytes(shard, key))

@@ -1,0 +1,130 @@
+"""Small shared helpers: atomic writes, error records, package versions, caption normalisation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path`` (atomic on POSIX).
+    On any exception the temporary file is removed and ``path`` is left untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_parquet(path: str | os.PathLike, table: pd.DataFrame | pa.Table) -> None:
+    """Write a parquet file atomically and deterministically (no pandas index, fixed compression)."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_npy(path: str | os.PathLike, array) -> None:
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """One bad sample: never fatal to a run, always recorded in ``errors.parquet``."""
+
+    key: str
+    shard: str
+    stage: str
+    error: str
+
+    ERROR_COLUMNS = ("key", "shard", "stage", "error")
+
+
+def errors_frame(records: list[ErrorRecord]) -> pd.DataFrame:
+    return pd.DataFrame([asdict(r) for r in records], columns=list(ErrorRecord.ERROR_COLUMNS)).astype(str)
+
+
+def package_versions(names: tuple[str, ...] = (
+    "auditor", "numpy", "pillow", "pandas", "pyarrow", "imagehash", "faiss-cpu", "torch", "open_clip_torch",
+    "onnxruntime", "diffusers", "transformers", "img2dataset",
+)) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+_WS = re.compile(r"\s+")
+_PUNCT = re.compile(r"[^\w\s]", flags=re.UNICODE)
+
+
+def normalize_caption(caption: str | None) -> str:
+    """Normalise a caption for duplicate detection: NFKC, casefold, punctuation dropped, whitespace collapsed."""
+    if not caption:
+        return ""
+    text = unicodedata.normalize("NFKC", caption).casefold()
+    text = _PUNCT.sub(" ", text)
+    return _WS.sub(" ", text).strip()
+
+
+def caption_hash(caption: str | None) -> str:
+    """Hex digest (16 bytes of blake2b) of the normalised caption; '' for an empty caption."""
+    norm = normalize_caption(caption)
+    if not norm:
+        return ""
+    return hashlib.blake2b(norm.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
