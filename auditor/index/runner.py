@@ -1,0 +1,388 @@
+"""The index stage: dataset -> per-shard hash/embedding tables in ``RUN_DIR/index`` (see ``store.py``).
+
+Pipeline (one machine)::
+
+    main process: reader streams samples shard by shard, cut into fixed chunks of ``chunk_size``
+        -> process pool (``workers``): decode (bomb-safe) + sha256 + pixel hash + pHash/dHash (batched DCT)
+           + the embedder's CPU preprocessing
+        -> main process: batched embedding (CUDA when present), shard files written atomically, marker last.
+
+Chunks are fixed by position in the shard and embedding batches start at each shard's first row, so the
+outputs are identical for any number of workers. A shard whose ``.done`` marker exists is skipped: a rerun
+after ``kill -9`` redoes only unfinished shards and ends with the same bytes as an uninterrupted run.
+Bad samples never stop the run: each one lands in ``errors.parquet`` as (key, shard, stage, error).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from ..io import open_dataset
+from ..io.base import DatasetReader, Sample, ShardRef
+from ..utils import (ErrorRecord, caption_hash, errors_frame, package_versions, write_json, write_npy,
+                     write_parquet)
+from .config import DecodeConfig, EmbedderConfig, IndexConfig
+from .store import INDEX_DIR, NOT_INDEXED_COLUMNS, SAMPLE_COLUMNS, SAMPLE_SCHEMA, SHARDS_DIR, IndexStore
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT_VERSION = 1
+# config keys that do not change the outputs (so a resume may change them)
+_RUNTIME_KEYS = {"workers", "chunk_size", "progress"}
+_EMBEDDER_RUNTIME_KEYS = {"device", "batch_size"}
+
+
+class IndexConfigMismatch(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------------
+# worker side
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class ChunkResult:
+    shard: str
+    records: list[dict] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
+    not_indexed: list[dict] = field(default_factory=list)
+    pixels: Optional[np.ndarray] = None  # preprocessed embedder input, row-aligned with records
+
+
+_PREPROCESS_CACHE: dict[str, Any] = {}
+
+
+def _preprocess_fn(embedder_cfg: Optional[dict]):
+    if not embedder_cfg:
+        return None
+    import json
+
+    key = json.dumps(embedder_cfg, sort_keys=True)
+    fn = _PREPROCESS_CACHE.get(key)
+    if fn is None:
+        from .embedders import build_preprocess
+
+        fn = build_preprocess(EmbedderConfig.model_validate(embedder_cfg))
+        _PREPROCESS_CACHE[key] = fn
+    return fn
+
+
+def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optional[dict]) -> ChunkResult:
+    """Decode, hash and preprocess one chunk of samples (runs in a worker process)."""
+    from .decode import DecodeError, open_image, sniff_format, to_rgb
+    from .hashing import bytes_sha256, phash_dhash, pixel_sha256
+
+    dc = DecodeConfig.model_validate(decode_cfg)
+    preprocess = _preprocess_fn(embedder_cfg)
+    shard = samples[0].shard if samples else ""
+    out = ChunkResult(shard=shard)
+    images, recs, arrays = [], [], []
+    for s in samples:
+        if s.status == "__empty__":  # placeholder for a shard with no samples
+            continue
+        if s.data is None:
+            if s.status not in ("success", "error"):
+                out.not_indexed.append({"key": s.key, "shard": s.shard, "url": s.url, "caption": s.caption,
+                                        "status": s.status, "error": s.error})
+            else:
+                out.errors.append(ErrorRecord(s.key, s.shard, "read", s.error or "no image bytes"))
+            continue
+        try:
+            im = open_image(s.data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
+            rgb = to_rgb(im)
+            arr = preprocess(rgb) if preprocess is not None else None
+        except DecodeError as exc:
+            out.errors.append(ErrorRecord(s.key, s.shard, "decode", str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bad sample must never stop the run
+            out.errors.append(ErrorRecord(s.key, s.shard, "decode", f"{type(exc).__name__}: {exc}"))
+            continue
+        images.append(im)
+        arrays.append(arr)
+        recs.append({
+            "key": s.key,
+            "shard": s.shard,
+            "caption": s.caption,
+            "url": s.url,
+            "sha256": bytes_sha256(s.data),
+            "pixel_sha256": pixel_sha256(rgb),
+            "width": rgb.width,
+            "height": rgb.height,
+            "format": sniff_format(s.data),
+            "stored_ext": s.stored_ext,
+            "nbytes": len(s.data),
+            "caption_hash": caption_hash(s.caption),
+        })
+    if images:
+        ph, dh = phash_dhash(images)
+        for r, p, d in zip(recs, ph, dh):
+            r["phash"] = int(p)
+            r["dhash"] = int(d)
+    out.records = recs
+    if preprocess is not None and arrays:
+        out.pixels = np.stack(arrays)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# main side
+# ------------------------------------------------------------------------------------------------------
+def _fingerprint(cfg: IndexConfig) -> dict:
+    d = cfg.model_dump(mode="json")
+    for k in _RUNTIME_KEYS:
+        d.pop(k, None)
+    for k in _EMBEDDER_RUNTIME_KEYS:
+        d["embedder"].pop(k, None)
+    return d
+
+
+def _check_out_dir(dataset: str, run_dir: Path) -> None:
+    if "://" in dataset and not dataset.startswith("file://"):
+        return
+    root = Path(dataset[len("file://"):] if dataset.startswith("file://") else dataset).resolve()
+    out = run_dir.resolve()
+    if out == root or root in out.parents:
+        raise ValueError(f"refusing to write the run folder {out} inside the input dataset {root}: pass another --out")
+
+
+def _chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
+            errors_by_shard: dict[str, list[ErrorRecord]]) -> Iterator[list[Sample]]:
+    """Fixed-size chunks per shard (never spanning shards); an empty list marks an empty shard.
+    Duplicate keys within a shard are recorded as errors here (the first occurrence is indexed)."""
+    for ref in shards:
+        buf: list[Sample] = []
+        seen: set[str] = set()
+        emitted = False
+        try:
+            for s in reader.read_shard(ref):
+                if s.key in seen:
+                    errors_by_shard.setdefault(ref.id, []).append(
+                        ErrorRecord(s.key, ref.id, "read", "duplicate key in shard (first occurrence indexed)"))
+                    continue
+                seen.add(s.key)
+                buf.append(s)
+                if len(buf) >= size:
+                    emitted = True
+                    yield buf
+                    buf = []
+        except Exception as exc:  # noqa: BLE001 - reader failure: record and close the shard with what we have
+            errors_by_shard.setdefault(ref.id, []).append(
+                ErrorRecord(f"{ref.id}/__shard__", ref.id, "read", f"{type(exc).__name__}: {exc}"))
+        if buf or not emitted:
+            yield buf or [Sample(key="", shard=ref.id, data=None, status="__empty__")]
+
+
+class _ShardAccumulator:
+    def __init__(self, shard: str):
+        self.shard = shard
+        self.records: list[dict] = []
+        self.errors: list[ErrorRecord] = []
+        self.not_indexed: list[dict] = []
+        self.pixels: list[np.ndarray] = []
+
+
+def _embed_shard(acc: _ShardAccumulator, embedder, batch_size: int) -> Optional[np.ndarray]:
+    """Embed the shard's preprocessed images in fixed batches from row 0; drop (and record) samples whose
+    embedding fails. Returns float16 [rows, dim]."""
+    if embedder is None:
+        return None
+    if not acc.records:
+        return np.zeros((0, embedder.dim), dtype=np.float16)
+    pix = np.concatenate(acc.pixels) if acc.pixels else None
+    out = np.zeros((len(acc.records), embedder.dim), dtype=np.float32)
+    ok = np.ones(len(acc.records), dtype=bool)
+    for start in range(0, len(acc.records), batch_size):
+        sl = slice(start, min(start + batch_size, len(acc.records)))
+        try:
+            out[sl] = embedder.embed(pix[sl])
+        except Exception:  # noqa: BLE001 - retry one by one to isolate the bad sample
+            for i in range(sl.start, sl.stop):
+                try:
+                    out[i] = embedder.embed(pix[i:i + 1])[0]
+                except Exception as exc:  # noqa: BLE001
+                    ok[i] = False
+                    acc.errors.append(ErrorRecord(acc.records[i]["key"], acc.shard, "embed",
+                                                  f"{type(exc).__name__}: {exc}"))
+    if not ok.all():
+        acc.records = [r for r, k in zip(acc.records, ok) if k]
+        out = out[ok]
+    return out.astype(np.float16)
+
+
+def _finish_shard(acc: _ShardAccumulator, shard_dir: Path, embedder, batch_size: int,
+                  extra_errors: list[ErrorRecord]) -> dict:
+    emb = _embed_shard(acc, embedder, batch_size)
+    errors = extra_errors + acc.errors
+    table = pa.Table.from_pylist(acc.records, schema=SAMPLE_SCHEMA) if acc.records else SAMPLE_SCHEMA.empty_table()
+    write_parquet(shard_dir / f"{acc.shard}.parquet", table)
+    if emb is not None:
+        write_npy(shard_dir / f"{acc.shard}.emb.npy", emb)
+    write_parquet(shard_dir / f"{acc.shard}.errors.parquet", errors_frame(errors))
+    write_parquet(shard_dir / f"{acc.shard}.not_indexed.parquet",
+                  pd.DataFrame(acc.not_indexed, columns=NOT_INDEXED_COLUMNS).astype("string"))
+    counts = {"indexed": len(acc.records), "errors": len(errors), "not_indexed": len(acc.not_indexed)}
+    write_json(shard_dir / f"{acc.shard}.done", counts)  # the completion marker, always last
+    return counts
+
+
+def _clean_tmp(shard_dir: Path) -> None:
+    for p in shard_dir.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def _resolve_workers(n: int) -> int:
+    if n < 0:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return n
+
+
+def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg=None) -> IndexStore:
+    """Index ``dataset`` into ``run_dir/index``; resumable. ``cfg`` is an AuditorConfig or IndexConfig."""
+    from ..config import AuditorConfig
+
+    if cfg is None:
+        cfg = AuditorConfig()
+    icfg: IndexConfig = cfg.index if isinstance(cfg, AuditorConfig) else cfg
+    dataset = str(dataset)
+    run_dir = Path(run_dir)
+    _check_out_dir(dataset, run_dir)
+    index_dir = run_dir / INDEX_DIR
+    shard_dir = index_dir / SHARDS_DIR
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    _clean_tmp(shard_dir)
+    _clean_tmp(index_dir)
+
+    reader_opts = {k: v for k, v in icfg.reader.model_dump().items() if k != "layout" and v is not None}
+    reader = open_dataset(dataset, layout=icfg.reader.layout, **reader_opts)
+    fingerprint = _fingerprint(icfg)
+    info_path = index_dir / "index.json"
+    if info_path.exists():
+        import json
+
+        old = json.loads(info_path.read_text(encoding="utf-8"))
+        if old.get("config") != fingerprint:
+            raise IndexConfigMismatch(
+                f"{run_dir} was indexed with a different index config; resume needs the same config "
+                f"(pass a new --out to start over).\n was: {old.get('config')}\n now: {fingerprint}")
+    all_shards = reader.shards()
+    done = {p.name[: -len(".done")] for p in shard_dir.glob("*.done")}
+    pending = [s for s in all_shards if s.id not in done]
+
+    embedder = None
+    emb_desc: dict = {"name": "none", "dim": 0}
+    emb_cfg_json = None
+    if icfg.embedder.name != "none":
+        from .embedders import build_embedder
+
+        embedder = build_embedder(icfg.embedder)
+        emb_desc = embedder.describe()
+        emb_cfg_json = icfg.embedder.model_dump(mode="json")
+
+    base_info = {
+        "format_version": INDEX_FORMAT_VERSION,
+        "dataset": {"root": dataset, "layout": reader.layout, "options": reader_opts},
+        "config": fingerprint,
+        "embedder": emb_desc,
+        "versions": package_versions(),
+        "complete": False,
+    }
+    write_json(info_path, base_info)
+
+    workers = _resolve_workers(icfg.workers)
+    log.info("indexing %s (%s): %d shards, %d to do, %d workers, embedder %s", dataset, reader.layout,
+             len(all_shards), len(pending), workers, emb_desc.get("name"))
+    decode_cfg = icfg.decode.model_dump()
+    read_errors: dict[str, list[ErrorRecord]] = {}
+    chunk_iter = _chunks(reader, pending, icfg.chunk_size, read_errors)
+
+    bar = tqdm(total=len(pending), unit="shard", desc="index", disable=not icfg.progress)
+    nbar = tqdm(unit="img", desc="samples", disable=not icfg.progress, position=1, leave=False)
+    acc: Optional[_ShardAccumulator] = None
+
+    def consume(res: ChunkResult) -> None:
+        nonlocal acc
+        if acc is not None and acc.shard != res.shard:
+            _finish_shard(acc, shard_dir, embedder, icfg.embedder.batch_size, read_errors.pop(acc.shard, []))
+            bar.update(1)
+            acc = None
+        if acc is None:
+            acc = _ShardAccumulator(res.shard)
+        acc.records.extend(res.records)
+        acc.errors.extend(res.errors)
+        acc.not_indexed.extend(res.not_indexed)
+        if res.pixels is not None:
+            acc.pixels.append(res.pixels)
+        nbar.update(len(res.records) + len(res.errors) + len(res.not_indexed))
+
+    try:
+        if workers <= 0:
+            for chunk in chunk_iter:
+                consume(process_chunk(chunk, decode_cfg, emb_cfg_json))
+        else:
+            _run_pool(chunk_iter, workers, decode_cfg, emb_cfg_json, consume)
+        if acc is not None:
+            _finish_shard(acc, shard_dir, embedder, icfg.embedder.batch_size, read_errors.pop(acc.shard, []))
+            bar.update(1)
+    finally:
+        bar.close()
+        nbar.close()
+
+    return _finalize(run_dir, all_shards, base_info)
+
+
+def _run_pool(chunks: Iterable[list[Sample]], workers: int, decode_cfg: dict, emb_cfg: Optional[dict],
+              consume) -> None:
+    """Bounded, in-order pipeline over a process pool (at most ``2 * workers`` chunks in flight)."""
+    import multiprocessing as mp
+
+    # forkserver: workers never inherit the main process's threads (torch/OpenMP, tqdm's monitor)
+    ctx = mp.get_context("forkserver" if os.name == "posix" else "spawn")
+    window: deque[Future] = deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        for chunk in chunks:
+            window.append(pool.submit(process_chunk, chunk, decode_cfg, emb_cfg))
+            if len(window) >= 2 * workers:
+                consume(window.popleft().result())
+        while window:
+            consume(window.popleft().result())
+
+
+def _finalize(run_dir: Path, all_shards: list[ShardRef], base_info: dict) -> IndexStore:
+    index_dir = run_dir / INDEX_DIR
+    shard_dir = index_dir / SHARDS_DIR
+    import json
+
+    ids = [s.id for s in all_shards]
+    per_shard = []
+    errs, skipped = [], []
+    for sid in sorted(ids):
+        marker = shard_dir / f"{sid}.done"
+        if not marker.exists():
+            continue
+        counts = json.loads(marker.read_text(encoding="utf-8"))
+        per_shard.append({"id": sid, **counts})
+        errs.append(pd.read_parquet(shard_dir / f"{sid}.errors.parquet"))
+        skipped.append(pd.read_parquet(shard_dir / f"{sid}.not_indexed.parquet"))
+    err_df = pd.concat(errs, ignore_index=True) if errs else errors_frame([])
+    skip_df = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=NOT_INDEXED_COLUMNS)
+    write_parquet(index_dir / "errors.parquet", err_df.astype(str) if len(err_df) else errors_frame([]))
+    write_parquet(index_dir / "not_indexed.parquet", skip_df.astype("string"))
+    totals = {k: int(sum(s[k] for s in per_shard)) for k in ("indexed", "errors", "not_indexed")}
+    info = dict(base_info)
+    info.update({"shards": per_shard, "counts": {"shards": len(per_shard), **totals},
+                 "complete": len(per_shard) == len(ids)})
+    write_json(index_dir / "index.json", info)
+    store = IndexStore(run_dir)
+    log.info("index %s: %d indexed, %d errors, %d not downloaded", index_dir, totals["indexed"], totals["errors"],
+             totals["not_indexed"])
+    return store
