@@ -1,0 +1,152 @@
+"""Safe decoding: the code-made corrupt corpus, real photos, limits, and Image.open semantics."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from auditor.index.decode import DecodeError, decode_rgb, open_image, sniff_format, to_rgb
+from corpus import CORPUS_MAX_PIXELS, make_corrupt_corpus
+
+BIG = 1 << 26
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    exp = make_corrupt_corpus(d)
+    return d, exp
+
+
+def test_corpus_expectations(corpus):
+    d, exp = corpus
+    assert len(exp) >= 25
+    assert {e["ok"] for e in exp.values()} == {True, False}
+    for name, e in exp.items():
+        data = (d / name).read_bytes()
+        assert sniff_format(data) == e["format"], name
+        if e["ok"]:
+            im = open_image(data, max_pixels=CORPUS_MAX_PIXELS, max_bytes=BIG)
+            assert (im.mode, im.size) == (e["mode"], e["size"]), name
+            rgb = to_rgb(im)
+            assert rgb.mode == "RGB" and rgb.size == im.size, name
+            for xy, value in e.get("rgb_check", []):
+                assert rgb.getpixel(tuple(xy)) == tuple(value), (name, xy)
+            assert np.array_equal(np.asarray(decode_rgb(data, CORPUS_MAX_PIXELS, BIG)), np.asarray(rgb)), name
+        else:
+            with pytest.raises(DecodeError) as ei:
+                open_image(data, max_pixels=CORPUS_MAX_PIXELS, max_bytes=BIG)
+            assert ei.value.reason == e["reason"], (name, str(ei.value))
+            assert str(ei.value).startswith(e["reason"])
+
+
+def test_good_corpus_files_match_image_open(corpus):
+    """open_image returns what Image.open(path) shows: same mode, size, pixels (first frame, no EXIF transpose)."""
+    d, exp = corpus
+    for name, e in exp.items():
+        if not e["ok"]:
+            continue
+        ours = open_image((d / name).read_bytes(), CORPUS_MAX_PIXELS, BIG)
+        with Image.open(d / name) as ref:
+            ref.load()
+            assert ref.mode == ours.mode and ref.size == ours.size, name
+            assert np.array_equal(np.asarray(ref), np.asarray(ours)), name
+
+
+def test_animated_gif_is_first_frame(corpus):
+    d, exp = corpus
+    data = (d / "animated.gif").read_bytes()
+    im = open_image(data, CORPUS_MAX_PIXELS, BIG)
+    assert getattr(im, "n_frames", 1) == exp["animated.gif"]["n_frames"]
+    assert set(to_rgb(im).getdata()) == {(255, 0, 0)}
+
+
+def test_exif_orientation_not_applied(corpus):
+    d, _ = corpus
+    im = open_image((d / "exif_rotated.jpg").read_bytes(), CORPUS_MAX_PIXELS, BIG)
+    assert im.getexif().get(0x0112) == 6
+    assert im.size == (96, 64)  # transposing would give 64x96
+
+
+def test_cmyk_converts_close_to_source(corpus):
+    d, _ = corpus
+    from corpus import _photo
+
+    rgb = np.asarray(decode_rgb((d / "cmyk.jpg").read_bytes()), dtype=np.int16)
+    assert np.abs(rgb - np.asarray(_photo(), dtype=np.int16)).mean() < 12
+
+
+def test_byte_and_pixel_limits():
+    im = Image.new("RGB", (40, 25), (1, 2, 3))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    data = buf.getvalue()
+    assert open_image(data, max_pixels=1000, max_bytes=len(data)).size == (40, 25)  # limits are inclusive
+    with pytest.raises(DecodeError) as ei:
+        open_image(data, max_pixels=999, max_bytes=BIG)
+    assert ei.value.reason == "too_many_pixels"
+    with pytest.raises(DecodeError) as ei:
+        open_image(data, max_pixels=10**6, max_bytes=len(data) - 1)
+    assert ei.value.reason == "too_many_bytes"
+
+
+def test_pil_globals_untouched_and_unsafe_config_refused(corpus, monkeypatch):
+    d, _ = corpus
+    before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+    for name in ("bomb_header.png", "truncated.jpg", "good.jpg"):
+        try:
+            open_image((d / name).read_bytes(), CORPUS_MAX_PIXELS, BIG)
+        except DecodeError:
+            pass
+    assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before
+    # a host program that enabled LOAD_TRUNCATED_IMAGES would get grey-padded images: refuse, loudly
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(DecodeError) as ei:
+        open_image((d / "truncated.jpg").read_bytes(), CORPUS_MAX_PIXELS, BIG)
+    assert ei.value.reason == "unsafe_config"
+
+
+def test_sixteen_bit_scaling_not_clipping():
+    arr = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    rgb = decode_rgb(buf.getvalue())
+    assert [p[0] for p in rgb.getdata()] == [0, 1, 128, 255]
+
+
+def test_real_photos_decode(kodak, imagenet):
+    assert len(kodak) == 24
+    for p in kodak + imagenet[:50]:
+        data = p.read_bytes()
+        rgb = decode_rgb(data)
+        assert rgb.mode == "RGB"
+        with Image.open(p) as ref:
+            assert rgb.size == ref.size
+        assert sniff_format(data) == ("PNG" if p.suffix == ".png" else "JPEG")
+
+
+def test_imagededup_formats(shared_data):
+    folder = shared_data / "neardup" / "imagededup" / "formats_images"
+    files = sorted(folder.iterdir())
+    assert files, folder
+    seen = {}
+    for p in files:
+        data = p.read_bytes()
+        try:
+            im = open_image(data)
+            seen[p.suffix.lower()] = ("ok", sniff_format(data), im.mode)
+            assert to_rgb(im).mode == "RGB"
+        except DecodeError as e:
+            seen[p.suffix.lower()] = ("err", e.reason)
+    # imagededup's .bmp/.png/.svg samples are JPEG bytes under another extension: content decides
+    for ext, fmt in ((".ppm", "PPM"), (".pgm", "PPM"), (".pbm", "PPM"), (".tiff", "TIFF"), (".gif", "GIF"),
+                     (".webp", "WEBP"), (".jpeg", "JPEG"), (".bmp", "JPEG"), (".png", "JPEG"), (".svg", "JPEG")):
+        assert seen[ext][:2] == ("ok", fmt), (ext, seen[ext])
+    # a real SVG (vector) is never rasterised
+    svg = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
+    with pytest.raises(DecodeError) as ei:
+        open_image(svg)
+    assert ei.value.reason == "unknown_format"

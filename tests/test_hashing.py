@@ -1,0 +1,204 @@
+"""Perceptual hashes bit-identical to imagehash (real photos + property tests), pixel/byte SHA-256, hamming."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import imagehash
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from auditor.index.decode import DecodeError, open_image
+from auditor.index.hashing import (
+    _KRON, _bits_to_u64, bytes_sha256, dhash_batch_gray, hamming, hash_thumbnails, hash_to_hex, hex_to_hash,
+    phash_batch_gray, phash_dhash, pixel_sha256,
+)
+from corpus import CORPUS_MAX_PIXELS, make_corrupt_corpus
+
+
+def ref_hashes(images):
+    p = np.array([int(str(imagehash.phash(im)), 16) for im in images], dtype=np.uint64)
+    d = np.array([int(str(imagehash.dhash(im)), 16) for im in images], dtype=np.uint64)
+    return p, d
+
+
+def assert_parity(images, names):
+    p, d = phash_dhash(images)
+    rp, rd = ref_hashes(images)
+    assert p.dtype == np.uint64 and d.dtype == np.uint64
+    bad = [(n, hash_to_hex(a), hash_to_hex(b)) for n, a, b in zip(names, p, rp) if a != b]
+    assert not bad, f"phash differs from imagehash on {len(bad)} images: {bad[:5]}"
+    bad = [(n, hash_to_hex(a), hash_to_hex(b)) for n, a, b in zip(names, d, rd) if a != b]
+    assert not bad, f"dhash differs from imagehash on {len(bad)} images: {bad[:5]}"
+
+
+def test_parity_on_real_photos(imagenet, kodak, shared_data, tmp_path):
+    paths = imagenet[::5] + kodak  # 200 ImageNet JPEGs + 24 Kodak PNGs
+    dedup = shared_data / "neardup" / "imagededup"
+    paths += sorted(p for p in dedup.rglob("*") if p.is_file() and p.suffix.lower() != ".json")
+    images, names = [], []
+    for p in paths:
+        try:
+            images.append(open_image(p.read_bytes()))
+            names.append(str(p))
+        except DecodeError:
+            pass
+    exp = make_corrupt_corpus(tmp_path)
+    for name, e in exp.items():
+        if e["ok"]:
+            images.append(open_image((tmp_path / name).read_bytes(), CORPUS_MAX_PIXELS, 1 << 26))
+            names.append(name)
+    images += [Image.new("RGB", (64, 48), (255, 255, 255)), Image.new("L", (1, 1), 37), Image.new("RGB", (1, 1), (1, 2, 3))]
+    names += ["blank", "1px-L", "1px-RGB"]
+    modes = {im.mode for im in images}
+    assert len(images) >= 260
+    assert {"RGB", "L", "RGBA", "P", "LA", "CMYK", "I;16", "1"} <= modes, modes
+    assert_parity(images, names)
+    # and the same via imagehash on Image.open(path) for the files (not only on our decoded objects)
+    some = paths[:: max(1, len(paths) // 40)]
+    with_open = [Image.open(p) for p in some]
+    ours = phash_dhash([open_image(p.read_bytes()) for p in some])
+    ref = ref_hashes(with_open)
+    assert np.array_equal(ours[0], ref[0]) and np.array_equal(ours[1], ref[1])
+
+
+def test_flat_images_need_and_get_the_exact_fallback():
+    """On flat images every AC coefficient is float round-off around a median of ~0: the matrix-product DCT
+    alone gets different bits than scipy's FFT; the fallback reproduces imagehash exactly."""
+    imgs = [Image.new("L", (50, 40), v) for v in (1, 128, 255)]
+    g = np.stack([hash_thumbnails(im)[0] for im in imgs])
+    coef = g.reshape(len(g), -1).astype(np.float64) @ _KRON
+    naive = _bits_to_u64(coef > np.median(coef, axis=1, keepdims=True))
+    rp, _ = ref_hashes(imgs)
+    assert not np.array_equal(naive, rp)
+    assert np.array_equal(phash_batch_gray(g), rp)
+    assert [hash_to_hex(h) for h in rp] == ["8000000000000000"] * 3
+
+
+MODES = ["L", "RGB", "RGBA", "LA", "P", "I;16", "1", "CMYK"]
+
+
+@st.composite
+def small_images(draw):
+    w = draw(st.integers(1, 48))
+    h = draw(st.integers(1, 48))
+    mode = draw(st.sampled_from(MODES))
+    seed = draw(st.integers(0, 2**32 - 1))
+    kind = draw(st.sampled_from(["noise", "flat", "levels"]))
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        arr = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+    elif kind == "flat":
+        arr = np.full((h, w, 4), rng.integers(0, 256), dtype=np.uint8)
+    else:  # few distinct values: many ties in thumbnails and DCT coefficients
+        arr = (rng.integers(0, 3, (h, w, 4)) * 127).astype(np.uint8)
+    if mode == "I;16":
+        im = Image.fromarray(arr[..., 0].astype(np.uint16) * 257)
+    elif mode in ("L", "1", "P"):
+        im = Image.fromarray(arr[..., 0], "L").convert(mode)
+    elif mode == "LA":
+        im = Image.fromarray(arr[..., :2], "LA")
+    elif mode in ("RGBA", "CMYK"):
+        im = Image.fromarray(arr, "RGBA" if mode == "RGBA" else "CMYK")
+    else:
+        im = Image.fromarray(arr[..., :3], "RGB")
+    return im
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(small_images(), min_size=1, max_size=6))
+def test_property_parity_with_imagehash(images):
+    assert_parity(images, [f"{im.mode}{im.size}" for im in images])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=20), st.integers(0, 2**64 - 1))
+def test_property_hamming(values, other):
+    a = np.array(values, dtype=np.uint64)
+    b = np.full(len(a), other, dtype=np.uint64)
+    d = hamming(a, b)
+    assert d.dtype == np.uint8
+    assert np.array_equal(d, hamming(b, a))
+    assert not hamming(a, a).any()
+    assert list(d) == [bin(v ^ other).count("1") for v in values]
+    m = hamming(a[:, None], a[None, :])  # pairwise via broadcasting
+    assert m.shape == (len(a), len(a)) and np.array_equal(m, m.T)
+    # triangle inequality d(i, k) <= d(i, j) + d(j, k)
+    mi = m.astype(int)
+    assert (mi[:, None, :] <= mi[:, :, None] + mi[None, :, :]).all()
+    for v in values:
+        assert int(hex_to_hash(hash_to_hex(v))) == v
+        assert len(hash_to_hex(v)) == 16
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(small_images(), min_size=2, max_size=5))
+def test_property_hamming_matches_imagehash_subtraction(images):
+    p, d = phash_dhash(images)
+    refs = [imagehash.phash(im) for im in images]
+    drefs = [imagehash.dhash(im) for im in images]
+    for i in range(len(images)):
+        for j in range(len(images)):
+            assert int(hamming(p[i], p[j])) == refs[i] - refs[j]
+            assert int(hamming(d[i], d[j])) == drefs[i] - drefs[j]
+        assert hash_to_hex(p[i]) == str(refs[i]) and hash_to_hex(d[i]) == str(drefs[i])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_property_batch_independence(n, seed):
+    """A thumbnail's hash does not depend on what else is in the batch (also: gray building blocks)."""
+    rng = np.random.default_rng(seed)
+    g32 = rng.integers(0, 256, (n, 32, 32), dtype=np.uint8)
+    g32[rng.random(n) < 0.3] = rng.integers(0, 256)  # some flat ones
+    g98 = rng.integers(0, 256, (n, 8, 9), dtype=np.uint8)
+    whole = phash_batch_gray(g32)
+    assert np.array_equal(whole, np.concatenate([phash_batch_gray(g32[i:i + 1]) for i in range(n)]))
+    dh = dhash_batch_gray(g98)
+    assert np.array_equal(dh, np.concatenate([dhash_batch_gray(g98[i:i + 1]) for i in range(n)]))
+    # building blocks on gray thumbnails == imagehash on the same gray images (resizing 32x32 to 32x32 is identity)
+    i = int(rng.integers(n))
+    assert int(whole[i]) == int(str(imagehash.phash(Image.fromarray(g32[i], "L"))), 16)
+    assert int(dh[i]) == int(str(imagehash.dhash(Image.fromarray(g98[i], "L"))), 16)
+
+
+def test_shapes_and_empty_batches():
+    p, d = phash_dhash([])
+    assert p.shape == d.shape == (0,) and p.dtype == np.uint64
+    with pytest.raises(ValueError):
+        phash_batch_gray(np.zeros((2, 16, 16), np.uint8))
+    with pytest.raises(ValueError):
+        dhash_batch_gray(np.zeros((2, 9, 8), np.uint8))  # height 8, width 9 -- not transposed
+
+
+def _encode(im, fmt, **kw):
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_pixel_sha256_is_container_independent(kodak):
+    im = Image.open(kodak[0]).convert("RGB").crop((0, 0, 200, 120))
+    blobs = [_encode(im, "PNG"), _encode(im, "WEBP", lossless=True), _encode(im, "BMP"), _encode(im, "TIFF"),
+             _encode(im, "PNG", optimize=True)]
+    assert len({bytes_sha256(b) for b in blobs}) == len(blobs)
+    from auditor.index.decode import decode_rgb
+
+    assert len({pixel_sha256(decode_rgb(b)) for b in blobs}) == 1
+    # any change of one pixel, or the same bytes in another shape, changes it
+    changed = im.copy()
+    changed.putpixel((3, 3), tuple((c + 1) % 256 for c in im.getpixel((3, 3))))
+    assert pixel_sha256(changed) != pixel_sha256(im)
+    raw = np.zeros((2, 3, 3), np.uint8)
+    assert pixel_sha256(Image.fromarray(raw)) != pixel_sha256(Image.fromarray(raw.reshape(3, 2, 3)))
+    # lossy re-encoding is a different picture at pixel level
+    assert pixel_sha256(decode_rgb(_encode(im, "JPEG", quality=95))) != pixel_sha256(im)
+
+
+def test_bytes_sha256():
+    assert bytes_sha256(b"abc") == hashlib.sha256(b"abc").hexdigest()
+    assert bytes_sha256(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
