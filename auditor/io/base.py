@@ -59,3 +59,87 @@ class DatasetReader:
 
 
 READERS: Registry[type[DatasetReader]] = Registry("dataset layout")
+
+
+# --- shared helpers for the readers (additive to the contract above) ----------------------------------
+
+#: extensions a sample's image may be stored under (lower case, no dot)
+IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "avif", "jxl")
+
+#: ``Sample.status`` for rows the reader itself could not read (broken tar, missing file, ...)
+READ_ERROR = "error"
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """WebDataset's member-name convention: ``dir/abc.seg.jpg`` -> (``dir/abc``, ``seg.jpg``).
+
+    The key is the directory part plus the base name up to its first dot; the extension is the rest,
+    lower-cased. A name without a dot has the extension ``""``."""
+    slash = name.rfind("/")
+    base = name[slash + 1:]
+    dot = base.find(".")
+    if dot < 0:
+        return name, ""
+    return name[: slash + 1] + base[:dot], base[dot + 1:].lower()
+
+
+def decode_text(data: bytes | None) -> str | None:
+    """Caption bytes -> str: UTF-8 with undecodable bytes replaced, BOM and NUL characters dropped."""
+    if data is None:
+        return None
+    text = data.decode("utf-8", errors="replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.replace("\x00", "")
+
+
+def clean_str(value: Any) -> str | None:
+    """A metadata value (from parquet/JSON) -> str or None: NaN/None -> None, bytes decoded, NUL dropped."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return decode_text(bytes(value))
+    return str(value).replace("\x00", "")
+
+
+def url_to_fs(url: str):
+    """(filesystem, path) for a local path or any fsspec URL."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(url))
+
+
+def has_protocol(url: str) -> bool:
+    return "://" in str(url)
+
+
+def to_url(fs, path: str, like: str) -> str:
+    """Give ``path`` (as listed by ``fs``) back its protocol when the dataset root ``like`` had one."""
+    return fs.unstrip_protocol(path) if has_protocol(like) else path
+
+
+def read_sidecar(path: str | None) -> list[dict]:
+    """img2dataset's per-shard parquet (metadata only, never the image column) as a list of row dicts
+    with keys key/url/caption/status/error_message (missing columns -> None). ``[]`` when absent."""
+    if not path:
+        return []
+    import pyarrow.parquet as pq
+
+    fs, p = url_to_fs(path)
+    if not fs.exists(p):
+        return []
+    with fs.open(p, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        names = set(pf.schema_arrow.names)
+        wanted = [c for c in ("key", "url", "caption", "status", "error_message") if c in names]
+        table = pf.read(columns=wanted) if wanted else None
+    if table is None:
+        return []
+    cols = {c: table.column(c).to_pylist() for c in wanted}
+    out = []
+    for i in range(table.num_rows):
+        out.append({c: clean_str(cols[c][i]) if c in cols else None
+                    for c in ("key", "url", "caption", "status", "error_message")})
+    return out

@@ -1,0 +1,122 @@
+"""img2dataset's ``output_format=files``: one folder per shard, ``NNNNN/<key>.jpg`` + ``<key>.txt`` +
+``<key>.json``, with a sidecar ``NNNNN.parquet`` listing every row (failed ones too) beside the folder."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Iterator, Optional
+
+from .base import IMAGE_EXTS, READ_ERROR, READERS, DatasetReader, Sample, ShardRef, read_sidecar, split_key, \
+    to_url, url_to_fs
+from .webdataset import build_sample, failed_sample, sidecar_rows_by_key
+
+_WANTED = set(IMAGE_EXTS) | {"txt", "json"}
+
+
+def is_shard_dir_name(name: str) -> bool:
+    return name.isdigit()
+
+
+@READERS.register("files")
+class FilesReader(DatasetReader):
+    """Reader for img2dataset files output (``root`` = the output folder)."""
+
+    layout = "files"
+
+    def shards(self) -> list[ShardRef]:
+        fs, root = url_to_fs(self.root)
+        entries = fs.ls(root, detail=True)
+        names = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
+        refs = []
+        for name, e in sorted(names.items()):
+            if e["type"] != "directory":
+                continue
+            side = names.get(name + ".parquet")
+            if not (is_shard_dir_name(name) or side is not None):
+                continue
+            refs.append(ShardRef(id=name, path=to_url(fs, e["name"].rstrip("/"), self.root),
+                                 extra=(to_url(fs, side["name"], self.root) if side else "",)))
+        return refs
+
+    def _sidecar(self, shard: ShardRef) -> tuple[list[dict], Optional[Sample]]:
+        path = shard.extra[0] if shard.extra else ""
+        try:
+            return read_sidecar(path), None
+        except Exception as exc:  # noqa: BLE001 - a corrupt sidecar must not lose the images
+            return [], Sample(key=f"{shard.id}/__sidecar__", shard=shard.id, data=None, status=READ_ERROR,
+                              error=f"unreadable sidecar parquet {path}: {type(exc).__name__}: {exc}")
+
+    def _read_members(self, fs, paths: dict[str, str]) -> tuple[dict[str, bytes], Optional[str]]:
+        members: dict[str, bytes] = {}
+        for ext, p in paths.items():
+            try:
+                members[ext] = fs.cat_file(p)
+            except OSError as exc:
+                if ext in IMAGE_EXTS:
+                    return members, f"cannot read {p}: {type(exc).__name__}: {exc}"
+        return members, None
+
+    def read_shard(self, shard: ShardRef) -> Iterator[Sample]:
+        rows, side_err = self._sidecar(shard)
+        if side_err is not None:
+            yield side_err
+        by_key = sidecar_rows_by_key(rows)
+        fs, root = url_to_fs(shard.path)
+        groups: dict[str, dict[str, str]] = {}
+        try:
+            listing = fs.ls(root, detail=False)
+        except OSError as exc:
+            listing = []
+            yield Sample(key=f"{shard.id}/__dir__", shard=shard.id, data=None, status=READ_ERROR,
+                         error=f"cannot list {shard.path}: {type(exc).__name__}: {exc}")
+        for p in listing:
+            key, ext = split_key(posixpath.basename(p.rstrip("/")))
+            if ext in _WANTED and not key.startswith("."):
+                groups.setdefault(key, {})[ext] = p
+        seen: set[str] = set()
+        for key in sorted(groups):
+            members, err = self._read_members(fs, groups[key])
+            seen.add(key)
+            if err:
+                yield Sample(key=key, shard=shard.id, data=None, status=READ_ERROR, error=err)
+                continue
+            yield build_sample(key, shard.id, members, by_key.get(key), False)
+        for r in rows:
+            if r.get("status") != "success":
+                yield failed_sample(r, shard.id)
+            elif r.get("key") not in seen:
+                yield Sample(key=r.get("key") or "", shard=shard.id, data=None, caption=r.get("caption"),
+                             url=r.get("url"), status=READ_ERROR,
+                             error="listed as success in the sidecar parquet but its image file is missing",
+                             meta={"source": "sidecar"})
+
+    def get(self, shard: str, key: str) -> Sample:
+        fs, root = url_to_fs(self.root)
+        folder = posixpath.join(root, shard)
+        if not fs.isdir(folder):
+            raise KeyError(f"no shard {shard!r} in {self.root}")
+        side_url = to_url(fs, posixpath.join(root, shard + ".parquet"), self.root)
+        paths = {}
+        for ext in ("jpg", "png", "webp") + tuple(e for e in IMAGE_EXTS if e not in ("jpg", "png", "webp")):
+            p = posixpath.join(folder, f"{key}.{ext}")
+            if fs.exists(p):
+                paths[ext] = p
+                break
+        if paths:
+            for ext in ("txt", "json"):
+                p = posixpath.join(folder, f"{key}.{ext}")
+                if fs.exists(p):
+                    paths[ext] = p
+            side = sidecar_rows_by_key(read_sidecar(side_url)) if ("txt" not in paths or "json" not in paths) else {}
+            members, err = self._read_members(fs, paths)
+            if err:
+                return Sample(key=key, shard=shard, data=None, status=READ_ERROR, error=err)
+            return build_sample(key, shard, members, side.get(key), False)
+        side = sidecar_rows_by_key(read_sidecar(side_url)).get(key)
+        if side is not None:
+            if side.get("status") != "success":
+                return failed_sample(side, shard)
+            return Sample(key=key, shard=shard, data=None, caption=side.get("caption"), url=side.get("url"),
+                          status=READ_ERROR, error="listed as success in the sidecar parquet but its image "
+                                                   "file is missing")
+        raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")

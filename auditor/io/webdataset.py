@@ -1,0 +1,236 @@
+"""img2dataset's ``output_format=webdataset``: ``NNNNN.tar`` shards holding ``<key>.jpg`` (or png/webp),
+``<key>.txt`` and ``<key>.json``, each with a sidecar ``NNNNN.parquet`` listing every row (failed ones too)
+and ``NNNNN_stats.json``.
+
+Tars are streamed member by member (``tarfile`` stream mode over ``fsspec.open``), so at most one sample's
+bytes are in memory. Consecutive members sharing a key form one sample (webdataset's convention: the key is
+the member name up to the first dot of its base name).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import tarfile
+import zlib
+from typing import Any, Iterator, Optional
+
+from .base import (
+    IMAGE_EXTS,
+    READ_ERROR,
+    READERS,
+    DatasetReader,
+    Sample,
+    ShardRef,
+    clean_str,
+    decode_text,
+    read_sidecar,
+    split_key,
+    to_url,
+    url_to_fs,
+)
+
+log = logging.getLogger(__name__)
+
+TAR_SUFFIXES = (".tar",)
+#: members larger than this are not read (recorded as an error instead); a guard against hostile tars
+DEFAULT_MAX_MEMBER_BYTES = 1 << 30
+
+_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
+
+
+def shard_stem(path: str) -> str:
+    base = posixpath.basename(path.rstrip("/"))
+    for suf in TAR_SUFFIXES + (".parquet",):
+        if base.endswith(suf):
+            return base[: -len(suf)]
+    return base
+
+
+def sidecar_rows_by_key(rows: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r.get("key") is not None:
+            out.setdefault(r["key"], r)
+    return out
+
+
+def failed_sample(row: dict, shard: str) -> Sample:
+    """A sidecar row img2dataset did not download -> a Sample without bytes."""
+    return Sample(key=row.get("key") or "", shard=shard, data=None, caption=row.get("caption"),
+                  url=row.get("url"), status=row.get("status") or READ_ERROR, error=row.get("error_message"),
+                  meta={"source": "sidecar"})
+
+
+def parse_json_meta(data: bytes | None) -> tuple[dict, Optional[str]]:
+    """img2dataset's per-sample JSON -> (dict, error or None)."""
+    if data is None:
+        return {}, None
+    try:
+        obj = json.loads(decode_text(data) or "{}")
+    except ValueError as exc:
+        return {}, f"unreadable .json: {exc}"
+    return (obj if isinstance(obj, dict) else {}), None
+
+
+_META_FIELDS = ("width", "height", "original_width", "original_height", "sha256")
+
+
+def build_sample(key: str, shard: str, members: dict[str, bytes], side: Optional[dict],
+                 duplicate: bool, source: Optional[str] = None) -> Sample:
+    """One grouped sample (extension -> bytes) -> Sample. The caption comes from ``.txt`` (falling back to the
+    JSON's ``caption`` and then the sidecar), the URL from the JSON (falling back to the sidecar)."""
+    meta: dict[str, Any] = {}
+    if duplicate:
+        meta["duplicate_key"] = True
+    if source:
+        meta["source"] = source
+    j, jerr = parse_json_meta(members.get("json"))
+    if jerr:
+        meta["json_error"] = jerr
+    for f in _META_FIELDS:
+        if j.get(f) is not None:
+            meta[f] = j[f]
+    caption = decode_text(members["txt"]) if "txt" in members else None
+    if caption is None:
+        caption = clean_str(j.get("caption")) if j.get("caption") is not None else None
+    if caption is None and side:
+        caption = side.get("caption")
+    url = clean_str(j.get("url")) if j.get("url") is not None else None
+    if url is None and side:
+        url = side.get("url")
+    ext = next((e for e in members if e in IMAGE_EXTS), None)
+    if ext is None:
+        exts = ", ".join(sorted(e or "(none)" for e in members))
+        return Sample(key=key, shard=shard, data=None, caption=caption, url=url, status=READ_ERROR,
+                      error=f"no image member for this key (members: {exts})", meta=meta)
+    return Sample(key=key, shard=shard, data=members[ext], caption=caption, url=url, status="success",
+                  stored_ext=ext, meta=meta)
+
+
+@READERS.register("webdataset")
+class WebDatasetReader(DatasetReader):
+    """Reader for img2dataset webdataset output (``root`` = the output folder, or one ``.tar`` file)."""
+
+    layout = "webdataset"
+
+    def shards(self) -> list[ShardRef]:
+        fs, root = url_to_fs(self.root)
+        if fs.isfile(root):
+            tars = [root]
+        else:
+            tars = sorted(p for p in fs.ls(root, detail=False) if p.endswith(TAR_SUFFIXES))
+        refs = []
+        for t in tars:
+            stem = shard_stem(t)
+            side = posixpath.join(posixpath.dirname(t), stem + ".parquet")
+            refs.append(ShardRef(id=stem, path=to_url(fs, t, self.root),
+                                 extra=(to_url(fs, side, self.root) if fs.exists(side) else "",)))
+        return refs
+
+    # --- reading ------------------------------------------------------------------------------------
+    def _sidecar(self, shard: ShardRef) -> tuple[list[dict], Optional[Sample]]:
+        path = shard.extra[0] if shard.extra else ""
+        try:
+            return read_sidecar(path), None
+        except Exception as exc:  # noqa: BLE001 - a corrupt sidecar must not lose the tar's images
+            return [], Sample(key=f"{shard.id}/__sidecar__", shard=shard.id, data=None, status=READ_ERROR,
+                              error=f"unreadable sidecar parquet {path}: {type(exc).__name__}: {exc}")
+
+    def _groups(self, shard: ShardRef, errors: list) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """Stream (key, {ext: bytes}) groups of consecutive members. On a broken tar, stops and appends an
+        error description to ``errors``."""
+        max_bytes = int(self.options.get("max_member_bytes") or DEFAULT_MAX_MEMBER_BYTES)
+        key: Optional[str] = None
+        group: dict[str, bytes] = {}
+        current = ""
+        try:
+            fs, path = url_to_fs(shard.path)
+            with fs.open(path, "rb") as fh:
+                tf = tarfile.open(fileobj=fh, mode="r|*")
+                for m in tf:
+                    if not m.isfile():
+                        continue
+                    current = m.name
+                    k, ext = split_key(m.name)
+                    if posixpath.basename(k).startswith(".") or k.startswith("__"):
+                        continue  # hidden files / webdataset meta members
+                    if k != key or ext in group:
+                        if group:
+                            yield key, group
+                        key, group = k, {}
+                    if m.size > max_bytes:
+                        errors.append(("member", k, f"tar member {m.name} is {m.size} bytes, over the "
+                                                    f"{max_bytes}-byte limit; not read"))
+                        continue
+                    f = tf.extractfile(m)
+                    group[ext] = f.read() if f is not None else b""
+                # tarfile stops silently at an invalid header after the first member: anything but zero
+                # padding after the end-of-archive block means the rest of the tar was unreadable
+                rest = tf.fileobj
+                while True:
+                    chunk = rest.read(1 << 16)
+                    if not chunk:
+                        break
+                    if chunk.count(0) != len(chunk):
+                        raise tarfile.ReadError("invalid tar header after member "
+                                                f"{current or '(start)'}; the rest of the tar was not read")
+                tf.close()
+        except _TAR_ERRORS as exc:
+            where = f" (while reading member {current})" if current else ""
+            errors.append(("tar", None, f"broken tar {shard.path}{where}: {type(exc).__name__}: {exc}"))
+        if group:
+            yield key, group
+
+    def read_shard(self, shard: ShardRef) -> Iterator[Sample]:
+        rows, side_err = self._sidecar(shard)
+        if side_err is not None:
+            yield side_err
+        by_key = sidecar_rows_by_key(rows)
+        seen: set[str] = set()
+        errors: list = []
+        for key, members in self._groups(shard, errors):
+            reported = set()
+            while errors and errors[0][0] == "member":
+                _, k, msg = errors.pop(0)
+                reported.add(k)
+                yield Sample(key=k, shard=shard.id, data=None, status=READ_ERROR, error=msg)
+            if not any(e in IMAGE_EXTS for e in members):
+                if key in reported:
+                    continue  # its image was over the size limit: reported just above
+                if errors and errors[-1][0] == "tar":
+                    continue  # its image was being read when the tar broke: reported below
+            yield build_sample(key, shard.id, members, by_key.get(key), key in seen)
+            seen.add(key)
+        tar_broken = False
+        for kind, k, msg in errors:
+            if kind == "tar":
+                tar_broken = True
+                yield Sample(key=f"{shard.id}/__tar__", shard=shard.id, data=None, status=READ_ERROR, error=msg)
+            else:
+                yield Sample(key=k, shard=shard.id, data=None, status=READ_ERROR, error=msg)
+        # rows the tar does not hold: img2dataset's failures, and "success" rows missing from the tar
+        for r in rows:
+            if r.get("status") != "success":
+                yield failed_sample(r, shard.id)
+            elif r.get("key") not in seen:
+                why = "the tar broke before it" if tar_broken else "absent from the tar"
+                yield Sample(key=r.get("key") or "", shard=shard.id, data=None, caption=r.get("caption"),
+                             url=r.get("url"), status=READ_ERROR,
+                             error=f"listed as success in the sidecar parquet but {why}",
+                             meta={"source": "sidecar"})
+
+    def get(self, shard: str, key: str) -> Sample:
+        ref = next((r for r in self.shards() if r.id == shard), None)
+        if ref is None:
+            raise KeyError(f"no shard {shard!r} in {self.root}")
+        rows, _ = self._sidecar(ref)
+        side = sidecar_rows_by_key(rows).get(key)
+        if side is not None and side.get("status") != "success":
+            return failed_sample(side, shard)
+        errors: list = []
+        for k, members in self._groups(ref, errors):
+            if k == key:
+                return build_sample(k, shard, members, side, False)
+        raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")
