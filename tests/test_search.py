@@ -1,0 +1,275 @@
+"""auditor.dedup.search: exact agreement with numpy brute force (embeddings and Hamming), determinism, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from auditor.dedup import search as S
+
+
+def _clustered(n, d, k, spread, seed, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d))
+    x = centres[rng.integers(0, k, n)] + spread * rng.standard_normal((n, d))
+    # planted near-duplicates: some rows are small perturbations of earlier rows
+    src = rng.integers(0, n // 2, n // 10)
+    dst = rng.integers(n // 2, n, n // 10)
+    x[dst] = x[src] + 0.05 * rng.standard_normal((len(dst), d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(dtype)
+
+
+def _brute_pairs(x, thr):
+    x32 = x.astype(np.float32)
+    sim = x32 @ x32.T
+    i, j = np.nonzero(np.triu(sim >= thr, 1))
+    return set(zip(i.tolist(), j.tolist())), sim
+
+
+def _brute_cross(q, b, thr):
+    sim = q.astype(np.float32) @ b.astype(np.float32).T
+    i, j = np.nonzero(sim >= thr)
+    return set(zip(i.tolist(), j.tolist())), sim
+
+
+def _assert_same(got, want, sim, thr, tol=1e-5):
+    """Sets agree except for pairs whose similarity lies within float round-off of the threshold."""
+    diff = got ^ want
+    for i, j in diff:
+        assert abs(sim[i, j] - thr) < tol, f"pair {(i, j)} sim {sim[i, j]} disagrees with threshold {thr}"
+
+
+def _check_output(i, j, s, self_join=True):
+    assert i.dtype == np.int64 and j.dtype == np.int64 and s.dtype == np.float32
+    assert len(i) == len(j) == len(s)
+    if len(i):
+        key = i * (j.max() + 1) + j
+        assert np.all(np.diff(key) > 0), "pairs must be sorted by (i, j) and unique"
+        if self_join:
+            assert np.all(i < j)
+
+
+@pytest.mark.parametrize("method", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("thr", [0.6, 0.9])
+def test_embedding_pairs_match_brute_force(method, thr):
+    x = _clustered(3000, 48, 30, 0.5, seed=1)
+    want, sim = _brute_pairs(x, thr)
+    assert len(want) > 100  # the case is not trivial
+    i, j, s = S.embedding_pairs(x, thr, method=method, seed=0)
+    _check_output(i, j, s)
+    got = set(zip(i.tolist(), j.tolist()))
+    if method == "flat":
+        _assert_same(got, want, sim, thr)
+    else:
+        # approximate methods never return a false pair (re-verified) and find nearly all
+        assert got <= want | {p for p in got if abs(sim[p] - thr) < 1e-5}
+        assert len(got & want) / len(want) >= 0.97
+    np.testing.assert_allclose(s, sim[i, j], atol=1e-5)
+    assert np.all(s >= thr)
+
+
+def test_ivf_with_all_lists_probed_is_exact():
+    x = _clustered(2000, 32, 20, 0.7, seed=2)
+    want, sim = _brute_pairs(x, 0.7)
+    i, j, s = S.embedding_pairs(x, 0.7, method="ivf", nlist=16, nprobe=16)
+    _assert_same(set(zip(i.tolist(), j.tolist())), want, sim, 0.7)
+
+
+def test_ivf_recall_on_planted_near_duplicates():
+    # the case the IVF join is built for: near-duplicates (cos >= 0.95) inside a clustered collection
+    x = _clustered(20_000, 64, 200, 0.6, seed=3)
+    i, j, s = S.embedding_pairs(x, 0.95, method="flat")
+    ii, jj, ss = S.embedding_pairs(x, 0.95, method="ivf")
+    flat = set(zip(i.tolist(), j.tolist()))
+    ivf = set(zip(ii.tolist(), jj.tolist()))
+    assert len(flat) > 1000
+    assert ivf <= flat
+    assert len(ivf) / len(flat) >= 0.99
+
+
+@pytest.mark.parametrize("method", ["flat", "ivf"])
+def test_cross_pairs_match_brute_force(method):
+    base = _clustered(2500, 40, 25, 0.5, seed=4)
+    rng = np.random.default_rng(5)
+    q = base[rng.integers(0, len(base), 600)] + 0.03 * rng.standard_normal((600, 40)).astype(np.float32)
+    q = np.concatenate([q, _clustered(400, 40, 25, 0.5, seed=6)])
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    thr = 0.8
+    want, sim = _brute_cross(q, base, thr)
+    qi, bj, s = S.embedding_cross_pairs(q, base, thr, method=method)
+    _check_output(qi, bj, s, self_join=False)
+    got = set(zip(qi.tolist(), bj.tolist()))
+    if method == "flat":
+        _assert_same(got, want, sim, thr)
+    else:
+        assert len(got - want) == 0 or all(abs(sim[p] - thr) < 1e-5 for p in got - want)
+        assert len(got & want) / len(want) >= 0.97
+    np.testing.assert_allclose(s, sim[qi, bj], atol=1e-5)
+
+
+def test_float16_input_and_exact_verification():
+    x32 = _clustered(1500, 32, 15, 0.5, seed=7)
+    x16 = x32.astype(np.float16)
+    i, j, s = S.embedding_pairs(x16, 0.85, method="flat")
+    # the similarity is the float32 dot of the float16 rows, and exactly the brute force set of those rows
+    want, sim = _brute_pairs(x16, 0.85)
+    _assert_same(set(zip(i.tolist(), j.tolist())), want, sim, 0.85)
+    ref = np.einsum("ij,ij->i", x16[i].astype(np.float32), x16[j].astype(np.float32))
+    np.testing.assert_array_equal(s, ref.astype(np.float32))
+    ii, jj, _ = S.embedding_pairs(x16, 0.85, method="ivf")
+    assert set(zip(ii.tolist(), jj.tolist())) <= set(zip(i.tolist(), j.tolist()))
+
+
+def test_exact_duplicates_and_threshold_one():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((200, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[150:160] = x[0:10]
+    for method in ("flat", "ivf"):
+        i, j, s = S.embedding_pairs(x, 0.9999, method=method)
+        assert set(zip(i.tolist(), j.tolist())) == {(k, 150 + k) for k in range(10)}
+
+
+def test_determinism():
+    x = _clustered(6000, 32, 60, 0.6, seed=9)
+    a = S.embedding_pairs(x, 0.9, method="ivf", seed=3)
+    b = S.embedding_pairs(x, 0.9, method="ivf", seed=3)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_empty_and_single_row(n):
+    x = np.ones((n, 8), dtype=np.float32) / np.sqrt(8)
+    for method in ("auto", "flat", "ivf", "hnsw"):
+        i, j, s = S.embedding_pairs(x, 0.5, method=method)
+        assert len(i) == len(j) == len(s) == 0 and i.dtype == np.int64 and s.dtype == np.float32
+    qi, bj, s = S.embedding_cross_pairs(x, np.ones((3, 8), np.float32) / np.sqrt(8), 0.5)
+    assert len(qi) == n * 3
+    i, j, dd = S.hamming_pairs(np.arange(n, dtype=np.uint64), 4)
+    assert len(i) == 0 and dd.dtype == np.int32
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError):
+        S.embedding_pairs(np.zeros(5, np.float32), 0.5)
+    with pytest.raises(ValueError):
+        S.embedding_pairs(np.eye(4, dtype=np.float32), 0.5, method="lsh")
+    with pytest.raises(ValueError):
+        S.embedding_cross_pairs(np.eye(4, dtype=np.float32), np.eye(3, dtype=np.float32), 0.5)
+
+
+# ---------------------------------------------------------------- Hamming
+
+def _popcount(x):
+    return np.array([bin(int(v)).count("1") for v in x.ravel()]).reshape(x.shape)
+
+
+def _brute_hamming(q, b, maxd, self_join):
+    dist = _popcount(q[:, None] ^ b[None, :])
+    m = dist <= maxd
+    if self_join:
+        m = np.triu(m, 1)
+    i, j = np.nonzero(m)
+    return set(zip(i.tolist(), j.tolist())), dist
+
+
+def _random_hashes(n, seed):
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
+    # planted near copies: flip 0..12 bits
+    k = n // 4
+    src = rng.integers(0, n, k)
+    for t, s in enumerate(src):
+        bits = rng.choice(64, size=rng.integers(0, 13), replace=False)
+        v = h[s]
+        for b in bits:
+            v ^= np.uint64(1) << np.uint64(b)
+        h[n - 1 - t] = v
+    return h
+
+
+@pytest.mark.parametrize("method", ["flat", "multihash"])
+@pytest.mark.parametrize("maxd", [0, 4, 10, 16])
+def test_hamming_pairs_match_brute_force(method, maxd):
+    h = _random_hashes(600, seed=maxd)
+    want, dist = _brute_hamming(h, h, maxd, True)
+    i, j, d = S.hamming_pairs(h, maxd, method=method)
+    assert set(zip(i.tolist(), j.tolist())) == want
+    np.testing.assert_array_equal(d, dist[i, j])
+    assert d.dtype == np.int32 and np.all(i < j)
+    if len(i):
+        assert np.all(np.diff(i * 1000 + j) > 0)
+
+
+@pytest.mark.parametrize("method", ["flat", "multihash"])
+def test_hamming_cross_pairs(method):
+    b = _random_hashes(500, seed=11)
+    rng = np.random.default_rng(12)
+    q = np.concatenate([b[rng.integers(0, 500, 50)] ^ np.uint64(0b1011), _random_hashes(80, seed=13)])
+    want, dist = _brute_hamming(q, b, 6, False)
+    qi, bj, d = S.hamming_cross_pairs(q, b, 6, method=method)
+    assert set(zip(qi.tolist(), bj.tolist())) == want
+    np.testing.assert_array_equal(d, dist[qi, bj])
+
+
+def test_hamming_on_real_photo_hashes(imagenet, kodak):
+    """pHashes of real photos and of re-encoded / resized copies: search == brute force."""
+    import io
+
+    from PIL import Image
+
+    from auditor.index.hashing import phash_dhash
+
+    paths = imagenet[:150] + kodak[:6]
+    if len(paths) < 20:
+        pytest.skip("not enough real photos")
+    ims = []
+    for p in paths:
+        with Image.open(p) as im:
+            ims.append(im.convert("RGB"))
+    copies = []
+    for im in ims[:60]:
+        buf = io.BytesIO()
+        im.resize((im.width * 3 // 4, im.height * 3 // 4)).save(buf, "JPEG", quality=40)
+        buf.seek(0)
+        copies.append(Image.open(buf).convert("RGB"))
+    ph, dh = phash_dhash(ims + copies)
+    ph = np.asarray(ph, dtype=np.uint64)
+    for maxd in (6, 12):
+        want, dist = _brute_hamming(ph, ph, maxd, True)
+        for method in ("flat", "multihash"):
+            i, j, d = S.hamming_pairs(ph, maxd, method=method)
+            assert set(zip(i.tolist(), j.tolist())) == want
+        # most copies are found with their original at distance <= 12
+    found = {(i_, j_) for i_, j_ in zip(*S.hamming_pairs(ph, 12)[:2])}
+    n = len(ims)
+    assert sum((k, n + k) in found for k in range(60)) >= 50
+
+
+# ---------------------------------------------------------------- persistent index
+
+@pytest.mark.parametrize("method", ["flat", "ivf", "hnsw"])
+def test_build_save_load_query(tmp_path, method):
+    x = _clustered(3000, 32, 30, 0.5, seed=14)
+    index = S.build_search_index(x, method, seed=0)
+    assert index.ntotal == len(x)
+    path = tmp_path / "sub" / f"{method}.faiss"
+    S.save_search_index(index, path)
+    assert path.is_file() and not list(path.parent.glob(".*tmp"))
+    loaded = S.load_search_index(path)
+    D, I = S.query_index(loaded, x[:50], 5)
+    assert D.shape == (50, 5) and I.dtype == np.int64 and D.dtype == np.float32
+    # each row finds itself first
+    assert np.mean(I[:, 0] == np.arange(50)) >= 0.98
+    exact = np.sort(x[:50] @ x.T, axis=1)[:, ::-1][:, :5]
+    if method == "flat":
+        np.testing.assert_allclose(D, exact, atol=1e-5)
+    D2, I2 = S.query_index(loaded, x[:3], len(x) + 5)
+    assert np.all(I2[:, -1] == -1) and np.all(np.isneginf(D2[:, -1]))
+
+
+def test_load_missing_index(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        S.load_search_index(tmp_path / "none.faiss")
