@@ -1,22 +1,102 @@
-"""Typed configuration of the probe stage."""
+"""Typed configuration of the probe stage.
+
+One UNet evaluation ("unet_evals") is one noise prediction for one latent: a classifier-free-guided sampling
+step of one image costs 2, an unguided step 1. Black-box generators (http, python) are charged the same nominal
+``steps * (2 if guidance_scale > 1 else 1)`` per image so budgets mean the same thing for every generator.
+"""
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class ProbeConfig(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class DiffusersGeneratorConfig(_Strict):
+    device: str = "auto"                       # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on cuda, fp32 on cpu
+    batch_size: int = Field(8, ge=1)           # images per pipeline call (captions x seeds are batched)
+    scheduler: Optional[str] = None            # a diffusers scheduler class name, e.g. DDIMScheduler; None = the model's
+    variant: Optional[str] = None              # weight variant passed to from_pretrained (e.g. fp16)
+    disable_safety_checker: bool = True        # a blacked-out image would hide the very copies being audited
+
+
+class HttpGeneratorConfig(_Strict):
+    url: Optional[str] = None                  # POST endpoint; see auditor/probe/generators/http.py for the schema
+    headers: dict[str, str] = {}
+    timeout_s: float = Field(120.0, gt=0)
+    retries: int = Field(3, ge=0)              # extra attempts after the first, on timeouts/5xx/connection errors
+    backoff_s: float = Field(1.0, ge=0)        # sleep backoff_s * 2**attempt between attempts
+    concurrency: int = Field(4, ge=1)
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    extra: dict[str, Any] = {}                 # merged into every request body
+
+
+class PythonGeneratorConfig(_Strict):
+    callable: Optional[str] = None             # "package.module:function"
+    params: dict[str, Any] = {}                # extra keyword arguments
+    batch_size: int = Field(8, ge=1)           # requests per call
+
+
+class ProbeConfig(_Strict):
     generator: Literal["diffusers", "http", "python"] = "diffusers"
-    model: Optional[str] = None
-    top_n: int = Field(20, ge=1)
-    seed: int = 0
-    screen_generations: int = Field(4, ge=1)
-    confirm_generations: int = Field(16, ge=1)
+    model: Optional[str] = None                # a local pipeline folder or a hub id (diffusers generator)
+    top_n: int = Field(20, ge=1)               # risky captions taken from dedup/risk.parquet, by rank
+    include_placeholders: bool = False         # probe clusters dedup flagged as placeholder images
+    seed: int = 0                              # generation seeds are seed, seed+1, ... for every caption
+    progress: bool = True
+
+    # sampling
     steps: int = Field(50, ge=1)
     guidance_scale: float = 7.5
-    tiled_l2_threshold: float = 0.15
-    clique_k: int = Field(10, ge=2)
+    width: Optional[int] = None                # None = the model's default
+    height: Optional[int] = None
+    negative_prompt: Optional[str] = None
+
+    # two-tier strategy
+    screen: Literal["auto", "whitebox", "generations", "none"] = "auto"  # auto: whitebox when the model has a UNet
+    screen_generations: int = Field(4, ge=1)   # black-box screen: generations per caption variant
+    screen_clique_k: int = Field(2, ge=2)      # black-box screen: flag when this many generations are near-identical
+    confirm_generations: int = Field(16, ge=1)  # total generations for a flagged caption variant (screen ones reused)
+    budget_unet_evals: Optional[int] = Field(None, ge=0)  # stop probing new captions once spent (None = no limit)
+
+    # white-box first-step screen (Wen et al. 2024)
+    whitebox_seeds: int = Field(4, ge=1)
+    whitebox_steps: int = Field(1, ge=1)       # first step(s) of the sampling trajectory averaged
+    whitebox_threshold: Optional[float] = None  # fixed threshold; None = calibrated at whitebox_fpr
+    whitebox_fpr: float = Field(0.05, gt=0, lt=1)
+    calibration_captions: int = Field(32, ge=0)  # non-risky captions (singleton clusters) used to calibrate
+    calibration_prompts_file: Optional[str] = None  # or: a text file, one non-risky prompt per line
+
+    # detectors
+    tiled_l2_threshold: float = Field(0.15, gt=0)  # delta (Carlini et al. 2023), pixels in [0, 1]
+    tile_grid: int = Field(4, ge=1)            # grid x grid tiles (Carlini: 4x4 tiles of 128 px on 512 px images)
+    template_tile_fraction: float = Field(0.5, gt=0, le=1)  # share of tiles within delta for a template copy
+    compare_max_side: int = Field(512, ge=16)  # compare at the training image's size, capped to this longer side
+    reference_crop: Literal["center", "none"] = "center"  # center-crop training images to the generation's aspect
+    max_references: int = Field(16, ge=1)      # training images of a cluster compared against
+    copy_similarity: bool = True               # use the index's embedder as a copy descriptor when it has one
+    copy_similarity_threshold: float = Field(0.5, gt=-1, le=1)  # SSCD's copy threshold (Pizzi et al. 2022)
+    clique_k: int = Field(10, ge=2)            # consistency: memorized when the largest clique reaches k
+    consistency_threshold: Optional[float] = None  # tiled-L2 edge threshold; None = delta, tightened by calibration
+    consistency_fpr: float = Field(0.01, gt=0, lt=1)
+
+    # caption variants
+    variants: list[Literal["exact", "normalized", "prefix"]] = ["exact"]
+    prefix_fractions: list[float] = [0.5]      # "prefix": the first fraction of the words
+    variants_file: Optional[str] = None        # user variants: JSON {caption: [prompt, ...]} or CSV caption,prompt
+
+    # outputs
+    save_generations: bool = True
+    evidence_per_caption: int = Field(3, ge=0)
+
+    diffusers: DiffusersGeneratorConfig = DiffusersGeneratorConfig()
+    http: HttpGeneratorConfig = HttpGeneratorConfig()
+    python: PythonGeneratorConfig = PythonGeneratorConfig()
+
+    def unet_evals_per_image(self) -> int:
+        return int(self.steps) * (2 if self.guidance_scale > 1.0 else 1)

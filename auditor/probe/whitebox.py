@@ -1,0 +1,126 @@
+"""White-box first-step screen (Wen et al., ICLR 2024, "Detecting, Explaining, and Mitigating Memorization in
+Diffusion Models").
+
+For a prompt ``c`` the score is the magnitude of the text-conditional noise prediction,
+
+    d(c) = mean over seeds and over the first ``whitebox_steps`` sampling steps of
+           || eps(x_t, e_c) - eps(x_t, e_empty) ||_2          (L2 norm over the whole latent)
+
+where ``x_T`` is the pipeline's own initial latent for that seed (``randn * init_noise_sigma`` from a CPU
+``torch.Generator``) and later ``x_t`` follow the classifier-free-guided trajectory. Memorized prompts give
+unusually large magnitudes already at the first step; Wen et al. report strong detection with 1-4 seeds and
+Jeon et al. (2025) re-measured AUC 0.976 with one seed at step 1 on SD 1.4. The flag threshold is calibrated at
+a target false-positive rate on non-risky captions of the same dataset (or set explicitly).
+
+Cost: 2 UNet evaluations per seed per step (conditional + unconditional), counted exactly.
+
+Supported: pipelines with ``unet``, ``tokenizer``, ``text_encoder`` and ``scheduler`` and a plain text
+conditioning (Stable Diffusion 1.x/2.x style). Pipelines with a second text encoder or extra conditioning
+(SDXL, ...) are not scored here; the runner falls back to the generation-based screen.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+class WhiteBox:
+    def __init__(self, unet, tokenizer, text_encoder, scheduler, height: int, width: int, device: str,
+                 dtype, guidance_scale: float, steps: int, counter=None, vae_scale_factor: int = 8):
+        self.unet, self.tokenizer, self.text_encoder = unet, tokenizer, text_encoder
+        self.scheduler = scheduler
+        self.height, self.width = height, width
+        self.device, self.dtype = device, dtype
+        self.guidance_scale = float(guidance_scale)
+        self.steps = int(steps)
+        self.vae_scale_factor = int(vae_scale_factor)
+        self.counter = counter  # an object whose ``unet_evals`` a UNet hook increments (the generator)
+        self._empty = None
+
+    @classmethod
+    def from_pipeline(cls, pipe, cfg, device: str, counter=None) -> Optional["WhiteBox"]:
+        comps = getattr(pipe, "components", {}) or {}
+        needed = ("unet", "tokenizer", "text_encoder", "scheduler")
+        if any(comps.get(k) is None for k in needed) or comps.get("text_encoder_2") is not None:
+            return None
+        unet = pipe.unet
+        if getattr(unet.config, "addition_embed_type", None) or getattr(unet.config, "class_embed_type", None):
+            return None
+        vsf = getattr(pipe, "vae_scale_factor", 8)
+        default = int(unet.config.sample_size) * int(vsf)
+        return cls(unet, pipe.tokenizer, pipe.text_encoder, pipe.scheduler,
+                   int(cfg.height or default), int(cfg.width or default), device, unet.dtype,
+                   cfg.guidance_scale, cfg.steps, counter, int(vsf))
+
+    # --- pieces (public so tests can check them against a direct computation) ---------------------------
+    def encode(self, prompts: Sequence[str]):
+        import torch
+
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        ids = tok.input_ids.to(self.device)
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tok.attention_mask.to(self.device)
+        with torch.inference_mode():
+            emb = self.text_encoder(ids, attention_mask=mask)[0]
+        return emb.to(self.dtype)
+
+    def initial_latents(self, seed: int, scheduler):
+        from diffusers.utils.torch_utils import randn_tensor
+        import torch
+
+        shape = (1, int(self.unet.config.in_channels), self.height // self._vsf(), self.width // self._vsf())
+        g = torch.Generator(device="cpu").manual_seed(int(seed))
+        lat = randn_tensor(shape, generator=g, device=torch.device(self.device), dtype=self.dtype)
+        return lat * scheduler.init_noise_sigma
+
+    def _vsf(self) -> int:
+        return self.vae_scale_factor
+
+    def new_scheduler(self):
+        sched = copy.deepcopy(self.scheduler)
+        sched.set_timesteps(self.steps, device=self.device)
+        return sched
+
+    # --- score ------------------------------------------------------------------------------------------
+    def scores(self, prompts: Sequence[str], seeds: Sequence[int], n_steps: int = 1,
+               batch_size: int = 8) -> tuple[np.ndarray, int]:
+        """[len(prompts)] scores (mean over seeds and the first ``n_steps`` steps) and the UNet evaluations
+        spent. Latents for (prompt, seed) depend only on the seed, so every prompt sees the same noise."""
+        import torch
+
+        pairs = [(i, s) for i in range(len(prompts)) for s in seeds]
+        total = np.zeros(len(prompts), dtype=np.float64)
+        evals = 0
+        if self._empty is None:
+            self._empty = self.encode([""])
+        cond_all = self.encode(list(prompts)) if prompts else None
+        per_chunk = max(1, batch_size)
+        for start in range(0, len(pairs), per_chunk):
+            chunk = pairs[start:start + per_chunk]
+            sched = self.new_scheduler()
+            x = torch.cat([self.initial_latents(s, sched) for _, s in chunk])
+            cond = cond_all[[i for i, _ in chunk]]
+            uncond = self._empty.expand(len(chunk), -1, -1)
+            emb = torch.cat([uncond, cond])
+            acc = torch.zeros(len(chunk), dtype=torch.float64)
+            with torch.inference_mode():
+                for k in range(min(n_steps, len(sched.timesteps))):
+                    t = sched.timesteps[k]
+                    inp = sched.scale_model_input(torch.cat([x, x]), t)
+                    eps = self.unet(inp, t, encoder_hidden_states=emb).sample
+                    evals += int(inp.shape[0])
+                    eps_u, eps_c = eps.chunk(2)
+                    diff = (eps_c.float() - eps_u.float()).flatten(1).norm(dim=1)
+                    acc += diff.double().cpu()
+                    if k + 1 < n_steps:
+                        guided = eps_u + self.guidance_scale * (eps_c - eps_u)
+                        x = sched.step(guided, t, x).prev_sample
+            steps_done = min(n_steps, len(sched.timesteps))
+            for (i, _), v in zip(chunk, (acc / max(1, steps_done)).tolist()):
+                total[i] += v
+        return total / max(1, len(seeds)), evals
