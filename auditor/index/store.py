@@ -66,6 +66,10 @@ class IndexStore:
         return json.loads((self.dir / "index.json").read_text(encoding="utf-8"))
 
     @property
+    def has_embeddings(self) -> bool:
+        return int(self.embedder.get("dim") or 0) > 0
+
+    @property
     def embedder(self) -> dict:
         return self.info.get("embedder") or {"name": "none", "dim": 0}
 
@@ -99,8 +103,9 @@ class IndexStore:
             p = self.shard_dir / f"{s}.emb.npy"
             if p.exists():
                 mats.append(np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False))
-        if not mats:
-            return np.zeros((0, dim), dtype=np.float16)
+        if not mats:  # no embedder: an empty matrix that is still row-aligned with table()
+            n = sum(pq.ParquetFile(self.shard_dir / f"{s}.parquet").metadata.num_rows for s in ids) if dim == 0 else 0
+            return np.zeros((n, dim), dtype=np.float16)
         return np.concatenate(mats, axis=0) if len(mats) > 1 else np.asarray(mats[0])
 
     def errors(self) -> pd.DataFrame:

@@ -1,0 +1,119 @@
+"""Hash-only index throughput on real photos, against two peers measured in the same run:
+
+(a) plain PIL decode of the same files (open + full RGB decode, one process, no hashing): the floor any
+    image indexer pays;
+(b) imagededup's ``PHash().encode_images`` on the same folder (its default multiprocessing), the peer tool.
+
+    python benchmarks/bench_index.py [--photos ../shared/data/photos/imagenet-256] [--repeat 3]
+
+imagededup is installed for the benchmark only (``pip install imagededup``). Writes
+benchmarks/results/index.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        cpu = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "")
+    except OSError:
+        pass
+    return f"{cpu or platform.processor()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def bench_pil(files: list[Path]) -> float:
+    from PIL import Image
+
+    t = time.perf_counter()
+    for f in files:
+        with Image.open(f) as im:
+            im.convert("RGB").load()
+    return time.perf_counter() - t
+
+
+def bench_imagededup(folder: Path) -> float:
+    from imagededup.methods import PHash
+
+    hasher = PHash(verbose=False)
+    t = time.perf_counter()
+    hasher.encode_images(image_dir=str(folder))
+    return time.perf_counter() - t
+
+
+def bench_auditor(folder: Path, workers: int) -> float:
+    from auditor.config import AuditorConfig
+    from auditor.index.runner import run_index
+
+    cfg = AuditorConfig.model_validate({"index": {"workers": workers, "progress": False,
+                                                  "reader": {"folder_shard_size": 250}}})
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        store = run_index(str(folder), Path(tmp) / "run", cfg)
+        dt = time.perf_counter() - t
+        assert store.info["counts"]["indexed"] == len(list(folder.iterdir())), store.info["counts"]
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--photos", default=str(REPO.parent / "shared" / "data" / "photos" / "imagenet-256"))
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    src = Path(args.photos)
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if len(files) < 1000:
+        sys.exit(f"need >= 1000 photos, found {len(files)} in {src}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        for f in files:
+            shutil.copy(f, folder / f.name)
+        files = sorted(folder.iterdir())
+        n = len(files)
+        bench_pil(files)  # warm the page cache
+        res: dict[str, list[float]] = {"pil_decode": [], "imagededup_phash": [], "auditor_workers0": [],
+                                       "auditor_workers2": []}
+        for _ in range(args.repeat):
+            res["pil_decode"].append(bench_pil(files))
+            res["imagededup_phash"].append(bench_imagededup(folder))
+            res["auditor_workers0"].append(bench_auditor(folder, 0))
+            res["auditor_workers2"].append(bench_auditor(folder, 2))
+    best = {k: min(v) for k, v in res.items()}
+    ips = {k: n / v for k, v in best.items()}
+    out = {
+        "date": date.today().isoformat(), "machine": machine(), "images": n, "source": str(src),
+        "seconds_best_of": args.repeat, "seconds": best, "images_per_s": ips,
+        "ratio_vs_pil_decode": {k: ips[k] / ips["pil_decode"] for k in ("auditor_workers0", "auditor_workers2")},
+        "ratio_vs_imagededup": {k: ips[k] / ips["imagededup_phash"] for k in ("auditor_workers0", "auditor_workers2")},
+    }
+    rdir = REPO / "benchmarks" / "results"
+    rdir.mkdir(parents=True, exist_ok=True)
+    (rdir / "index.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [f"Hash-only index, {n} real photos ({src.name}), {out['machine']}, {out['date']}, best of {args.repeat}",
+             "", "| what | img/s | vs PIL decode | vs imagededup PHash |", "|---|---:|---:|---:|"]
+    for k in ("pil_decode", "imagededup_phash", "auditor_workers0", "auditor_workers2"):
+        lines.append(f"| {k} | {ips[k]:.0f} | {ips[k] / ips['pil_decode']:.2f}x | {ips[k] / ips['imagededup_phash']:.2f}x |")
+    (rdir / "index.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

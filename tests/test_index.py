@@ -1,0 +1,130 @@
+"""The index stage on real photos: hashes match imagehash, outputs identical across worker counts,
+bad samples recorded, a kill -9 mid-run resumes to byte-identical outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image
+
+from auditor.config import AuditorConfig
+from auditor.index.runner import IndexConfigMismatch, run_index
+from auditor.index.store import IndexStore
+
+
+def _cfg(**index) -> AuditorConfig:
+    index.setdefault("progress", False)
+    return AuditorConfig.model_validate({"index": index})
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def photo_folder(tmp_path, imagenet, kodak) -> Path:
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    for p in imagenet[:40]:
+        shutil.copy(p, d / p.name)
+    for p in kodak[:4]:
+        shutil.copy(p, d / "sub" / p.name)
+        (d / "sub" / (p.stem + ".txt")).write_text(f"a kodak photo {p.stem}", encoding="utf-8")
+    return d
+
+
+def test_index_folder_hashes_match_imagehash(photo_folder, tmp_path):
+    store = run_index(photo_folder, tmp_path / "run", _cfg(workers=0, reader={"folder_shard_size": 16}))
+    df = store.table()
+    assert len(df) == 44 and store.info["counts"]["indexed"] == 44 and store.info["complete"]
+    assert list(df["shard"].unique()) == ["00000", "00001", "00002"]
+    assert df["key"].is_unique
+    for r in df.sample(12, random_state=0).itertuples():
+        with Image.open(photo_folder / r.key) as im:
+            assert int(str(imagehash.phash(im)), 16) == r.phash
+            assert int(str(imagehash.dhash(im)), 16) == r.dhash
+            assert (im.width, im.height) == (r.width, r.height)
+        data = (photo_folder / r.key).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == r.sha256 and r.nbytes == len(data)
+    sub = df[df["key"].str.startswith("sub/")]
+    assert sorted(sub["caption"]) == sorted(f"a kodak photo {p.stem}" for p in (photo_folder / "sub").glob("*.png"))
+    assert set(df["format"]) == {"JPEG", "PNG"}
+    assert store.embeddings().shape == (44, 0)
+
+
+def test_outputs_identical_across_worker_counts(photo_folder, tmp_path):
+    a = run_index(photo_folder, tmp_path / "a", _cfg(workers=0, chunk_size=7, reader={"folder_shard_size": 16}))
+    b = run_index(photo_folder, tmp_path / "b", _cfg(workers=2, chunk_size=5, reader={"folder_shard_size": 16}))
+    assert _tree_digest(a.dir) == _tree_digest(b.dir)
+
+
+def test_bad_samples_recorded_never_fatal(photo_folder, tmp_path):
+    good = sorted(photo_folder.glob("*.jpg"))[0].read_bytes()
+    (photo_folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (photo_folder / "empty.jpg").write_bytes(b"")
+    (photo_folder / "not_an_image.jpg").write_bytes(b"<html>404 not found</html>")
+    bomb = Image.new("L", (12000, 12000))  # 144 Mpx of zeros compresses to a tiny PNG
+    bomb.save(photo_folder / "bomb.png", optimize=True)
+    store = run_index(photo_folder, tmp_path / "run",
+                      _cfg(workers=2, reader={"folder_shard_size": 10}, decode={"max_pixels": 50_000_000}))
+    err = store.errors().set_index("key")
+    assert {"truncated.jpg", "empty.jpg", "not_an_image.jpg", "bomb.png"} <= set(err.index)
+    assert (err["stage"] == "decode").all()
+    assert all(err.loc[k, "error"] for k in err.index)
+    assert store.info["counts"]["indexed"] == 44  # every good photo, in the same shards as the bad ones
+
+
+def test_refuses_output_inside_dataset(photo_folder):
+    with pytest.raises(ValueError, match="inside the input dataset"):
+        run_index(photo_folder, photo_folder / "run", _cfg(workers=0))
+
+
+def test_resume_requires_same_config(photo_folder, tmp_path):
+    run_index(photo_folder, tmp_path / "run", _cfg(workers=0))
+    with pytest.raises(IndexConfigMismatch):
+        run_index(photo_folder, tmp_path / "run", _cfg(workers=0, decode={"max_pixels": 1000}))
+    # runtime-only keys may change on resume
+    run_index(photo_folder, tmp_path / "run", _cfg(workers=2, chunk_size=3))
+
+
+def test_kill_9_midway_then_resume_is_byte_identical(shared_data, tmp_path):
+    src = shared_data / "photos" / "cifar10-test"
+    files = sorted(src.rglob("*.jpg"))[:6000]
+    data = tmp_path / "cifar"
+    for f in files:
+        dst = data / f.parent.name / f.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.link(f, dst) if os.stat(f).st_dev == os.stat(tmp_path).st_dev else shutil.copy(f, dst)
+    args = ["--workers", "0", "--set", "index.reader.folder_shard_size=300", "--set", "index.progress=false"]
+
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-m", "auditor", "index", str(data), "--out", str(ref), *args], check=True)
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "auditor", "index", str(data), "--out", str(run), *args])
+    shard_dir = run / "index" / "shards"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(shard_dir.glob("*.done"))) < 2:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(shard_dir.glob("*.done")))
+    assert 2 <= done_at_kill < 20, "the run must be killed midway"
+    assert not IndexStore(run).info["complete"]
+
+    subprocess.run([sys.executable, "-m", "auditor", "index", str(data), "--out", str(run), *args], check=True)
+    assert _tree_digest(run / "index") == _tree_digest(ref / "index")
+    store = IndexStore(run)
+    assert store.info["complete"] and store.info["counts"]["indexed"] == 6000
+    assert len(store.table()) == 6000 and store.table()["key"].is_unique
