@@ -128,3 +128,24 @@ def test_kill_9_midway_then_resume_is_byte_identical(shared_data, tmp_path):
     store = IndexStore(run)
     assert store.info["complete"] and store.info["counts"]["indexed"] == 6000
     assert len(store.table()) == 6000 and store.table()["key"].is_unique
+
+
+@pytest.mark.network_loopback
+def test_real_img2dataset_shards_indexed_with_every_key(imagenet, kodak, tmp_path):
+    """Shards written by the real img2dataset CLI (served from 127.0.0.1); every downloaded key is indexed,
+    failed rows are listed in not_indexed.parquet, and PNG bytes stored as .jpg are sniffed as PNG."""
+    from auditor.io.download import serve_and_download
+    from auditor.io import open_dataset
+
+    items = [(p, f"photo of {p.stem.split('_', 1)[1].replace('_', ' ')}") for p in imagenet[:50]]
+    items += [(p, f"kodak {p.stem}") for p in kodak[:3]]
+    ds = serve_and_download(items, tmp_path / "ds", output_format="webdataset", number_sample_per_shard=20,
+                            missing=2)
+    store = run_index(ds, tmp_path / "run", _cfg(workers=2))
+    reader = open_dataset(ds)
+    want = {s.key for ref in reader.shards() for s in reader.read_shard(ref) if s.status == "success"}
+    df = store.table()
+    assert len(want) == 53 and set(df["key"]) == want
+    assert len(store.not_indexed()) == 2 and set(store.not_indexed()["status"]) != {"success"}
+    assert (df["format"] == "PNG").sum() == 3 and set(df.loc[df["format"] == "PNG", "stored_ext"]) == {"jpg"}
+    assert df["caption"].str.startswith(("photo of", "kodak")).all()
