@@ -10,14 +10,28 @@ from pydantic import BaseModel, ConfigDict, Field
 class DedupConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # exact: identical stored bytes (sha256) / identical decoded RGB pixels (pixel_sha256)
     exact_bytes: bool = True
     exact_pixels: bool = True
     # perceptual: max Hamming distance between 64-bit pHashes (and dHashes) to call a pair duplicate
+    phash: bool = True
     phash_max_distance: int = Field(10, ge=0, le=64)
     dhash_max_distance: int = Field(-1, ge=-1, le=64)  # -1 = dHash not used
     # embedding: min cosine similarity; search method chosen by size unless forced
     embedding: bool = True
     cosine_threshold: float = Field(0.9, gt=-1.0, le=1.0)
     search: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    # chaining guard: a cluster member must itself be within a threshold of the representative (by at least
+    # one enabled signal); members that are not are split off into their own clusters. Off = plain
+    # connected components (single linkage, which chains A~B~C into one cluster even when A !~ C).
+    chaining_guard: bool = True
+    # placeholder clusters ("image not found" GIFs, blank or tiny images served for dead URLs): exact
+    # clusters of at least placeholder_min_cluster members whose representative is tiny or near-uniform.
+    # They are flagged (is_placeholder) and left out of the risk ranking.
     placeholder_min_cluster: int = Field(50, ge=2)
-    risk_top_n: int = Field(100, ge=1)
+    placeholder_max_area: int = Field(64 * 64, ge=0)        # width*height at or below which an image is "tiny"
+    placeholder_uniform_fraction: float = Field(0.9, gt=0.0, le=1.0)  # share of pixels near the dominant grey
+    placeholder_check_pixels: bool = True                   # decode the representative (needs the dataset)
+    drop_placeholders: bool = False                         # also drop the representative of a placeholder cluster
+    risk_top_n: int = Field(100, ge=1)                      # clusters listed in summary.json (risk.parquet has all)
+    progress: bool = True

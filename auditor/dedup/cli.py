@@ -1,0 +1,61 @@
+"""``auditor dedup RUN_DIR`` and ``auditor apply-manifest RUN_DIR --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    from ..cli import add_config_options
+
+    p = subparsers.add_parser(
+        "dedup", help="duplicate clusters, keep/drop manifest and memorization-risk ranking of an index",
+        description="Cluster exact, perceptual and embedding duplicates of RUN_DIR/index and write "
+                    "RUN_DIR/dedup/{manifest,clusters,captions,risk}.parquet, keep/drop key lists and "
+                    "summary.json. Incremental: shards added to the index since the last run are searched "
+                    "against the rest; nothing else is searched again.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--against", action="append", default=[], metavar="OTHER_RUN",
+                   help="also list the samples duplicating samples of another indexed run "
+                        "(writes dedup/against_<name>.parquet; repeatable)")
+    p.add_argument("--full", action="store_true", help="ignore the stored search state and search everything")
+    add_config_options(p)
+    p.set_defaults(func=_dedup)
+
+    a = subparsers.add_parser(
+        "apply-manifest", help="write the kept samples as a new img2dataset-style webdataset",
+        description="Write the samples RUN_DIR/dedup/manifest.parquet keeps to OUT as webdataset shards "
+                    "(keys, captions, urls kept). Never writes into the input dataset or RUN_DIR/index.")
+    a.add_argument("run_dir", metavar="RUN_DIR")
+    a.add_argument("--out", required=True, metavar="DIR")
+    a.add_argument("--shard-size", type=int, default=10_000, help="samples per output shard (default 10000)")
+    add_config_options(a)
+    a.set_defaults(func=_apply)
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from ..cli import config_from_args
+    from .against import run_against
+    from .runner import run_dedup
+
+    cfg = config_from_args(args)
+    summary = run_dedup(args.run_dir, cfg, full=args.full)
+    print(json.dumps({k: summary[k] for k in ("samples", "kept", "dropped", "duplicate_rate", "duplicate_clusters",
+                                              "placeholder_clusters", "risk_rows")}, indent=2))
+    for other in args.against:
+        out = run_against(args.run_dir, other, cfg)
+        print(f"{len(out)} samples duplicate samples of {other}")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from ..cli import config_from_args
+    from .apply import apply_manifest
+
+    cfg = config_from_args(args)
+    if args.shard_size < 1:
+        raise SystemExit("--shard-size must be >= 1")
+    summary = apply_manifest(args.run_dir, args.out, shard_size=args.shard_size, progress=cfg.dedup.progress)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["errors"] == 0 else 1

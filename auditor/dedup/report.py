@@ -1,0 +1,208 @@
+"""From a clustering to the stage's tables: manifest, clusters, caption duplication, placeholders, risk."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..index.store import IndexStore
+from .cluster import REASONS, Clustering
+from .config import DedupConfig
+from .risk import rank_risk
+
+log = logging.getLogger(__name__)
+
+# pHashes of a perfectly flat image: imagehash gives 0x0 for black and 0x8000000000000000 for any other
+# uniform colour (only the DC coefficient is above the median); dHash of a flat image is 0
+FLAT_PHASHES = (np.uint64(0), np.uint64(1 << 63))
+
+_SIZE_BINS = [(1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 32), (33, 64), (65, 128), (129, 256), (257, 512),
+              (513, 1024)]
+
+
+@dataclass
+class Outputs:
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    keep_text: str = ""
+    drop_text: str = ""
+    summary: dict = field(default_factory=dict)
+
+
+def uniform_fraction(rgb) -> float:
+    """Share of a 64x64 grayscale thumbnail's pixels within 8 grey levels of its median: 1.0 for a blank
+    image, ~0.95 for a grey "image not available" card with a line of text, ~0.1 for a photo."""
+    from PIL import Image
+
+    g = np.asarray(rgb.convert("L").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.int16)
+    return float(np.mean(np.abs(g - np.median(g)) <= 8))
+
+
+def _placeholders(store: IndexStore, clusters: pd.DataFrame, table: pd.DataFrame, dcfg: DedupConfig
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(is_placeholder, why, pixel checks that failed) per cluster row. A placeholder is a cluster of at
+    least ``placeholder_min_cluster`` members, mostly exact copies, whose representative is tiny, has the
+    hash of a flat image, or (decoded) is near-uniform."""
+    is_ph = np.zeros(len(clusters), dtype=bool)
+    why = np.full(len(clusters), "", dtype=object)
+    failed = 0
+    cand = np.flatnonzero((clusters["size"].to_numpy() >= dcfg.placeholder_min_cluster)
+                          & (clusters["exact_members"].to_numpy() * 2 >= clusters["size"].to_numpy() - 1))
+    for k in tqdm(cand, desc="placeholders", unit="cluster", disable=not dcfg.progress or len(cand) < 10):
+        r = int(clusters["rep_row"].iat[k])
+        area = int(table["width"].iat[r]) * int(table["height"].iat[r])
+        if area <= dcfg.placeholder_max_area:
+            is_ph[k], why[k] = True, "tiny"
+            continue
+        ph, dh = np.uint64(table["phash"].iat[r]), np.uint64(table["dhash"].iat[r])
+        if ph in FLAT_PHASHES and dh == 0:
+            is_ph[k], why[k] = True, "flat"
+            continue
+        if dcfg.placeholder_check_pixels:
+            try:
+                img = store.load_image(str(table["shard"].iat[r]), str(table["key"].iat[r]))
+                if uniform_fraction(img) >= dcfg.placeholder_uniform_fraction:
+                    is_ph[k], why[k] = True, "uniform"
+            except Exception as exc:  # noqa: BLE001 - dataset moved or unreadable: judge by the index only
+                failed += 1
+                log.warning("placeholder check could not read %s/%s: %s", table["shard"].iat[r],
+                            table["key"].iat[r], exc)
+    return is_ph, why, failed
+
+
+def _histogram(sizes: np.ndarray) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for lo, hi in _SIZE_BINS:
+        c = int(((sizes >= lo) & (sizes <= hi)).sum())
+        out[str(lo) if lo == hi else f"{lo}-{hi}"] = c
+    out[f">{_SIZE_BINS[-1][1]}"] = int((sizes > _SIZE_BINS[-1][1]).sum())
+    return out
+
+
+def build_outputs(store: IndexStore, table: pd.DataFrame, res: Clustering, dcfg: DedupConfig,
+                  fingerprint: dict) -> Outputs:
+    n = len(table)
+    out = Outputs()
+    row = np.arange(n, dtype=np.int64)
+    # cluster ids in order of the representative's index row
+    rep_of_label = np.zeros(int(res.label.max()) + 1 if n else 0, dtype=np.int64)
+    rep_of_label[res.label] = res.rep_row
+    order = np.argsort(rep_of_label, kind="stable")
+    cid_of_label = np.empty_like(order)
+    cid_of_label[order] = np.arange(order.size)
+    cid = cid_of_label[res.label] if n else np.zeros(0, np.int64)
+    n_clusters = order.size
+    size = np.bincount(cid, minlength=n_clusters)
+    rep_row = np.zeros(n_clusters, dtype=np.int64)
+    rep_row[cid] = res.rep_row
+    is_rep = res.rep_row == row
+
+    # --- captions (Somepalli et al. 2023: the same caption on many images drives replication) ----------
+    cap_hash = table["caption_hash"].fillna("").astype(str).to_numpy(object)
+    has_cap = cap_hash != ""
+    cap_codes, cap_uniques = pd.factorize(pd.Series(cap_hash).where(has_cap, None), use_na_sentinel=True)
+    cap_count = np.bincount(cap_codes[has_cap], minlength=len(cap_uniques))
+    caption_dup_count = np.where(has_cap, cap_count[np.maximum(cap_codes, 0)] - 1, 0).astype(np.int64)
+    pairs = pd.DataFrame({"cap": cap_codes[has_cap], "cid": cid[has_cap]}).drop_duplicates()
+    cap_n_clusters = np.bincount(pairs["cap"].to_numpy(), minlength=len(cap_uniques))
+    n_captions = np.bincount(pairs["cid"].to_numpy(), minlength=n_clusters)
+
+    # --- clusters ----------------------------------------------------------------------------------------
+    exact = np.isin(res.reason, [REASONS.index("exact_bytes"), REASONS.index("exact_pixels")])
+    exact_members = np.bincount(cid[exact], minlength=n_clusters)
+    reason_names = np.array(list(REASONS) + [""], dtype=object)
+    reason_str = reason_names[res.reason]
+    dup = ~is_rep & (size[cid] > 1)
+    reasons_per_cluster = (pd.DataFrame({"cid": cid[dup], "r": reason_str[dup]}).drop_duplicates()
+                           .sort_values(["cid", "r"]).groupby("cid")["r"].agg(",".join))
+    reasons_col = np.full(n_clusters, "", dtype=object)
+    reasons_col[reasons_per_cluster.index.to_numpy()] = reasons_per_cluster.to_numpy()
+    keys = table["key"].to_numpy(object)
+    shards = table["shard"].to_numpy(object)
+    clusters = pd.DataFrame({
+        "cluster_id": np.arange(n_clusters, dtype=np.int64),
+        "size": size.astype(np.int64),
+        "representative_key": keys[rep_row].astype(str) if n else np.zeros(0, str),
+        "representative_shard": shards[rep_row].astype(str) if n else np.zeros(0, str),
+        "rep_row": rep_row,
+        "n_captions": n_captions.astype(np.int64),
+        "exact_members": exact_members.astype(np.int64),
+        "reasons": reasons_col.astype(str),
+    })
+    is_ph, ph_why, ph_failed = _placeholders(store, clusters, table, dcfg)
+    clusters["is_placeholder"] = is_ph
+    clusters["placeholder_why"] = ph_why.astype(str)
+
+    # --- manifest ----------------------------------------------------------------------------------------
+    keep = is_rep.copy()
+    if dcfg.drop_placeholders:
+        keep &= ~is_ph[cid]
+    manifest = pd.DataFrame({
+        "key": keys.astype(str), "shard": shards.astype(str),
+        "cluster_id": cid.astype(np.int64), "cluster_size": size[cid].astype(np.int64),
+        "is_representative": is_rep, "keep": keep, "reason": reason_str.astype(str),
+        "similarity_to_representative": res.similarity.astype(np.float64),
+        "caption_dup_count": caption_dup_count,
+    })
+    out.frames["manifest.parquet"] = manifest
+
+    # --- captions table ---------------------------------------------------------------------------------
+    first_row_of_cap = np.full(len(cap_uniques), -1, dtype=np.int64)
+    rows_with_cap = row[has_cap]
+    first_row_of_cap[cap_codes[has_cap][::-1]] = rows_with_cap[::-1]  # first occurrence wins
+    dup_caps = np.flatnonzero(cap_count > 1)
+    captions = pd.DataFrame({
+        "caption_hash": np.asarray(cap_uniques, dtype=object)[dup_caps].astype(str),
+        "caption": table["caption"].to_numpy(object)[first_row_of_cap[dup_caps]],
+        "count": cap_count[dup_caps].astype(np.int64),
+        "n_clusters": cap_n_clusters[dup_caps].astype(np.int64),
+    }).sort_values(["count", "n_clusters", "caption_hash"], ascending=[False, False, True], kind="mergesort")
+    captions["caption"] = captions["caption"].astype(str)
+    out.frames["captions.parquet"] = captions.reset_index(drop=True)
+
+    # --- risk -------------------------------------------------------------------------------------------
+    risk = rank_risk(table, cid, is_rep, clusters, cap_codes, cap_count)
+    out.frames["risk.parquet"] = risk
+    out.frames["clusters.parquet"] = clusters[["cluster_id", "size", "representative_key", "representative_shard",
+                                               "n_captions", "is_placeholder", "placeholder_why",
+                                               "exact_members", "reasons"]]
+
+    # --- keys -------------------------------------------------------------------------------------------
+    sk = pd.Series(shards.astype(str)) + "/" + pd.Series(keys.astype(str))
+    out.keep_text = "".join(s + "\n" for s in sorted(sk[keep]))
+    out.drop_text = "".join(s + "\n" for s in sorted(sk[~keep]))
+
+    # --- summary ----------------------------------------------------------------------------------------
+    n_drop = int((~keep).sum())
+    multi = size > 1
+    reason_counts = {r: int((reason_str[dup] == r).sum()) for r in REASONS}
+    top = risk.head(dcfg.risk_top_n)
+    out.summary = {
+        "samples": n,
+        "kept": int(keep.sum()),
+        "dropped": n_drop,
+        "duplicate_rate": (n_drop / n) if n else 0.0,
+        "clusters": int(n_clusters),
+        "duplicate_clusters": int(multi.sum()),
+        "samples_in_duplicate_clusters": int(size[multi].sum()),
+        "largest_cluster": int(size.max()) if n_clusters else 0,
+        "cluster_size_histogram": _histogram(size),
+        "reasons": reason_counts,
+        "placeholder_clusters": int(is_ph.sum()),
+        "placeholder_samples": int(size[is_ph].sum()),
+        "placeholder_pixel_checks_failed": ph_failed,
+        "captions": {
+            "distinct": int(len(cap_uniques)),
+            "samples_without_caption": int((~has_cap).sum()),
+            "duplicated_captions": int((cap_count > 1).sum()),
+            "samples_with_duplicated_caption": int(cap_count[cap_count > 1].sum()),
+            "captions_on_several_clusters": int((cap_n_clusters > 1).sum()),
+        },
+        "risk_rows": int(len(risk)),
+        "top_risk": top[["rank", "cluster_id", "cluster_size", "caption_count", "caption"]].to_dict("records"),
+        "thresholds": {**dcfg.model_dump(mode="json", exclude={"progress"}), "search_fingerprint": fingerprint},
+    }
+    return out

@@ -1,0 +1,304 @@
+"""The dedup stage: ``RUN_DIR/index`` -> duplicate clusters, a keep/drop manifest and a memorization-risk
+ranking in ``RUN_DIR/dedup``.
+
+Signals (each can be switched off in :class:`~auditor.dedup.config.DedupConfig`):
+
+* ``exact_bytes``  -- identical stored bytes (``sha256``);
+* ``exact_pixels`` -- identical decoded RGB pixels (``pixel_sha256``: the same picture as PNG and BMP);
+* ``phash`` / ``dhash`` -- 64-bit perceptual hashes within a Hamming distance;
+* ``embedding``    -- cosine similarity of the index's L2-normalised embeddings (skipped without an embedder).
+
+Searches run once per *pixel group* (rows with identical decoded pixels have identical hashes and
+embeddings), so a placeholder served ten thousand times costs one search row, not fifty million pairs.
+Search edges are kept in ``dedup/state`` keyed by pixel hash; when the index gains shards, only the new pixel
+groups are searched (against the old ones and among themselves) and clustering is redone over everything,
+which is cheap next to search: the result equals a run from scratch on the union.
+
+Outputs (``RUN_DIR/dedup``, written atomically, identical bytes for the same index and config):
+
+* ``manifest.parquet``  one row per indexed sample (index order): key, shard, cluster_id, cluster_size,
+  is_representative, keep, reason (exact_bytes | exact_pixels | phash | dhash | embedding | '' for
+  representatives and singletons), similarity_to_representative, caption_dup_count (how many *other*
+  samples carry the same normalised caption);
+* ``clusters.parquet``  one row per cluster (singletons too): cluster_id, size, representative_key,
+  representative_shard, n_captions, is_placeholder, placeholder_why, exact_members, reasons;
+* ``captions.parquet``  every normalised caption carried by more than one sample: caption_hash, caption,
+  count, n_clusters (distinct image clusters carrying it: Somepalli et al. 2023's caption duplication);
+* ``risk.parquet``      the clusters to probe first (see :mod:`auditor.dedup.risk`);
+* ``keep_keys.txt`` / ``drop_keys.txt``  sorted ``shard/key`` lines;
+* ``summary.json``      counts, duplicate rate, cluster-size histogram, thresholds used;
+* ``search_ids.parquet`` + ``embeddings.faiss`` + ``phash.npy`` (+ ``dhash.npy``): the search index over
+  one row per pixel group (row i of each = ``search_ids`` row i: pixel_group, shard, key), for the guard
+  stage's queries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from ..index.store import IndexStore
+from ..utils import write_json, write_npy, write_parquet, write_text
+from .cluster import Signals, cluster, group_codes, star_edges
+from .config import DedupConfig
+
+log = logging.getLogger(__name__)
+
+DEDUP_DIR = "dedup"
+STATE_DIR = "state"
+STATE_VERSION = 1
+SIGNAL_CODE = {"phash": 2, "dhash": 3, "embedding": 4}
+
+MANIFEST_COLUMNS = ["key", "shard", "cluster_id", "cluster_size", "is_representative", "keep", "reason",
+                    "similarity_to_representative", "caption_dup_count"]
+_TABLE_COLUMNS = ["key", "shard", "caption", "sha256", "pixel_sha256", "phash", "dhash", "width", "height",
+                  "caption_hash"]
+
+
+def _dedup_cfg(cfg) -> tuple[DedupConfig, int]:
+    from ..config import AuditorConfig
+
+    if cfg is None:
+        cfg = AuditorConfig()
+    if isinstance(cfg, AuditorConfig):
+        return cfg.dedup, cfg.seed
+    return cfg, 0
+
+
+def pixel_groups(table: pd.DataFrame) -> pd.Series:
+    """The search unit of every row: its pixel hash (or byte hash, or shard/key when both are missing)."""
+    pix = table["pixel_sha256"].fillna("").astype(str)
+    byt = table["sha256"].fillna("").astype(str)
+    own = "r:" + table["shard"].astype(str) + "/" + table["key"].astype(str)
+    return pix.where(pix != "", ("b:" + byt).where(byt != "", own))
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _has_embeddings(store: IndexStore, dcfg: DedupConfig) -> bool:
+    return bool(dcfg.embedding) and int(store.embedder.get("dim") or 0) > 0 and store.embedder.get("name") != "none"
+
+
+def search_fingerprint(store: IndexStore, dcfg: DedupConfig, seed: int) -> dict:
+    """Everything the stored search edges depend on; a change forces a search from scratch."""
+    emb = _has_embeddings(store, dcfg)
+    return {
+        "state_version": STATE_VERSION,
+        "phash": dcfg.phash_max_distance if dcfg.phash else None,
+        "dhash": dcfg.dhash_max_distance if dcfg.dhash_max_distance >= 0 else None,
+        "embedding": {"threshold": dcfg.cosine_threshold, "search": dcfg.search, "seed": seed,
+                      "embedder": store.embedder} if emb else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------
+# search
+# ------------------------------------------------------------------------------------------------------
+def _hamming_edges(values: np.ndarray, n_old: int, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a, b) of pixel groups within ``max_distance``; with ``n_old`` > 0 only pairs involving a new
+    group (index >= n_old) are searched."""
+    from .search import hamming_cross_pairs, hamming_pairs
+
+    new = values[n_old:]
+    i, j, _ = hamming_pairs(new, max_distance)
+    a, b = [np.asarray(i, np.int64) + n_old], [np.asarray(j, np.int64) + n_old]
+    if n_old and len(new):
+        qi, bj, _ = hamming_cross_pairs(new, values[:n_old], max_distance)
+        a.append(np.asarray(qi, np.int64) + n_old)
+        b.append(np.asarray(bj, np.int64))
+    return np.concatenate(a), np.concatenate(b)
+
+
+def _embedding_edges(emb: np.ndarray, n_old: int, dcfg: DedupConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from .search import embedding_cross_pairs, embedding_pairs
+
+    new = emb[n_old:]
+    i, j, _ = embedding_pairs(new, dcfg.cosine_threshold, method=dcfg.search, seed=seed)
+    a, b = [np.asarray(i, np.int64) + n_old], [np.asarray(j, np.int64) + n_old]
+    if n_old and len(new):
+        qi, bj, _ = embedding_cross_pairs(new, emb[:n_old], dcfg.cosine_threshold, method=dcfg.search, seed=seed)
+        a.append(np.asarray(qi, np.int64) + n_old)
+        b.append(np.asarray(bj, np.int64))
+    return np.concatenate(a), np.concatenate(b)
+
+
+def _group_embeddings(store: IndexStore, first_rows: np.ndarray) -> np.ndarray:
+    emb = store.embeddings()
+    if len(first_rows) == 0:
+        return np.zeros((0, emb.shape[1] if emb.ndim == 2 else 0), dtype=np.float32)
+    return np.ascontiguousarray(np.asarray(emb[first_rows], dtype=np.float32))
+
+
+# ------------------------------------------------------------------------------------------------------
+# the stage
+# ------------------------------------------------------------------------------------------------------
+def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
+    """Deduplicate the index in ``run_dir``; returns the summary. ``cfg``: AuditorConfig or DedupConfig.
+    ``full=True`` ignores the stored search state and searches everything again."""
+    dcfg, seed = _dedup_cfg(cfg)
+    run_dir = Path(run_dir)
+    store = IndexStore(run_dir)
+    out = run_dir / DEDUP_DIR
+    state_dir = out / STATE_DIR
+    shard_ids = store.shard_ids()
+    table = store.table(columns=_TABLE_COLUMNS)
+    n = len(table)
+    log.info("dedup %s: %d samples in %d shards", run_dir, n, len(shard_ids))
+
+    # --- pixel groups, old vs new ---------------------------------------------------------------------
+    pg = pixel_groups(table)
+    fingerprint = search_fingerprint(store, dcfg, seed)
+    shard_digests = {s: _file_digest(store.shard_dir / f"{s}.parquet") for s in shard_ids}
+    old_groups: list[str] = []
+    old_edges = pd.DataFrame({"a": pd.Series(dtype=str), "b": pd.Series(dtype=str), "signal": pd.Series(dtype="int8")})
+    state = _load_state(state_dir)
+    mode = "full"
+    if state and not full and state.get("fingerprint") == fingerprint and all(
+            shard_digests.get(s) == d for s, d in state.get("shards", {}).items()):
+        ids = pd.read_parquet(state_dir / "groups.parquet")
+        old_groups = ids["pixel_group"].tolist()
+        old_edges = pd.read_parquet(state_dir / "edges.parquet")
+        mode = "incremental"
+    elif state and not full:
+        log.info("dedup state does not match the index or the config: searching everything again")
+
+    # groups in search order: old groups (stored order), then new groups in index order
+    first_row = pd.Series(np.arange(n), index=pg.to_numpy()).groupby(level=0, sort=False).first()
+    old_set = set(old_groups)
+    present = set(first_row.index)
+    if not old_set <= present:  # an old group vanished (a shard rewritten): start over
+        old_groups, old_set, mode = [], set(), "full"
+        old_edges = old_edges.iloc[0:0]
+    new_groups = [g for g in first_row.index if g not in old_set]
+    groups = old_groups + new_groups
+    n_old = len(old_groups)
+    group_first = first_row.loc[groups].to_numpy(np.int64) if groups else np.zeros(0, np.int64)
+    log.info("dedup search (%s): %d pixel groups, %d new", mode, len(groups), len(new_groups))
+
+    # --- search edges between pixel groups ------------------------------------------------------------
+    phash = table["phash"].to_numpy(np.uint64)
+    dhash = table["dhash"].to_numpy(np.uint64)
+    new_edges = []
+    if dcfg.phash:
+        a, b = _hamming_edges(phash[group_first], n_old, dcfg.phash_max_distance)
+        new_edges.append((a, b, SIGNAL_CODE["phash"]))
+    if dcfg.dhash_max_distance >= 0:
+        a, b = _hamming_edges(dhash[group_first], n_old, dcfg.dhash_max_distance)
+        new_edges.append((a, b, SIGNAL_CODE["dhash"]))
+    has_emb = _has_embeddings(store, dcfg)
+    group_emb = None
+    if has_emb:
+        group_emb = _group_embeddings(store, group_first)
+        a, b = _embedding_edges(group_emb, n_old, dcfg, seed)
+        new_edges.append((a, b, SIGNAL_CODE["embedding"]))
+    garr = np.asarray(groups, dtype=object)
+    frames = [old_edges] + [pd.DataFrame({"a": garr[a], "b": garr[b], "signal": np.full(len(a), s, np.int8)})
+                            for a, b, s in new_edges]
+    edges = pd.concat(frames, ignore_index=True) if frames else old_edges
+    edges = edges.astype({"a": str, "b": str, "signal": "int8"})
+
+    # --- row-level edges --------------------------------------------------------------------------------
+    gindex = {g: k for k, g in enumerate(groups)}
+    ea = edges["a"].map(gindex).to_numpy(np.int64)
+    eb = edges["b"].map(gindex).to_numpy(np.int64)
+    ei, ej = [group_first[ea]], [group_first[eb]]
+    sha_codes = group_codes(table["sha256"])
+    pix_codes = group_codes(table["pixel_sha256"])
+    if dcfg.exact_bytes:
+        i, j = star_edges(sha_codes)
+        ei.append(i), ej.append(j)
+    # identical pixels imply identical hashes and embeddings: join pixel groups whenever any signal that
+    # identical pixels satisfy is on
+    if dcfg.exact_pixels or dcfg.phash or dcfg.dhash_max_distance >= 0 or has_emb:
+        i, j = star_edges(group_codes(pg))
+        ei.append(i), ej.append(j)
+    edge_i, edge_j = np.concatenate(ei), np.concatenate(ej)
+
+    sig = Signals(
+        key=table["key"].to_numpy(object), shard=table["shard"].to_numpy(object),
+        area=(table["width"].to_numpy(np.int64) * table["height"].to_numpy(np.int64)),
+        sha256=sha_codes if dcfg.exact_bytes else None,
+        pixel_sha256=pix_codes if dcfg.exact_pixels else None,
+        phash=phash if dcfg.phash else None,
+        dhash=dhash if dcfg.dhash_max_distance >= 0 else None,
+        emb=store.embeddings() if has_emb else None,
+        phash_max_distance=dcfg.phash_max_distance, dhash_max_distance=max(dcfg.dhash_max_distance, 0),
+        cosine_threshold=dcfg.cosine_threshold,
+    )
+    res = cluster(sig, edge_i, edge_j, guard=dcfg.chaining_guard)
+    log.info("dedup: %d clusters after %d guard rounds (%d rows split off by the chaining guard)",
+             int(res.label.max()) + 1 if n else 0, res.rounds, res.n_splits)
+
+    from .report import build_outputs
+
+    outputs = build_outputs(store, table, res, dcfg, fingerprint)
+
+    # --- write --------------------------------------------------------------------------------------
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frame in outputs.frames.items():
+        write_parquet(out / name, frame)
+    write_text(out / "keep_keys.txt", outputs.keep_text)
+    write_text(out / "drop_keys.txt", outputs.drop_text)
+    write_json(out / "summary.json", outputs.summary)
+    # the search index for later queries (guard stage), one row per pixel group, in search order
+    ids = pd.DataFrame({"pixel_group": garr.astype(str) if len(garr) else np.zeros(0, dtype=str),
+                        "shard": table["shard"].to_numpy(object)[group_first].astype(str),
+                        "key": table["key"].to_numpy(object)[group_first].astype(str)})
+    write_parquet(out / "search_ids.parquet", ids)
+    write_npy(out / "phash.npy", phash[group_first])
+    if dcfg.dhash_max_distance >= 0:
+        write_npy(out / "dhash.npy", dhash[group_first])
+    if has_emb:
+        _save_faiss(out, group_emb, n_old, mode, dcfg, seed)
+    # state last: a crash before this line leaves the previous state, which is still valid
+    write_parquet(state_dir / "groups.parquet", pd.DataFrame({"pixel_group": garr.astype(str)}))
+    write_parquet(state_dir / "edges.parquet", edges)
+    write_json(state_dir / "state.json", {"fingerprint": fingerprint, "shards": shard_digests,
+                                          "last_run": {"mode": mode, "groups": len(groups),
+                                                       "new_groups": len(new_groups),
+                                                       "guard_rounds": res.rounds, "split_rows": res.n_splits}})
+    return outputs.summary
+
+
+def _save_faiss(out: Path, group_emb: np.ndarray, n_old: int, mode: str, dcfg: DedupConfig, seed: int) -> None:
+    """``dedup/embeddings.faiss``: the old index with the new groups added (incremental), else built anew."""
+    from . import search
+
+    path = out / "embeddings.faiss"
+    index = None
+    if mode == "incremental" and path.exists() and n_old:
+        try:
+            index = search.load_search_index(path)
+            if index.ntotal != n_old:
+                index = None
+            elif len(group_emb) > n_old:
+                index.add(np.ascontiguousarray(group_emb[n_old:], dtype=np.float32))
+        except Exception as exc:  # noqa: BLE001 - a stale or unreadable index is rebuilt
+            log.warning("rebuilding %s: %s", path, exc)
+            index = None
+    if index is None:
+        index = search.build_search_index(group_emb, method=dcfg.search, seed=seed)
+    search.save_search_index(index, path)
+
+
+def _load_state(state_dir: Path) -> Optional[dict]:
+    p = state_dir / "state.json"
+    if not (p.exists() and (state_dir / "edges.parquet").exists() and (state_dir / "groups.parquet").exists()):
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
