@@ -1,0 +1,327 @@
+"""The HTML report: self-contained, inert with hostile captions, deterministic, honest about missing stages.
+
+Run folders are built for real: a dataset folder of Kodak photos (plus JPEG re-encodes of one of them, the
+duplicates) is indexed with ``auditor.index.runner.run_index``; the dedup and probe outputs are written in
+their documented layouts from that index, with real PNG generations.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from auditor.cli import main
+from auditor.report.config import ReportConfig
+from auditor.report.render import build_report, md_cell
+from auditor.utils import write_json, write_parquet
+
+LONG = "<iframe src=javascript:alert(1)>" * 320  # ~10 kB
+HOSTILE = [
+    "<script>alert('x')</script> a red barn",
+    '"><img src=x onerror=alert(1)> quote breaker',
+    "' onmouseover='alert(1)' single quotes",
+    "&lt;b&gt;entity&amp;amp; already escaped &#x3C;script&#x3E;",
+    "\u202eevil\u202c \u0645\u0631\u062d\u0628\u0627 \u0628\u0627\u0644\u0639\u0627\u0644\u0645 right-to-left",
+    "emoji \U0001f525\U0001f4af \U0001f469\u200d\U0001f469\u200d\U0001f467 family",
+    "{{ 7*7 }} {% raw %} jinja | pipes | and *stars* [link](javascript:alert(1))",
+    LONG,
+]
+ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "table", "tr", "th", "td", "div",
+                "p", "img", "figure", "figcaption", "span", "bdi", "strong", "em", "pre", "br"}
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, attrs))
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append((tag, attrs))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(html: str) -> _Collect:
+    p = _Collect()
+    p.feed(html)
+    p.close()
+    return p
+
+
+def _png(img: Image.Image) -> bytes:
+    b = io.BytesIO()
+    img.save(b, format="PNG")
+    return b.getvalue()
+
+
+def _jpeg_copy(img: Image.Image, quality: int) -> Image.Image:
+    b = io.BytesIO()
+    img.save(b, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(b.getvalue())).convert("RGB")
+
+
+def build_run(tmp: Path, kodak: list[Path], imagenet: list[Path], stages=("index", "dedup", "probe")) -> Path:
+    """A real run folder: index of 6 Kodak photos + 2 JPEG re-encodes of kodak01 (captions = HOSTILE);
+    dedup outputs clustering the three copies; probe results with real generations."""
+    from auditor.config import load_config
+    from auditor.index.runner import run_index
+
+    ds = tmp / "dataset"
+    ds.mkdir()
+    names = []
+    for i, p in enumerate(kodak[:6]):
+        (ds / p.name).write_bytes(p.read_bytes())
+        names.append(p.name)
+    base = Image.open(kodak[0]).convert("RGB")
+    for q, name in ((70, "dup_a.jpg"), (85, "dup_b.jpg")):
+        base.save(ds / name, format="JPEG", quality=q)
+        names.append(name)
+    for i, name in enumerate(sorted(names)):
+        (ds / (name.rsplit(".", 1)[0] + ".txt")).write_text(HOSTILE[i % len(HOSTILE)], encoding="utf-8")
+    # the same caption on the three copies: caption duplication
+    for name in ("dup_a.jpg", "dup_b.jpg", kodak[0].name):
+        (ds / (name.rsplit(".", 1)[0] + ".txt")).write_text(HOSTILE[0], encoding="utf-8")
+
+    run = tmp / "runs" / "my-run"
+    cfg = load_config(overrides=["index.workers=0", "index.progress=false"])
+    store = run_index(str(ds.resolve()), run, cfg)
+    table = store.table()
+    assert len(table) == 8
+
+    if "dedup" in stages:
+        d = run / "dedup"
+        cluster_of = {}
+        dup_keys = [kodak[0].name, "dup_a.jpg", "dup_b.jpg"]
+        cid = 1
+        for k in table["key"]:
+            if k in dup_keys:
+                cluster_of[k] = 0
+            else:
+                cluster_of[k] = cid
+                cid += 1
+        man = pd.DataFrame({
+            "key": table["key"], "shard": table["shard"],
+            "cluster_id": [cluster_of[k] for k in table["key"]],
+        })
+        man["cluster_size"] = man.groupby("cluster_id")["key"].transform("size")
+        man["is_representative"] = [k == kodak[0].name or cluster_of[k] != 0 for k in man["key"]]
+        man["keep"] = man["is_representative"]
+        man["reason"] = ["" if r else "phash" for r in man["is_representative"]]
+        man["similarity_to_representative"] = [1.0 if r else 0.97 for r in man["is_representative"]]
+        man["caption_dup_count"] = [2 if k in dup_keys else 0 for k in man["key"]]
+        write_parquet(d / "manifest.parquet", man)
+        cl = man.groupby("cluster_id").agg(size=("key", "size")).reset_index()
+        rep = man[man["is_representative"]].set_index("cluster_id")
+        cl["representative_key"] = rep.loc[cl["cluster_id"], "key"].to_numpy()
+        cl["representative_shard"] = rep.loc[cl["cluster_id"], "shard"].to_numpy()
+        cl["n_captions"] = 1
+        cl["is_placeholder"] = False
+        write_parquet(d / "clusters.parquet", cl)
+        # every hostile caption is in the risk ranking (rank 1 = the duplicated photo)
+        n = len(HOSTILE)
+        risk = pd.DataFrame({
+            "rank": np.arange(1, n + 1), "cluster_id": [0] + list(range(1, n)),
+            "cluster_size": [3] + [1] * (n - 1), "caption": HOSTILE,
+            "caption_count": [3] + [1] * (n - 1), "n_captions": [1] * n,
+            "representative_key": [cl.loc[min(c, len(cl) - 1), "representative_key"] for c in range(n)],
+            "representative_shard": ["00000"] * n, "score": np.linspace(3.5, 1.0, n), "is_placeholder": [False] * n})
+        write_parquet(d / "risk.parquet", risk)
+        write_json(d / "summary.json", {"duplicate_rate": 0.25, "n_samples": 8})
+
+    if "probe" in stages:
+        p = run / "probe"
+        (p / "generations").mkdir(parents=True)
+        gen_rows = []
+        # "memorized" prompt: the generations are JPEG-degraded copies of the training image
+        for seed in range(3):
+            rel = f"generations/copy_{seed}.png"
+            (p / rel).write_bytes(_png(_jpeg_copy(base, 30 + 10 * seed)))
+            gen_rows.append({"caption": HOSTILE[0], "variant": "original", "seed": seed, "path": rel,
+                             "tiled_l2": 0.02 + 0.01 * seed, "copy_similarity": 0.98, "verdict": "verbatim",
+                             "best_key": kodak[0].name})
+        # not memorized: unrelated real photos
+        for seed in range(2):
+            rel = f"generations/other_{seed}.png"
+            (p / rel).write_bytes(_png(Image.open(imagenet[seed]).convert("RGB")))
+            gen_rows.append({"caption": HOSTILE[1], "variant": "original", "seed": seed, "path": rel,
+                             "tiled_l2": 0.4, "copy_similarity": 0.2, "verdict": "none",
+                             "best_key": kodak[1].name})
+        # a hostile path: must never be inlined
+        secret = tmp / "secret.png"
+        secret.write_bytes(_png(Image.new("RGB", (8, 8), (1, 2, 3))))
+        gen_rows.append({"caption": HOSTILE[1], "variant": "original", "seed": 9, "path": "../../../secret.png",
+                         "tiled_l2": 0.0, "copy_similarity": 0.0, "verdict": "none", "best_key": kodak[1].name})
+        write_parquet(p / "generations.parquet", pd.DataFrame(gen_rows))
+        res = pd.DataFrame([
+            {"caption": HOSTILE[0], "variant": "original", "cluster_id": 0, "cluster_size": 3, "seeds": [0, 1, 2],
+             "n_generations": 3, "unet_evals": 150, "whitebox_score": 4.2, "whitebox_flag": True,
+             "max_copy_similarity": 0.98, "min_tiled_l2": 0.02, "largest_clique": 3, "verbatim_count": 3,
+             "template_count": 0, "verdict": "verbatim", "best_key": kodak[0].name, "best_shard": "00000",
+             "best_distance": 0.02, "evidence": ["generations/copy_0.png"], "error": None},
+            {"caption": HOSTILE[1], "variant": "original", "cluster_id": 1, "cluster_size": 1, "seeds": [0, 1],
+             "n_generations": 3, "unet_evals": 100, "whitebox_score": 0.3, "whitebox_flag": False,
+             "max_copy_similarity": 0.2, "min_tiled_l2": 0.4, "largest_clique": 1, "verbatim_count": 0,
+             "template_count": 0, "verdict": "none", "best_key": kodak[1].name, "best_shard": "00000",
+             "best_distance": 0.4, "evidence": [], "error": None},
+            {"caption": HOSTILE[5], "variant": "paraphrase", "cluster_id": 2, "cluster_size": 1, "seeds": [],
+             "n_generations": 0, "unet_evals": 0, "whitebox_score": np.nan, "whitebox_flag": False,
+             "max_copy_similarity": np.nan, "min_tiled_l2": np.nan, "largest_clique": 0, "verbatim_count": 0,
+             "template_count": 0, "verdict": "error", "best_key": None, "best_shard": None,
+             "best_distance": np.nan, "evidence": [], "error": "<b>CUDA</b> out of memory"},
+        ])
+        write_parquet(p / "results.parquet", res)
+        write_json(p / "provenance.json", {"model": "tiny-test-model <script>", "seed": 0,
+                                           "started": "2024-01-01T00:00:00Z"})
+    return run
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, kodak, imagenet):
+    return build_run(tmp_path_factory.mktemp("report"), kodak, imagenet)
+
+
+@pytest.fixture(scope="module")
+def rendered(full_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "r" / "report.html"
+    path = build_report(full_run, ReportConfig(progress=False), out)
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_hostile_captions_are_inert(rendered):
+    _, html = rendered
+    doc = parse(html)
+    tags = [t for t, _ in doc.tags]
+    assert set(tags) <= ALLOWED_TAGS, set(tags) - ALLOWED_TAGS
+    for tag, attrs in doc.tags:
+        for name, value in attrs:
+            assert not name.startswith("on"), (tag, name)
+            assert "javascript:" not in (value or "").lower(), (tag, name, value)
+    # no injected elements: exactly the images the report itself put there
+    assert "script" not in tags and "iframe" not in tags and "svg" not in tags
+    text = "".join(doc.text)
+    # every hostile caption is shown as literal text (a jinja expression is not evaluated)
+    for cap in HOSTILE[:7]:
+        assert cap in text, cap
+    assert "{{ 7*7 }}" in text and "49 " not in text
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    assert "&amp;lt;b&amp;gt;entity" in html  # entities are escaped again, shown as typed
+    # the 10 kB caption is cut, not dropped
+    assert LONG[:200] in text and LONG not in text
+    assert "\u2026" in text
+    # the CSP forbids scripts even if something slipped through
+    metas = [dict(a) for t, a in doc.tags if t == "meta"]
+    csp = [m["content"] for m in metas if m.get("http-equiv") == "Content-Security-Policy"]
+    assert csp and "default-src 'none'" in csp[0] and "img-src data:" in csp[0]
+
+
+def test_every_image_is_inline(rendered):
+    _, html = rendered
+    doc = parse(html)
+    srcs = [dict(a).get("src") for t, a in doc.tags if t == "img"]
+    # thumbnails of the cluster (3 copies + ...), risk table, 2 plots, generation pairs
+    assert len(srcs) >= 12
+    for s in srcs:
+        assert s and s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")), s[:40]
+    for t, attrs in doc.tags:
+        for name, value in attrs:
+            if name in ("src", "href", "srcset", "action", "background", "poster", "data"):
+                assert value.startswith("data:image/"), (t, name, value[:40])
+    assert "http:" not in html and "https:" not in html and "file:" not in html
+    # the images decode, and the generations are shown: 3 copies + 2 unrelated + 3+2 training thumbnails
+    import base64
+
+    sizes = set()
+    for s in srcs:
+        im = Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1])))
+        im.load()
+        sizes.add(im.size)
+    assert (160, 106) in sizes or (160, 107) in sizes  # a 768x512 Kodak thumbnail at thumbnail_px=160
+
+
+def test_sections_and_numbers(rendered, full_run):
+    path, html = rendered
+    text = "".join(parse(html).text)
+    for heading in ("Dataset", "Duplicates", "Largest duplicate clusters", "Caption duplication",
+                    "Extraction probe", "Provenance"):
+        assert heading in text
+    assert "Not in this run" not in text
+    # the path-traversal generation is refused, the file outside the run is not inlined
+    assert "leaves the probe folder" in text
+    # numbers
+    summary = json.loads((path.parent / "summary.json").read_text())
+    assert summary["index"]["n_indexed"] == 8
+    assert summary["dedup"]["n_duplicate_clusters"] == 1
+    assert summary["dedup"]["max_cluster_size"] == 3
+    assert summary["dedup"]["duplicate_rate"] == 0.25  # taken from dedup/summary.json
+    assert summary["index"]["max_caption_repeats"] == 3
+    pr = summary["probe"]
+    assert pr["n_extracted_captions"] == 1 and pr["n_verbatim_copies"] == 3
+    assert pr["verdicts"] == {"verbatim": 1, "template": 0, "none": 1, "error": 1}
+    assert pr["extracted"][0]["best_key"] == "kodak01.png"
+    # the error message of a failed probe is shown, escaped
+    assert "&lt;b&gt;CUDA&lt;/b&gt; out of memory" in html
+    # provenance is there (its own timestamp included), escaped
+    assert "2024-01-01T00:00:00Z" in text and "tiny-test-model &lt;script&gt;" in html
+
+
+def test_summary_markdown_is_safe(rendered):
+    path, _ = rendered
+    md = (path.parent / "summary.md").read_text(encoding="utf-8")
+    assert "<script>" not in md and "<img" not in md
+    assert "&lt;script&gt;" in md
+    assert "1 extracted" in md
+    for line in md.splitlines():
+        if line.startswith("| verbatim"):
+            # caption cell cannot break the table: four unescaped separators only
+            assert line.replace("\\|", "").count("|") == 5
+    assert md_cell("a|b\nc") == "a\\|b c"
+
+
+def test_deterministic(full_run, rendered, tmp_path):
+    path, html = rendered
+    again = build_report(full_run, ReportConfig(progress=False), tmp_path / "again.html")
+    assert again.read_bytes() == path.read_bytes()
+    assert (tmp_path / "summary.json").read_bytes() == (path.parent / "summary.json").read_bytes()
+
+
+def test_missing_stages_are_reported(tmp_path, kodak, imagenet):
+    run = build_run(tmp_path, kodak, imagenet, stages=("index",))
+    out = build_report(run, ReportConfig(progress=False), tmp_path / "o" / "report.html")
+    text = "".join(parse(out.read_text(encoding="utf-8")).text)
+    assert "Not in this run" in text and "dedup/" in text and "probe/" in text
+    assert "No probe results in this run." in text and "No dedup in this run." in text
+    summary = json.loads((out.parent / "summary.json").read_text())
+    assert summary["stages"] == {"index": "ok", "dedup": "missing", "probe": "missing"}
+    # caption duplication still comes from the index alone
+    assert summary["index"]["max_caption_repeats"] == 3
+
+    # a corrupt probe table is reported as unreadable, the rest still renders
+    (run / "probe").mkdir()
+    (run / "probe" / "results.parquet").write_bytes(b"not parquet")
+    out = build_report(run, ReportConfig(progress=False), tmp_path / "o2" / "report.html")
+    text = "".join(parse(out.read_text(encoding="utf-8")).text)
+    assert "probe/results.parquet: unreadable" in text
+
+
+def test_empty_run_and_cli(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(empty), "--set", "report.progress=false"]) == 0
+    out = tmp_path / "reports" / "empty-run" / "report.html"
+    assert out.exists() and (out.parent / "summary.md").exists()
+    assert "index/index.json" in out.read_text(encoding="utf-8")
+    assert main(["report", str(tmp_path / "nope"), "--set", "report.progress=false"]) == 2
+    assert "does not exist" in capsys.readouterr().err
