@@ -1,0 +1,313 @@
+"""``auditor gate RUN_DIR --policy POLICY.yaml [--junit PATH] [--markdown PATH]``: a release gate for CI.
+
+Each policy key is one rule, evaluated on the run folder's dedup and probe outputs (see ``configs/policy.yaml``):
+
+* ``max_extracted_captions`` -- distinct prompts whose probe verdict is in ``extracted_verdicts`` (default
+  verbatim and template; any prompt variant counts);
+* ``max_verbatim_copies``    -- generations judged verbatim copies of a training image, summed over all prompts;
+* ``max_duplicate_rate``     -- fraction of indexed samples the dedup manifest drops as duplicates;
+* ``max_cluster_size``       -- the largest near-duplicate cluster (placeholder clusters left out unless
+  ``cluster_size_ignores_placeholders: false``);
+* ``required_probe_coverage`` -- the top-N clusters of ``dedup/risk.parquet`` must each have been probed (a
+  probe result for the cluster or its prompt whose verdict is not ``error``).
+
+A rule set to ``null`` is off (reported as skipped). Exit status: **0** every enabled rule passed; **1** at
+least one rule failed; **2** the gate could not evaluate: the run folder or the policy is missing or invalid,
+or no rule failed but some rule's input is missing/unreadable (a rule that cannot be evaluated never passes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+from xml.etree import ElementTree as ET
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skipped"
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+class Policy(BaseModel):
+    """The release policy. Every limit is inclusive (``actual <= limit`` passes); ``None`` turns a rule off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_extracted_captions: Optional[int] = Field(0, ge=0)
+    extracted_verdicts: list[Literal["verbatim", "template"]] = Field(default_factory=lambda: ["verbatim", "template"],
+                                                                       min_length=1)
+    max_verbatim_copies: Optional[int] = Field(0, ge=0)
+    max_duplicate_rate: Optional[float] = Field(None, ge=0.0, le=1.0)
+    max_cluster_size: Optional[int] = Field(None, ge=1)
+    cluster_size_ignores_placeholders: bool = True
+    required_probe_coverage: Optional[int] = Field(None, ge=0)
+
+    RULES: ClassVar[tuple[str, ...]] = ("max_extracted_captions", "max_verbatim_copies", "max_duplicate_rate", "max_cluster_size",
+             "required_probe_coverage")
+
+
+def load_policy(path: str | Path) -> Policy:
+    p = Path(path)
+    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: a policy must be a YAML mapping")
+    if set(data) == {"policy"} and isinstance(data["policy"], dict):  # allow a top-level `policy:` key
+        data = data["policy"]
+    return Policy.model_validate(data)
+
+
+@dataclass
+class RuleResult:
+    rule: str
+    status: str                 # pass | fail | error | skipped
+    limit: Any = None
+    actual: Any = None
+    message: str = ""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# text hygiene: captions and paths from the run go into terminals, XML and markdown
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f]")
+
+
+def clean_text(s: Any, n: int = 120) -> str:
+    """One line, no control characters (ANSI escapes, characters XML 1.0 forbids), no bidi overrides."""
+    s = "" if s is None else str(s)
+    s = _BIDI.sub("", _CONTROL.sub("\ufffd", s))
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 1] + "\u2026"
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
+    """One :class:`RuleResult` per rule in :attr:`Policy.RULES` order. Raises ``FileNotFoundError`` when the
+    run folder does not exist."""
+    from .report.collect import cluster_sizes, duplicate_rate, extracted_captions, load_run, probe_rows
+
+    data = load_run(run_dir)
+
+    def why_missing(*rels: str) -> str:
+        bits = [p for p in data.problems if any(p.startswith(r) for r in rels)]
+        bits += [f"{m} missing" for m in data.missing if any(m.startswith(r) for r in rels)]
+        return "; ".join(bits) or f"{', '.join(rels)} not available"
+
+    rows = probe_rows(data)
+    sizes = cluster_sizes(data)
+    out: list[RuleResult] = []
+
+    # extracted captions
+    lim = policy.max_extracted_captions
+    if lim is None:
+        out.append(RuleResult("max_extracted_captions", SKIP, message="rule off"))
+    elif rows is None:
+        out.append(RuleResult("max_extracted_captions", ERROR, lim, message=why_missing("probe/results")))
+    else:
+        caps = extracted_captions(rows, tuple(policy.extracted_verdicts))
+        msg = ""
+        if len(caps) > lim:
+            shown = "; ".join(repr(clean_text(c, 80)) for c in caps[:5])
+            msg = f"{len(caps)} prompts reproduce training images ({'/'.join(policy.extracted_verdicts)}): {shown}"
+            msg += " ..." if len(caps) > 5 else ""
+        out.append(RuleResult("max_extracted_captions", FAIL if len(caps) > lim else PASS, lim, len(caps), msg))
+
+    # verbatim copies
+    lim = policy.max_verbatim_copies
+    if lim is None:
+        out.append(RuleResult("max_verbatim_copies", SKIP, message="rule off"))
+    elif rows is None:
+        out.append(RuleResult("max_verbatim_copies", ERROR, lim, message=why_missing("probe/results")))
+    else:
+        n = int(rows["verbatim_count"].fillna(0).astype(int).sum())
+        msg = f"{n} generations are verbatim copies of training images" if n > lim else ""
+        out.append(RuleResult("max_verbatim_copies", FAIL if n > lim else PASS, lim, n, msg))
+
+    # duplicate rate
+    lim = policy.max_duplicate_rate
+    rate = duplicate_rate(data)
+    if lim is None:
+        out.append(RuleResult("max_duplicate_rate", SKIP, message="rule off"))
+    elif rate is None:
+        out.append(RuleResult("max_duplicate_rate", ERROR, lim, message=why_missing("dedup/")))
+    else:
+        msg = f"{rate:.2%} of samples are duplicates (limit {lim:.2%})" if rate > lim else ""
+        out.append(RuleResult("max_duplicate_rate", FAIL if rate > lim else PASS, lim, round(rate, 6), msg))
+
+    # largest cluster
+    lim = policy.max_cluster_size
+    if lim is None:
+        out.append(RuleResult("max_cluster_size", SKIP, message="rule off"))
+    elif sizes is None:
+        out.append(RuleResult("max_cluster_size", ERROR, lim, message=why_missing("dedup/")))
+    else:
+        s = sizes[~sizes["is_placeholder"]] if policy.cluster_size_ignores_placeholders else sizes
+        biggest = int(s["size"].max()) if len(s) else 0
+        msg = ""
+        if biggest > lim:
+            over = s[s["size"] > lim].sort_values(["size", "cluster_id"], ascending=[False, True])
+            ids = ", ".join(f"{c} ({z})" for c, z in zip(over["cluster_id"].head(5), over["size"].head(5)))
+            msg = f"{len(over)} clusters larger than {lim}: cluster (size) {ids}"
+        out.append(RuleResult("max_cluster_size", FAIL if biggest > lim else PASS, lim, biggest, msg))
+
+    # probe coverage of the riskiest clusters
+    lim = policy.required_probe_coverage
+    if lim is None:
+        out.append(RuleResult("required_probe_coverage", SKIP, message="rule off"))
+    elif data.risk is None or rows is None:
+        out.append(RuleResult("required_probe_coverage", ERROR, lim,
+                              message=why_missing(*(["dedup/risk"] if data.risk is None else [])
+                                                  + (["probe/results"] if rows is None else []))))
+    else:
+        risk = data.risk.sort_values("rank", kind="mergesort")
+        if "is_placeholder" in risk:
+            risk = risk[~risk["is_placeholder"].fillna(False).astype(bool)]
+        top = risk.head(lim)
+        ok = rows[rows["verdict"] != "error"]
+        probed_ids = set(ok["cluster_id"].dropna().tolist()) if "cluster_id" in ok else set()
+        probed_caps = set(c for c in ok["caption"].dropna().astype(str) if c)
+        covered = [(r["cluster_id"] in probed_ids) or (bool(r["caption"]) and str(r["caption"]) in probed_caps)
+                   for _, r in top.iterrows()]
+        n_cov = int(sum(covered))
+        msg = ""
+        if n_cov < len(top):
+            missing = [int(r) for r, c in zip(top["rank"], covered) if not c]
+            msg = (f"{len(top) - n_cov} of the top {len(top)} risky clusters were not probed (or their probe "
+                   f"failed): ranks {', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}")
+        out.append(RuleResult("required_probe_coverage", FAIL if n_cov < len(top) else PASS, lim,
+                              f"{n_cov}/{len(top)}", msg))
+    return out
+
+
+def exit_code(results: list[RuleResult]) -> int:
+    st = {r.status for r in results}
+    if FAIL in st:
+        return EXIT_FAIL
+    if ERROR in st:
+        return EXIT_ERROR
+    return EXIT_PASS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# outputs
+
+
+def table_text(results: list[RuleResult]) -> str:
+    rows = [("rule", "limit", "actual", "result", "")] + [
+        (r.rule, _fmt(r.limit), _fmt(r.actual), r.status.upper(), clean_text(r.message, 160)) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else "")
+                     for row in rows).rstrip() + "\n"
+
+
+def junit_xml(results: list[RuleResult], run_name: str, error: Optional[str] = None) -> bytes:
+    """JUnit XML: one testcase per rule (failure / error / skipped children), or a single erroring testcase
+    when the gate could not start (``error``)."""
+    suite = ET.Element("testsuite", name="auditor gate", tests=str(len(results) or 1))
+    counts = {FAIL: 0, ERROR: 0, SKIP: 0}
+    cls = f"auditor.gate.{clean_text(run_name, 100)}"
+    if error is not None:
+        tc = ET.SubElement(suite, "testcase", classname=cls, name="evaluate")
+        ET.SubElement(tc, "error", message=clean_text(error, 500), type="GateError").text = clean_text(error, 4000)
+        counts[ERROR] += 1
+    for r in results:
+        tc = ET.SubElement(suite, "testcase", classname=cls, name=r.rule)
+        msg = clean_text(r.message, 2000)
+        detail = f"limit={_fmt(r.limit)} actual={_fmt(r.actual)}" + (f": {msg}" if msg else "")
+        if r.status == FAIL:
+            ET.SubElement(tc, "failure", message=msg or detail, type="PolicyViolation").text = detail
+        elif r.status == ERROR:
+            ET.SubElement(tc, "error", message=msg, type="NotEvaluated").text = detail
+        elif r.status == SKIP:
+            ET.SubElement(tc, "skipped", message=msg)
+        if r.status in counts:
+            counts[r.status] += 1
+    suite.set("failures", str(counts[FAIL]))
+    suite.set("errors", str(counts[ERROR]))
+    suite.set("skipped", str(counts[SKIP]))
+    root = ET.Element("testsuites", name="auditor")
+    root.append(suite)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def markdown(results: list[RuleResult], run_name: str, code: int) -> str:
+    from .report.render import md_cell
+
+    head = {EXIT_PASS: "passed", EXIT_FAIL: "FAILED", EXIT_ERROR: "could not evaluate"}[code]
+    lines = [f"### auditor gate: {head} ({md_cell(run_name, 100)})", "", "| rule | limit | actual | result | detail |",
+             "|---|---:|---:|---|---|"]
+    for r in results:
+        lines.append(f"| {r.rule} | {md_cell(_fmt(r.limit))} | {md_cell(_fmt(r.actual))} | {r.status} | "
+                     f"{md_cell(clean_text(r.message, 300), 300)} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "gate", help="check a run against a release policy (exit 0 pass, 1 fail, 2 could not evaluate)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--policy", required=True, metavar="POLICY.yaml", help="e.g. configs/policy.yaml")
+    p.add_argument("--junit", metavar="PATH", help="write JUnit XML (one testcase per rule)")
+    p.add_argument("--markdown", metavar="PATH", help="write the result table as markdown (for $GITHUB_STEP_SUMMARY)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .report.collect import run_name
+    from .utils import write_bytes, write_text
+
+    name = run_name(args.run_dir)
+
+    def give_up(msg: str) -> int:
+        print(f"auditor gate: {msg}", file=sys.stderr)
+        if args.junit:
+            write_bytes(args.junit, junit_xml([], name, error=msg))
+        if args.markdown:
+            write_text(args.markdown, f"### auditor gate: could not evaluate ({name})\n\n{clean_text(msg, 500)}\n")
+        return EXIT_ERROR
+
+    try:
+        policy = load_policy(args.policy)
+    except FileNotFoundError:
+        return give_up(f"policy file {args.policy} not found")
+    except Exception as exc:
+        return give_up(f"bad policy {args.policy}: {exc}")
+    try:
+        results = evaluate(args.run_dir, policy)
+    except FileNotFoundError as exc:
+        return give_up(str(exc))
+    except Exception as exc:  # an unreadable run must give 2, never a traceback and exit 1
+        return give_up(f"could not read {args.run_dir}: {type(exc).__name__}: {exc}")
+    code = exit_code(results)
+    print(table_text(results), end="")
+    verdict = {EXIT_PASS: "PASSED", EXIT_FAIL: "FAILED", EXIT_ERROR: "COULD NOT EVALUATE"}[code]
+    print(f"auditor gate: {verdict} ({name})")
+    if args.junit:
+        write_bytes(args.junit, junit_xml(results, name))
+    if args.markdown:
+        write_text(args.markdown, markdown(results, name, code))
+    return code

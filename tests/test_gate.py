@@ -1,0 +1,192 @@
+"""``auditor gate``: exit codes (0 pass / 1 fail / 2 could not evaluate), JUnit XML, policy validation.
+
+The run folder is real: Kodak photos plus JPEG re-encodes (two duplicate clusters) indexed with
+``run_index`` and deduplicated with ``run_dedup``; probe results are written in their documented layout.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from auditor.cli import main
+from auditor.gate import Policy, evaluate, exit_code, load_policy
+from auditor.utils import write_parquet
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = list(Policy.RULES)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, kodak) -> Path:
+    from auditor.config import load_config
+    from auditor.dedup.runner import run_dedup
+    from auditor.index.runner import run_index
+
+    tmp = tmp_path_factory.mktemp("gate")
+    ds = tmp / "dataset"
+    ds.mkdir()
+    for p in kodak[:6]:
+        shutil.copy(p, ds / p.name)
+        (ds / (p.stem + ".txt")).write_text(f"photo {p.stem}", encoding="utf-8")
+    # cluster A: kodak01 + 2 re-encodes, one caption; cluster B: kodak03 + 1 re-encode
+    for src, n, cap in ((kodak[0], 2, "a red barn at dawn"), (kodak[2], 1, "a hat on a table")):
+        im = Image.open(src).convert("RGB")
+        (ds / (src.stem + ".txt")).write_text(cap, encoding="utf-8")
+        for i in range(n):
+            im.save(ds / f"{src.stem}_copy{i}.jpg", format="JPEG", quality=75 + 10 * i)
+            (ds / f"{src.stem}_copy{i}.txt").write_text(cap, encoding="utf-8")
+    run = tmp / "run"
+    cfg = load_config(overrides=["index.workers=0", "index.progress=false", "dedup.progress=false"])
+    run_index(str(ds.resolve()), run, cfg)
+    run_dedup(run, cfg)
+    risk = pd.read_parquet(run / "dedup" / "risk.parquet")
+    assert list(risk["cluster_size"][:2]) == [3, 2]
+    return run
+
+
+def with_probe(base: Path, tmp: Path, verdicts: list[str], captions=None) -> Path:
+    """A copy of the base run with probe results for the top risky clusters (one per verdict)."""
+    run = tmp / "run"
+    shutil.copytree(base, run)
+    risk = pd.read_parquet(run / "dedup" / "risk.parquet").sort_values("rank")
+    rows = []
+    for i, v in enumerate(verdicts):
+        r = risk.iloc[i]
+        cap = captions[i] if captions else r["caption"]
+        rows.append({"caption": cap, "variant": "original", "cluster_id": int(r["cluster_id"]),
+                     "cluster_size": int(r["cluster_size"]), "seeds": [0, 1, 2, 3], "n_generations": 4,
+                     "unet_evals": 200, "whitebox_score": 1.0, "whitebox_flag": False, "max_copy_similarity": 0.5,
+                     "min_tiled_l2": 0.3, "largest_clique": 1,
+                     "verbatim_count": 3 if v == "verbatim" else 0, "template_count": 2 if v == "template" else 0,
+                     "verdict": v, "best_key": r["representative_key"], "best_shard": r["representative_shard"],
+                     "best_distance": 0.3, "evidence": [], "error": "boom" if v == "error" else None})
+    write_parquet(run / "probe" / "results.parquet", pd.DataFrame(rows))
+    return run
+
+
+def write_policy(path: Path, **kw) -> Path:
+    import yaml
+
+    base = {"max_extracted_captions": 0, "max_verbatim_copies": 0, "max_duplicate_rate": 0.5,
+            "max_cluster_size": 10, "required_probe_coverage": 2}
+    base.update(kw)
+    path.write_text(yaml.safe_dump(base), encoding="utf-8")
+    return path
+
+
+def junit(path: Path) -> dict[str, ET.Element]:
+    root = ET.parse(path).getroot()  # must be well-formed XML
+    suite = root.find("testsuite")
+    cases = suite.findall("testcase")
+    return {c.get("name"): c for c in cases}
+
+
+def test_shipped_policy_is_valid():
+    p = load_policy(REPO / "configs" / "policy.yaml")
+    assert p.max_extracted_captions == 0 and p.required_probe_coverage == 20
+
+
+def test_pass(base_run, tmp_path, capsys):
+    run = with_probe(base_run, tmp_path, ["none", "none"])
+    pol = write_policy(tmp_path / "p.yaml")
+    xml = tmp_path / "junit.xml"
+    md = tmp_path / "gate.md"
+    code = main(["gate", str(run), "--policy", str(pol), "--junit", str(xml), "--markdown", str(md)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "PASSED" in out
+    for rule in RULES:
+        assert rule in out
+    cases = junit(xml)
+    assert sorted(cases) == sorted(RULES)
+    assert all(len(list(c)) == 0 for c in cases.values())  # no failure/error/skipped children
+    suite = ET.parse(xml).getroot().find("testsuite")
+    assert suite.get("tests") == "5" and suite.get("failures") == "0" and suite.get("errors") == "0"
+    assert "passed" in md.read_text()
+
+
+def test_fail(base_run, tmp_path, capsys):
+    hostile = "\x1b[31mred\x1b[0m <script>\x00 caption"
+    run = with_probe(base_run, tmp_path, ["verbatim", "template"], captions=[hostile, "a hat on a table"])
+    pol = write_policy(tmp_path / "p.yaml", max_cluster_size=2, max_duplicate_rate=0.1)
+    xml = tmp_path / "junit.xml"
+    code = main(["gate", str(run), "--policy", str(pol), "--junit", str(xml)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "\x1b" not in out and "\x00" not in out  # terminal-safe
+    cases = junit(xml)
+    assert sorted(cases) == sorted(RULES)
+    failed = {n for n, c in cases.items() if c.find("failure") is not None}
+    # 2 extracted prompts, 3 verbatim copies, 3/9 dropped, largest cluster 3 > 2; coverage by cluster id
+    assert failed == {"max_extracted_captions", "max_verbatim_copies", "max_duplicate_rate", "max_cluster_size"}
+    msg = cases["max_extracted_captions"].find("failure").get("message")
+    assert "2 prompts" in msg and "<script>" in msg and "red" in msg and "\x1b" not in msg
+    assert cases["required_probe_coverage"].find("failure") is None
+    res = {r.rule: r for r in evaluate(run, load_policy(pol))}
+    assert res["max_verbatim_copies"].actual == 3
+    assert res["max_cluster_size"].actual == 3
+    assert res["max_duplicate_rate"].actual == pytest.approx(3 / 9)
+    # only verbatim counts when the policy says so
+    res = {r.rule: r for r in evaluate(run, Policy(extracted_verdicts=["verbatim"], max_extracted_captions=1))}
+    assert res["max_extracted_captions"].status == "pass" and res["max_extracted_captions"].actual == 1
+
+
+def test_coverage_counts_only_successful_probes(base_run, tmp_path):
+    run = with_probe(base_run, tmp_path, ["none", "error"])
+    res = {r.rule: r for r in evaluate(run, Policy(required_probe_coverage=2))}
+    cov = res["required_probe_coverage"]
+    assert cov.status == "fail" and cov.actual == "1/2" and "ranks 2" in cov.message
+    res = {r.rule: r for r in evaluate(run, Policy(required_probe_coverage=1))}
+    assert res["required_probe_coverage"].status == "pass"
+
+
+def test_disabled_rules_are_skipped(base_run, tmp_path):
+    run = with_probe(base_run, tmp_path, ["verbatim"])
+    pol = tmp_path / "p.yaml"
+    pol.write_text("max_extracted_captions: null\nmax_verbatim_copies: null\nrequired_probe_coverage: 1\n")
+    xml = tmp_path / "j.xml"
+    assert main(["gate", str(run), "--policy", str(pol), "--junit", str(xml)]) == 0
+    cases = junit(xml)
+    assert len(cases) == 5
+    assert {n for n, c in cases.items() if c.find("skipped") is not None} == {
+        "max_extracted_captions", "max_verbatim_copies", "max_duplicate_rate", "max_cluster_size"}
+
+
+def test_could_not_evaluate(base_run, tmp_path, capsys):
+    pol = write_policy(tmp_path / "p.yaml")
+    xml = tmp_path / "j.xml"
+    # the run folder does not exist
+    assert main(["gate", str(tmp_path / "missing"), "--policy", str(pol), "--junit", str(xml)]) == 2
+    assert ET.parse(xml).getroot().find("testsuite/testcase/error") is not None
+    # the probe never ran: the probe rules cannot be evaluated, nothing failed -> 2
+    run = tmp_path / "noprobe"
+    shutil.copytree(base_run, run)
+    assert main(["gate", str(run), "--policy", str(pol), "--junit", str(xml)]) == 2
+    cases = junit(xml)
+    errs = {n for n, c in cases.items() if c.find("error") is not None}
+    assert errs == {"max_extracted_captions", "max_verbatim_copies", "required_probe_coverage"}
+    assert "probe/" in cases["max_verbatim_copies"].find("error").get("message")
+    # an unreadable results table
+    (run / "probe").mkdir()
+    (run / "probe" / "results.parquet").write_bytes(b"PAR1 garbage")
+    assert main(["gate", str(run), "--policy", str(pol)]) == 2
+    assert "unreadable" in capsys.readouterr().out
+    # a failure wins over a missing input: the definite violation is reported as 1
+    assert main(["gate", str(run), "--policy", str(write_policy(tmp_path / "q.yaml", max_cluster_size=1))]) == 1
+    # bad and missing policies
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_verbatim_copies: -1\n")
+    assert main(["gate", str(run), "--policy", str(bad)]) == 2
+    bad.write_text("max_verbatim_copie: 0\n")  # typo: unknown key
+    assert main(["gate", str(run), "--policy", str(bad)]) == 2
+    bad.write_text("- a list\n")
+    assert main(["gate", str(run), "--policy", str(bad)]) == 2
+    assert main(["gate", str(run), "--policy", str(tmp_path / "nope.yaml"), "--junit", str(xml)]) == 2
+    assert ET.parse(xml).getroot().find("testsuite/testcase").get("name") == "evaluate"
+    assert exit_code([]) == 0
