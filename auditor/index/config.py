@@ -50,7 +50,7 @@ class IndexConfig(_Strict):
     # worker processes for read+decode+hash; 0 = in-process (no pool); -1 = one per CPU core
     workers: int = -1
     # samples handed to a worker at a time
-    chunk_size: int = Field(256, ge=1)
+    chunk_size: int = Field(64, ge=1)
     progress: bool = True
     reader: ReaderConfig = ReaderConfig()
     decode: DecodeConfig = DecodeConfig()
