@@ -1,0 +1,27 @@
+"""Image embedders for the index: ``none``, ``open_clip``, ``sscd`` (TorchScript), ``onnx`` (onnxruntime).
+
+``build_embedder(cfg)`` loads the model (main process); ``build_preprocess(cfg)`` gives the weight-free,
+picklable ``PIL RGB -> float16 [C, H, W]`` callable the index workers run (None for ``none``).
+"""
+
+from __future__ import annotations
+
+from ..config import EmbedderConfig
+from .base import EMBEDDERS, Embedder, EmbedderWeightsError, OpenClipPreprocess, ResizeNormalize, l2_normalize
+from . import none as _none  # noqa: F401  (registers)
+from . import onnxrt as _onnxrt  # noqa: F401
+from . import openclip as _openclip  # noqa: F401
+from . import sscd as _sscd  # noqa: F401
+
+
+def build_embedder(cfg: EmbedderConfig) -> Embedder:
+    return EMBEDDERS.get(cfg.name)(cfg)
+
+
+def build_preprocess(cfg: EmbedderConfig):
+    """The embedder's preprocessing without loading weights; None when the embedder takes no images."""
+    return EMBEDDERS.get(cfg.name).build_preprocess(cfg)
+
+
+__all__ = ["EMBEDDERS", "Embedder", "EmbedderWeightsError", "OpenClipPreprocess", "ResizeNormalize",
+           "build_embedder", "build_preprocess", "l2_normalize"]
