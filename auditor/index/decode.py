@@ -141,8 +141,7 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int
     if w * h > max_pixels:
         raise DecodeError("too_many_pixels", f"{w}x{h} = {w * h} pixels > max_pixels={max_pixels}")
     try:
-        if getattr(im, "n_frames", 1) > 1:
-            im.seek(0)
+        # Image.open leaves animations on frame 0; never touch n_frames (it walks every frame of a GIF)
         im.load()
     except Image.DecompressionBombError as e:
         raise DecodeError("too_many_pixels", str(e)) from None
