@@ -178,22 +178,24 @@ class TiledL2Detector:
 
     def _reference(self, ref: Image.Image, ref_id: Any, gen_size: tuple[int, int]):
         key = (ref_id, gen_size)
-        hit = self._cache.get(key)
+        hit = self._cache.get(key) if ref_id is not None else None
         if hit is None:
             r = ref.convert("RGB")
             if self.reference_crop == "center":
                 r = center_crop_to_aspect(r, gen_size[0] / gen_size[1])
             size = capped_size(*r.size, self.max_side)
             hit = (to_float(_resize(r, size)), size)
-            if len(self._cache) > 256:
-                self._cache.clear()
-            self._cache[key] = hit
+            if ref_id is not None:
+                if len(self._cache) > 256:
+                    self._cache.clear()
+                self._cache[key] = hit
         return hit
 
     def compare(self, gen: Image.Image, refs: Sequence[Image.Image], ref_ids: Optional[Sequence[Any]] = None
                 ) -> Detection:
-        """Score = the smallest tiled L2 over the references (inf when there are none)."""
-        ref_ids = list(ref_ids) if ref_ids is not None else [id(r) for r in refs]
+        """Score = the smallest tiled L2 over the references (inf when there are none). ``ref_ids`` (unique,
+        stable ids such as (key, shard)) let prepared references be cached across calls."""
+        ref_ids = list(ref_ids) if ref_ids is not None else [None] * len(refs)
         best = Detection(self.name, float("inf"), "none", {"ref_index": -1, "tile_fraction": 0.0})
         best_frac = 0.0
         for i, (ref, rid) in enumerate(zip(refs, ref_ids)):
@@ -233,20 +235,18 @@ class CopyDescriptorDetector:
         if not emb or emb.get("name", "none") == "none" or not int(emb.get("dim") or 0):
             return None
         from ..index.config import EmbedderConfig
-        from ..index.embedders import build_embedder, build_preprocess
+        from ..index.embedders import build_embedder
 
         raw = dict(((info.get("config") or {}).get("embedder")) or {})
         raw.setdefault("name", emb.get("name"))
         raw["device"] = device
         ecfg = EmbedderConfig.model_validate({k: v for k, v in raw.items() if k in EmbedderConfig.model_fields})
         embedder = build_embedder(ecfg)
-        preprocess = build_preprocess(ecfg)
 
         def embed_fn(images: Sequence[Image.Image]) -> np.ndarray:
             if not images:
                 return np.zeros((0, int(embedder.dim)), dtype=np.float32)
-            pix = np.stack([np.asarray(preprocess(im.convert("RGB"))) for im in images])
-            out = np.asarray(embedder.embed(pix), dtype=np.float32)
+            out = np.asarray(embedder.embed_images([im.convert("RGB") for im in images]), dtype=np.float32)
             return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
         return cls(embed_fn, threshold, describe=dict(emb))
