@@ -29,6 +29,7 @@ Semantics (chosen so the index agrees with the tools the field already uses):
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -104,8 +105,12 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
 def _classify(exc: BaseException) -> DecodeError:
-    msg = str(exc) or type(exc).__name__
+    # no memory addresses in messages: errors.parquet must be identical across runs
+    msg = _ADDRESS.sub(r"<\1>", str(exc)) or type(exc).__name__
     low = msg.lower()
     if "truncat" in low or isinstance(exc, EOFError) or "premature end" in low:
         return DecodeError("truncated", msg)
