@@ -30,7 +30,7 @@ class DedupConfig(BaseModel):
     # They are flagged (is_placeholder) and left out of the risk ranking.
     placeholder_min_cluster: int = Field(50, ge=2)
     placeholder_max_area: int = Field(64 * 64, ge=0)        # width*height at or below which an image is "tiny"
-    placeholder_uniform_fraction: float = Field(0.9, gt=0.0, le=1.0)  # share of pixels near the dominant grey
+    placeholder_uniform_fraction: float = Field(0.95, gt=0.0, le=1.0)  # share of pixels near the median grey
     placeholder_check_pixels: bool = True                   # decode the representative (needs the dataset)
     drop_placeholders: bool = False                         # also drop the representative of a placeholder cluster
     risk_top_n: int = Field(100, ge=1)                      # clusters listed in summary.json (risk.parquet has all)
