@@ -119,14 +119,16 @@ class WebDatasetReader(DatasetReader):
         fs, root = url_to_fs(self.root)
         if fs.isfile(root):
             tars = [root]
+            listing = set(fs.ls(posixpath.dirname(root), detail=False))
         else:
-            tars = sorted(p for p in fs.ls(root, detail=False) if p.endswith(TAR_SUFFIXES))
+            listing = set(fs.ls(root, detail=False))
+            tars = sorted(p for p in listing if p.endswith(TAR_SUFFIXES))
         refs = []
         for t in tars:
             stem = shard_stem(t)
             side = posixpath.join(posixpath.dirname(t), stem + ".parquet")
             refs.append(ShardRef(id=stem, path=to_url(fs, t, self.root),
-                                 extra=(to_url(fs, side, self.root) if fs.exists(side) else "",)))
+                                 extra=(to_url(fs, side, self.root) if side in listing else "",)))
         return refs
 
     # --- reading ------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..utils import write_json
+from ..utils import atomic_path, write_json
 
 TAR_MTIME = 0
 TAR_MODE = 0o444
@@ -135,8 +135,6 @@ class WebDatasetWriter:
             self._tmp_tar.unlink(missing_ok=True)
             raise
         table = pa.Table.from_pylist(self._rows, schema=SIDECAR_SCHEMA)
-        from ..utils import atomic_path
-
         with atomic_path(self.out_dir / f"{name}.parquet") as tmp:
             pq.write_table(table, tmp, compression="zstd")
         statuses: dict[str, int] = {}
