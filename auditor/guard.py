@@ -386,6 +386,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .cli import config_from_args
+    from .gate import clean_text
 
     try:
         cfg = config_from_args(args).report.guard
@@ -423,9 +424,13 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(r.to_dict(), sort_keys=True))
         else:
             best = r.matches[0] if r.matches else None
-            near = (f"{best.shard}/{best.key} (phash {best.phash_distance if best.phash_distance is not None else '-'}, "
-                    f"cos {f'{best.cosine:.3f}' if best.cosine is not None else '-'})") if best else (r.error or "-")
-            print(f"{r.verdict:5s}  {path}  ->  {near}")
+            if best is None:
+                near = clean_text(r.error, 300) or "-"
+            else:
+                d = "-" if best.phash_distance is None else str(best.phash_distance)
+                c = "-" if best.cosine is None else f"{best.cosine:.3f}"
+                near = f"{clean_text(best.shard, 40)}/{clean_text(best.key, 200)} (phash {d}, cos {c})"
+            print(f"{r.verdict:5s}  {clean_text(path, 300)}  ->  {near}")
         if r.verdict == ERROR:
             errors = True
         elif _RANK[r.verdict] < _RANK[worst]:

@@ -325,3 +325,28 @@ def test_empty_run_and_cli(tmp_path, monkeypatch, capsys):
     assert "index/index.json" in out.read_text(encoding="utf-8")
     assert main(["report", str(tmp_path / "nope"), "--set", "report.progress=false"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_real_dedup_run(tmp_path, kodak, imagenet):
+    """The report on the dedup stage's own outputs (not hand-written ones)."""
+    from auditor.config import load_config
+    from auditor.dedup.runner import run_dedup
+
+    run = build_run(tmp_path, kodak, imagenet, stages=("index",))
+    run_dedup(run, load_config(overrides=["dedup.progress=false"]))
+    out = build_report(run, ReportConfig(progress=False), tmp_path / "o" / "report.html")
+    html = out.read_text(encoding="utf-8")
+    doc = parse(html)
+    assert set(t for t, _ in doc.tags) <= ALLOWED_TAGS
+    text = "".join(doc.text)
+    summary = json.loads((out.parent / "summary.json").read_text())
+    d = summary["dedup"]
+    # kodak01 and its two JPEG re-encodes are one cluster; every sample is in the manifest
+    assert d["n_samples"] == 8 and d["max_cluster_size"] == 3 and d["n_duplicate_clusters"] == 1
+    assert d["duplicate_rate"] == pytest.approx(2 / 8)
+    assert "cluster 0" in text and "3 images" in text
+    # three member thumbnails of the cluster, from the dataset through the index's reader
+    srcs = [dict(a)["src"] for t, a in doc.tags if t == "img"]
+    assert sum(s.startswith("data:image/jpeg") for s in srcs) >= 3
+    # the caption table comes from dedup/captions.parquet (with the clusters column)
+    assert "image clusters" in text and HOSTILE[0] in text

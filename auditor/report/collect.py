@@ -35,6 +35,7 @@ class RunData:
     manifest: Optional[pd.DataFrame] = None
     clusters: Optional[pd.DataFrame] = None
     risk: Optional[pd.DataFrame] = None
+    captions: Optional[pd.DataFrame] = None  # dedup/captions.parquet (optional: computed from the index if absent)
     dedup_summary: Optional[dict] = None
     results: Optional[pd.DataFrame] = None
     generations: Optional[pd.DataFrame] = None
@@ -113,6 +114,8 @@ def load_run(run_dir: str | Path) -> RunData:
         data.clusters = _read_parquet(data, d / "clusters.parquet", CLUSTER_COLUMNS)
         data.risk = _read_parquet(data, d / "risk.parquet", RISK_COLUMNS)
         data.dedup_summary = _read_json(data, d / "summary.json")
+        if (d / "captions.parquet").exists():  # optional output; not listed as missing
+            data.captions = _read_parquet(data, d / "captions.parquet", ["caption", "count", "n_clusters"])
     else:
         data.missing.append("dedup/")
 

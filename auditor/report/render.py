@@ -287,16 +287,23 @@ def build_context(data: RunData, cfg: ReportConfig) -> dict:
 
     # ---- caption duplication
     ctx["caption_table"] = []
-    if data.index_table is not None:
+    if data.captions is not None:  # dedup's table: also how many distinct image clusters carry each caption
+        c = data.captions
+        c = c[c["count"] > 1].sort_values(["count", "n_clusters", "caption"], ascending=[False, False, True],
+                                          kind="mergesort")
+        ctx["caption_table"] = [
+            {"caption": clip(r["caption"]), "count": int(r["count"]), "clusters": int(r["n_clusters"])}
+            for _, r in c.head(cfg.top_captions).iterrows()
+        ]
+    elif data.index_table is not None:
         t = data.index_table
         t = t[t["caption_hash"].fillna("").astype(str) != ""]
         if len(t):
             g = t.groupby("caption_hash", sort=True)
-            agg = pd.DataFrame({"count": g.size(), "caption": g["caption"].first(),
-                                "shards": g["shard"].nunique()}).reset_index()
+            agg = pd.DataFrame({"count": g.size(), "caption": g["caption"].first()}).reset_index()
             agg = agg[agg["count"] > 1].sort_values(["count", "caption_hash"], ascending=[False, True], kind="mergesort")
             ctx["caption_table"] = [
-                {"caption": clip(r["caption"]), "count": int(r["count"]), "shards": int(r["shards"])}
+                {"caption": clip(r["caption"]), "count": int(r["count"]), "clusters": None}
                 for _, r in agg.head(cfg.top_captions).iterrows()
             ]
     ctx["risk"] = []
