@@ -202,11 +202,13 @@ class ProbeRunner:
 
     def ref_embeddings(self, refs: list[tuple[str, str]], images: list[Image.Image]) -> np.ndarray:
         """Stored index embeddings of the references (embedded now when missing)."""
-        t = self.table()
-        emb = self.store.embeddings() if self.store is not None else np.zeros((0, 0))
+        if getattr(self, "_pos", None) is None:
+            t = self.table()
+            self._pos = {(k, s): int(r) for k, s, r in zip(t["key"].astype(str), t["shard"].astype(str), t["row"])}
+            self._emb = self.store.embeddings() if self.store is not None else np.zeros((0, 0))
+        pos, emb = self._pos, self._emb
         out = []
         missing = []
-        pos = {(k, s): r for k, s, r in zip(t["key"].astype(str), t["shard"].astype(str), t["row"])}
         for i, ks in enumerate(refs):
             r = pos.get(ks)
             if r is not None and r < len(emb):
