@@ -107,16 +107,17 @@ def search_fingerprint(store: IndexStore, dcfg: DedupConfig, seed: int) -> dict:
 # ------------------------------------------------------------------------------------------------------
 # search
 # ------------------------------------------------------------------------------------------------------
-def _hamming_edges(values: np.ndarray, n_old: int, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+def _hamming_edges(values: np.ndarray, n_old: int, max_distance: int, progress: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (a, b) of pixel groups within ``max_distance``; with ``n_old`` > 0 only pairs involving a new
     group (index >= n_old) are searched."""
     from .search import hamming_cross_pairs, hamming_pairs
 
     new = values[n_old:]
-    i, j, _ = hamming_pairs(new, max_distance)
+    i, j, _ = hamming_pairs(new, max_distance, progress=progress)
     a, b = [np.asarray(i, np.int64) + n_old], [np.asarray(j, np.int64) + n_old]
     if n_old and len(new):
-        qi, bj, _ = hamming_cross_pairs(new, values[:n_old], max_distance)
+        qi, bj, _ = hamming_cross_pairs(new, values[:n_old], max_distance, progress=progress)
         a.append(np.asarray(qi, np.int64) + n_old)
         b.append(np.asarray(bj, np.int64))
     return np.concatenate(a), np.concatenate(b)
@@ -126,10 +127,11 @@ def _embedding_edges(emb: np.ndarray, n_old: int, dcfg: DedupConfig, seed: int) 
     from .search import embedding_cross_pairs, embedding_pairs
 
     new = emb[n_old:]
-    i, j, _ = embedding_pairs(new, dcfg.cosine_threshold, method=dcfg.search, seed=seed)
+    i, j, _ = embedding_pairs(new, dcfg.cosine_threshold, method=dcfg.search, seed=seed, progress=dcfg.progress)
     a, b = [np.asarray(i, np.int64) + n_old], [np.asarray(j, np.int64) + n_old]
     if n_old and len(new):
-        qi, bj, _ = embedding_cross_pairs(new, emb[:n_old], dcfg.cosine_threshold, method=dcfg.search, seed=seed)
+        qi, bj, _ = embedding_cross_pairs(new, emb[:n_old], dcfg.cosine_threshold, method=dcfg.search, seed=seed,
+                                          progress=dcfg.progress)
         a.append(np.asarray(qi, np.int64) + n_old)
         b.append(np.asarray(bj, np.int64))
     return np.concatenate(a), np.concatenate(b)
@@ -193,10 +195,10 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     dhash = table["dhash"].to_numpy(np.uint64)
     new_edges = []
     if dcfg.phash:
-        a, b = _hamming_edges(phash[group_first], n_old, dcfg.phash_max_distance)
+        a, b = _hamming_edges(phash[group_first], n_old, dcfg.phash_max_distance, dcfg.progress)
         new_edges.append((a, b, SIGNAL_CODE["phash"]))
     if dcfg.dhash_max_distance >= 0:
-        a, b = _hamming_edges(dhash[group_first], n_old, dcfg.dhash_max_distance)
+        a, b = _hamming_edges(dhash[group_first], n_old, dcfg.dhash_max_distance, dcfg.progress)
         new_edges.append((a, b, SIGNAL_CODE["dhash"]))
     has_emb = _has_embeddings(store, dcfg)
     group_emb = None
