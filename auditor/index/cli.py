@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("--pretrained", help="open_clip pretrained tag (e.g. laion2b_s34b_b79k)")
     p.add_argument("--checkpoint", help="local weights: open_clip checkpoint, SSCD TorchScript or ONNX file")
     p.add_argument("--workers", type=int, help="decode/hash processes (0 = in-process, -1 = one per core)")
+    p.add_argument("--engine", choices=["local", "ray"],
+                   help="where the pipeline runs: local (default) or a Ray cluster (--set index.ray_address=auto)")
     add_config_options(p)
     p.set_defaults(func=_run)
 
@@ -31,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
 
     flags = {"layout": "index.reader.layout", "embedder": "index.embedder.name", "model": "index.embedder.model",
              "pretrained": "index.embedder.pretrained", "checkpoint": "index.embedder.checkpoint",
-             "workers": "index.workers"}
+             "workers": "index.workers", "engine": "index.engine"}
     for attr, key in flags.items():
         val = getattr(args, attr)
         if val is not None:

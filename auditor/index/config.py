@@ -52,6 +52,15 @@ class IndexConfig(_Strict):
     # samples handed to a worker at a time
     chunk_size: int = Field(64, ge=1)
     progress: bool = True
+    # where the pipeline runs: "local" (this machine: process pool + in-process embedder) or "ray" (Ray Data:
+    # CPU tasks decode + hash, GPU actors embed; see docs/scale.md). Both give byte-identical index folders.
+    engine: Literal["local", "ray"] = "local"
+    # engine=ray: the cluster to join ("auto" = the running cluster of `ray start --head`; None = start a local one)
+    ray_address: Optional[str] = None
+    # decode + resize + normalise the stored bytes on the embedder's device (nvJPEG through torchvision on CUDA,
+    # batched, PIL fallback per image) instead of in the workers, which then only hash. Hashes are unchanged;
+    # embeddings differ from the PIL preprocessing within resampling tolerance (so it is part of the index config).
+    gpu_decode: bool = False
     reader: ReaderConfig = ReaderConfig()
     decode: DecodeConfig = DecodeConfig()
     embedder: EmbedderConfig = EmbedderConfig()

@@ -1,11 +1,16 @@
 """The index stage: dataset -> per-shard hash/embedding tables in ``RUN_DIR/index`` (see ``store.py``).
 
-Pipeline (one machine)::
+Pipeline (``index.engine=local``, one machine; ``auditor/engines/local.py``)::
 
     main process: reader streams samples shard by shard, cut into fixed chunks of ``chunk_size``
         -> process pool (``workers``): decode (bomb-safe) + sha256 + pixel hash + pHash/dHash (batched DCT)
            + the embedder's CPU preprocessing
         -> main process: batched embedding (CUDA when present), shard files written atomically, marker last.
+
+``index.engine=ray`` (``auditor/engines/ray_engine.py``) runs the same per-chunk and per-batch functions of this
+module as Ray Data tasks and actors on a cluster; the driver writes the shard files with the same
+:func:`_finish_shard`, so both engines give byte-identical index folders. With ``index.gpu_decode`` the workers
+only hash and the embedder's device decodes + resizes the stored bytes (``auditor/index/gpu.py``).
 
 Chunks are fixed by position in the shard and embedding batches start at each shard's first row, so the
 outputs are identical for any number of workers. A shard whose ``.done`` marker exists is skipped: a rerun
@@ -17,16 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from ..io import open_dataset
 from ..io.base import DatasetReader, Sample, ShardRef
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FORMAT_VERSION = 1
 # config keys that do not change the outputs (so a resume may change them)
-_RUNTIME_KEYS = {"workers", "chunk_size", "progress"}
+_RUNTIME_KEYS = {"workers", "chunk_size", "progress", "engine", "ray_address"}
 _EMBEDDER_RUNTIME_KEYS = {"device", "batch_size"}
 
 
@@ -57,6 +59,7 @@ class ChunkResult:
     errors: list[ErrorRecord] = field(default_factory=list)
     not_indexed: list[dict] = field(default_factory=list)
     pixels: Optional[np.ndarray] = None  # preprocessed embedder input, row-aligned with records
+    raw: Optional[list[bytes]] = None    # the stored bytes, row-aligned with records (``gpu_decode``)
 
 
 _PREPROCESS_CACHE: dict[str, Any] = {}
@@ -77,8 +80,10 @@ def _preprocess_fn(embedder_cfg: Optional[dict]):
     return fn
 
 
-def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optional[dict]) -> ChunkResult:
-    """Decode, hash and preprocess one chunk of samples (runs in a worker process)."""
+def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optional[dict],
+                  keep_bytes: bool = False) -> ChunkResult:
+    """Decode, hash and preprocess one chunk of samples (runs in a worker process). ``keep_bytes``: return the
+    stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them)."""
     from .decode import DecodeError, open_image, sniff_format, to_rgb
     from .hashing import bytes_sha256, phash_dhash, pixel_sha256
 
@@ -86,7 +91,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     preprocess = _preprocess_fn(embedder_cfg)
     shard = samples[0].shard if samples else ""
     out = ChunkResult(shard=shard)
-    images, recs, arrays = [], [], []
+    images, recs, arrays, raw = [], [], [], []
     for s in samples:
         if s.status == "__empty__":  # placeholder for a shard with no samples
             continue
@@ -109,6 +114,8 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             continue
         images.append(im)
         arrays.append(arr)
+        if keep_bytes:
+            raw.append(s.data)
         recs.append({
             "key": s.key,
             "shard": s.shard,
@@ -131,6 +138,8 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     out.records = recs
     if preprocess is not None and arrays:
         out.pixels = np.stack(arrays)
+    if keep_bytes:
+        out.raw = raw
     return out
 
 
@@ -189,39 +198,95 @@ class _ShardAccumulator:
         self.errors: list[ErrorRecord] = []
         self.not_indexed: list[dict] = []
         self.pixels: list[np.ndarray] = []
+        self.raw: list[bytes] = []
+        # set by an engine that embedded the shard elsewhere (Ray actors): the float16 matrix (None: no embedder)
+        self.embedded = False
+        self.emb: Optional[np.ndarray] = None
+
+    def add(self, res: ChunkResult) -> None:
+        self.records.extend(res.records)
+        self.errors.extend(res.errors)
+        self.not_indexed.extend(res.not_indexed)
+        if res.pixels is not None:
+            self.pixels.append(res.pixels)
+        if res.raw is not None:
+            self.raw.extend(res.raw)
 
 
-def _embed_shard(acc: _ShardAccumulator, embedder, batch_size: int) -> Optional[np.ndarray]:
-    """Embed the shard's preprocessed images in fixed batches from row 0; drop (and record) samples whose
-    embedding fails. Returns float16 [rows, dim]."""
-    if embedder is None:
-        return None
-    if not acc.records:
-        return np.zeros((0, embedder.dim), dtype=np.float16)
-    pix = np.concatenate(acc.pixels) if acc.pixels else None
-    out = np.zeros((len(acc.records), embedder.dim), dtype=np.float32)
-    ok = np.ones(len(acc.records), dtype=bool)
-    for start in range(0, len(acc.records), batch_size):
-        sl = slice(start, min(start + batch_size, len(acc.records)))
+def _embed_batch(embed_fn, inputs, keys: list[str], shard: str):
+    """Embed one batch with ``embed_fn``; when the batch fails, retry one by one to isolate the bad samples.
+    Returns (float32 [n, dim] or None when the whole batch failed row by row, ok mask [n], error records)."""
+    n = len(keys)
+    errors: list[ErrorRecord] = []
+    try:
+        return np.asarray(embed_fn(inputs), dtype=np.float32), np.ones(n, dtype=bool), errors
+    except Exception:  # noqa: BLE001 - retry one by one to isolate the bad sample
+        pass
+    rows: list[Optional[np.ndarray]] = []
+    ok = np.ones(n, dtype=bool)
+    for i in range(n):
         try:
-            out[sl] = embedder.embed(pix[sl])
-        except Exception:  # noqa: BLE001 - retry one by one to isolate the bad sample
-            for i in range(sl.start, sl.stop):
-                try:
-                    out[i] = embedder.embed(pix[i:i + 1])[0]
-                except Exception as exc:  # noqa: BLE001
-                    ok[i] = False
-                    acc.errors.append(ErrorRecord(acc.records[i]["key"], acc.shard, "embed",
-                                                  f"{type(exc).__name__}: {exc}"))
+            rows.append(np.asarray(embed_fn(inputs[i:i + 1]), dtype=np.float32)[0])
+        except Exception as exc:  # noqa: BLE001
+            ok[i] = False
+            rows.append(None)
+            errors.append(ErrorRecord(keys[i], shard, "embed", f"{type(exc).__name__}: {exc}"))
+    good = [r for r in rows if r is not None]
+    dim = good[0].shape[0] if good else 0
+    out = np.zeros((n, dim), dtype=np.float32)
+    for i, r in enumerate(rows):
+        if r is not None:
+            out[i] = r
+    return out, ok, errors
+
+
+def _batch_slices(n: int, batch_size: int) -> list[slice]:
+    """The shard's embedding batches: fixed, from row 0 (the same for every engine and worker count)."""
+    return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def _apply_embeddings(acc: _ShardAccumulator, dim: int, parts: list[tuple]) -> np.ndarray:
+    """Join per-batch ``_embed_batch`` results (in batch order): record the embed errors, drop the failed rows,
+    return float16 [rows, dim]."""
+    out = np.zeros((len(acc.records), dim), dtype=np.float32)
+    ok = np.ones(len(acc.records), dtype=bool)
+    start = 0
+    for emb, k, errs in parts:
+        n = len(k)
+        if emb is not None and emb.shape[1] == dim:
+            out[start:start + n] = emb
+        ok[start:start + n] = k
+        acc.errors.extend(errs)
+        start += n
+    if start != len(acc.records):
+        raise RuntimeError(f"shard {acc.shard}: {start} embedded rows for {len(acc.records)} records")
     if not ok.all():
         acc.records = [r for r, k in zip(acc.records, ok) if k]
         out = out[ok]
     return out.astype(np.float16)
 
 
+def _embed_shard(acc: _ShardAccumulator, embedder, batch_size: int, gpu=None) -> Optional[np.ndarray]:
+    """Embed the shard's preprocessed images in fixed batches from row 0; drop (and record) samples whose
+    embedding fails. Returns float16 [rows, dim]. ``gpu``: a :class:`auditor.index.gpu.GpuPath` that decodes
+    and preprocesses the stored bytes on the embedder's device instead."""
+    if embedder is None:
+        return None
+    if not acc.records:
+        return np.zeros((0, embedder.dim), dtype=np.float16)
+    keys = [r["key"] for r in acc.records]
+    if gpu is not None:
+        inputs, embed_fn = acc.raw, gpu.embed
+    else:
+        inputs, embed_fn = (np.concatenate(acc.pixels) if acc.pixels else None), embedder.embed
+    parts = [_embed_batch(embed_fn, inputs[sl], keys[sl], acc.shard)
+             for sl in _batch_slices(len(acc.records), batch_size)]
+    return _apply_embeddings(acc, embedder.dim, parts)
+
+
 def _finish_shard(acc: _ShardAccumulator, shard_dir: Path, embedder, batch_size: int,
-                  extra_errors: list[ErrorRecord]) -> dict:
-    emb = _embed_shard(acc, embedder, batch_size)
+                  extra_errors: list[ErrorRecord], gpu=None) -> dict:
+    emb = acc.emb if acc.embedded else _embed_shard(acc, embedder, batch_size, gpu)
     errors = extra_errors + acc.errors
     table = pa.Table.from_pylist(acc.records, schema=SAMPLE_SCHEMA) if acc.records else SAMPLE_SCHEMA.empty_table()
     write_parquet(shard_dir / f"{acc.shard}.parquet", table)
@@ -278,85 +343,53 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg=None) 
     done = {p.name[: -len(".done")] for p in shard_dir.glob("*.done")}
     pending = [s for s in all_shards if s.id not in done]
 
-    embedder = None
-    emb_desc: dict = {"name": "none", "dim": 0}
-    emb_cfg_json = None
-    if icfg.embedder.name != "none":
-        from .embedders import build_embedder
+    from ..engines import build_engine
 
-        embedder = build_embedder(icfg.embedder)
-        emb_desc = embedder.describe()
-        emb_cfg_json = icfg.embedder.model_dump(mode="json")
-
-    base_info = {
-        "format_version": INDEX_FORMAT_VERSION,
-        "dataset": {"root": dataset, "layout": reader.layout, "options": reader_opts},
-        "config": fingerprint,
-        "embedder": emb_desc,
-        "versions": package_versions(),
-        "complete": False,
-    }
-    write_json(info_path, base_info)
-
-    workers = _resolve_workers(icfg.workers)
-    log.info("indexing %s (%s): %d shards, %d to do, %d workers, embedder %s", dataset, reader.layout,
-             len(all_shards), len(pending), workers, emb_desc.get("name"))
-    decode_cfg = icfg.decode.model_dump()
-    read_errors: dict[str, list[ErrorRecord]] = {}
-    chunk_iter = _chunks(reader, pending, icfg.chunk_size, read_errors)
-
-    bar = tqdm(total=len(pending), unit="shard", desc="index", disable=not icfg.progress)
-    nbar = tqdm(unit="img", desc="samples", disable=not icfg.progress, position=1, leave=False)
-    acc: Optional[_ShardAccumulator] = None
-
-    def consume(res: ChunkResult) -> None:
-        nonlocal acc
-        if acc is not None and acc.shard != res.shard:
-            _finish_shard(acc, shard_dir, embedder, icfg.embedder.batch_size, read_errors.pop(acc.shard, []))
-            bar.update(1)
-            acc = None
-        if acc is None:
-            acc = _ShardAccumulator(res.shard)
-        acc.records.extend(res.records)
-        acc.errors.extend(res.errors)
-        acc.not_indexed.extend(res.not_indexed)
-        if res.pixels is not None:
-            acc.pixels.append(res.pixels)
-        nbar.update(len(res.records) + len(res.errors) + len(res.not_indexed))
-
+    engine = build_engine(icfg)
     try:
-        if workers <= 0:
-            for chunk in chunk_iter:
-                consume(process_chunk(chunk, decode_cfg, emb_cfg_json))
-        else:
-            _run_pool(chunk_iter, workers, decode_cfg, emb_cfg_json, consume)
-        if acc is not None:
-            _finish_shard(acc, shard_dir, embedder, icfg.embedder.batch_size, read_errors.pop(acc.shard, []))
-            bar.update(1)
+        emb_desc = engine.start()  # loads the embedder (or learns where it runs) and describes it
+        base_info = {
+            "format_version": INDEX_FORMAT_VERSION,
+            "dataset": {"root": dataset, "layout": reader.layout, "options": reader_opts},
+            "config": fingerprint,
+            "embedder": emb_desc,
+            "versions": package_versions(),
+            "complete": False,
+        }
+        write_json(info_path, base_info)
+        log.info("indexing %s (%s): %d shards, %d to do, engine %s, embedder %s", dataset, reader.layout,
+                 len(all_shards), len(pending), icfg.engine, emb_desc.get("name"))
+        engine.run(IndexJob(reader=reader, shards=pending, icfg=icfg, shard_dir=shard_dir,
+                            embedder_dim=int(emb_desc.get("dim") or 0)))
     finally:
-        bar.close()
-        nbar.close()
-
+        engine.close()
     return _finalize(run_dir, all_shards, base_info)
 
 
-def _run_pool(chunks: Iterable[list[Sample]], workers: int, decode_cfg: dict, emb_cfg: Optional[dict],
-              consume) -> None:
-    """Bounded, in-order pipeline over a process pool (at most ``2 * workers`` chunks in flight)."""
-    import multiprocessing as mp
+@dataclass
+class IndexJob:
+    """What an engine indexes: the pending shards of one run, in order, into ``shard_dir``."""
 
-    # forkserver: workers never inherit the main process's threads (torch/OpenMP, tqdm's monitor)
-    ctx = mp.get_context("forkserver" if os.name == "posix" else "spawn")
-    if os.name == "posix":  # workers fork from a server that already imported the pipeline: fast start-up
-        ctx.set_forkserver_preload(["auditor.index.runner", "auditor.index.decode", "auditor.index.hashing"])
-    window: deque[Future] = deque()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for chunk in chunks:
-            window.append(pool.submit(process_chunk, chunk, decode_cfg, emb_cfg))
-            if len(window) >= 2 * workers:
-                consume(window.popleft().result())
-        while window:
-            consume(window.popleft().result())
+    reader: DatasetReader
+    shards: list[ShardRef]
+    icfg: IndexConfig
+    shard_dir: Path
+    embedder_dim: int = 0
+
+    @property
+    def decode_cfg(self) -> dict:
+        return self.icfg.decode.model_dump()
+
+    @property
+    def worker_embedder_cfg(self) -> Optional[dict]:
+        """The embedder config the decode workers preprocess for (None: no embedder, or ``gpu_decode``)."""
+        if self.icfg.embedder.name == "none" or self.icfg.gpu_decode:
+            return None
+        return self.icfg.embedder.model_dump(mode="json")
+
+    @property
+    def keep_bytes(self) -> bool:
+        return self.icfg.gpu_decode and self.icfg.embedder.name != "none"
 
 
 def _finalize(run_dir: Path, all_shards: list[ShardRef], base_info: dict) -> IndexStore:
