@@ -77,6 +77,16 @@ def test_similarity_to_representative_per_signal(planted_run):
                 assert sim >= 0.95
 
 
+def test_output_schemas(planted_run):
+    import pyarrow.parquet as pq
+
+    from auditor.dedup.schema import SCHEMAS
+
+    run = planted_run[0]
+    for name, schema in SCHEMAS.items():
+        assert pq.read_schema(run / "dedup" / name).remove_metadata() == schema, name
+
+
 def test_representative_rule_and_keep_lists(planted_run):
     run, store, groups, _ = planted_run
     m = _manifest(run).set_index("key")

@@ -25,6 +25,7 @@ from ..index.store import IndexStore
 from ..utils import write_json, write_parquet
 from .cluster import REASONS
 from .runner import DEDUP_DIR, MANIFEST_COLUMNS, _dedup_cfg, _has_embeddings, pixel_groups
+from .schema import AGAINST_SCHEMA, to_table
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg=No
     out["similarity"] = hit["sim"].to_numpy(np.float64)
     out["n_matched_groups"] = n_matched_groups.loc[g].to_numpy(np.int64) if len(g) else np.zeros(0, np.int64)
     dest = run_dir / DEDUP_DIR / f"against_{name}.parquet"
-    write_parquet(dest, out)
+    write_parquet(dest, to_table(out, AGAINST_SCHEMA))
     write_json(run_dir / DEDUP_DIR / f"against_{name}.json", {
         "other_run": name,
         "samples": int(len(a)),

@@ -23,8 +23,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-RISK_COLUMNS = ["rank", "cluster_id", "cluster_size", "caption", "caption_hash", "caption_count", "n_captions",
-                "representative_key", "representative_shard", "score", "is_placeholder"]
+from .schema import RISK_SCHEMA
+
+RISK_COLUMNS = RISK_SCHEMA.names
 
 
 def rank_risk(table: pd.DataFrame, cid: np.ndarray, is_rep: np.ndarray, clusters: pd.DataFrame,

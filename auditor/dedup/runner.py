@@ -48,6 +48,7 @@ from ..index.store import IndexStore
 from ..utils import write_json, write_npy, write_parquet, write_text
 from .cluster import Signals, cluster, group_codes, star_edges
 from .config import DedupConfig
+from .schema import MANIFEST_SCHEMA, SCHEMAS, to_table
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,7 @@ STATE_DIR = "state"
 STATE_VERSION = 1
 SIGNAL_CODE = {"phash": 2, "dhash": 3, "embedding": 4}
 
-MANIFEST_COLUMNS = ["key", "shard", "cluster_id", "cluster_size", "is_representative", "keep", "reason",
-                    "similarity_to_representative", "caption_dup_count"]
+MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
 _TABLE_COLUMNS = ["key", "shard", "caption", "sha256", "pixel_sha256", "phash", "dhash", "width", "height",
                   "caption_hash"]
 
@@ -251,7 +251,7 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     # --- write --------------------------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in outputs.frames.items():
-        write_parquet(out / name, frame)
+        write_parquet(out / name, to_table(frame, SCHEMAS[name]))
     write_text(out / "keep_keys.txt", outputs.keep_text)
     write_text(out / "drop_keys.txt", outputs.drop_text)
     write_json(out / "summary.json", outputs.summary)
