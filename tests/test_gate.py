@@ -190,3 +190,79 @@ def test_could_not_evaluate(base_run, tmp_path, capsys):
     assert main(["gate", str(run), "--policy", str(tmp_path / "nope.yaml"), "--junit", str(xml)]) == 2
     assert ET.parse(xml).getroot().find("testsuite/testcase").get("name") == "evaluate"
     assert exit_code([]) == 0
+
+
+# --- end to end: index -> dedup -> probe (a model that memorized one photo) -> report -> gate ----------------
+MEMO = "the famous red barn photograph"
+
+
+def memorizing_model(prompts, seeds, data="", ref="", **params):
+    """A 'model' that regurgitates the training photo ``ref`` (with sensor-like noise) for MEMO, and draws
+    other real photos (``data``'s ImageNet files, chosen by seed) for every other prompt."""
+    import numpy as np
+
+    out = []
+    for p, s in zip(prompts, seeds):
+        rng = np.random.default_rng(s)
+        if p == MEMO:
+            im = Image.open(ref).convert("RGB").resize((192, 128), Image.BICUBIC)
+            a = np.asarray(im, dtype=np.float32) + rng.normal(0, 3, (128, 192, 3))
+            out.append(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)))
+        else:
+            files = sorted(Path(data).glob("*.jpg"))
+            out.append(Image.open(files[int(rng.integers(0, 50))]).convert("RGB").resize((192, 128)))
+    return out
+
+
+def test_end_to_end_release_gate(tmp_path, kodak, imagenet, capsys):
+    from auditor.config import AuditorConfig, load_config
+    from auditor.dedup.runner import run_dedup
+    from auditor.index.runner import run_index
+    from auditor.probe.config import ProbeConfig
+    from auditor.probe.runner import run_probe
+    from auditor.report.config import ReportConfig
+    from auditor.report.render import build_report
+
+    ds = tmp_path / "dataset"
+    ds.mkdir()
+    captions = ["a harbour with boats", "a woman in a hat", "macaws on a branch", "a white house by a lake",
+                "a motorbike race", "a sailing boat"]
+    for p, c in zip(kodak[1:7], captions):
+        shutil.copy(p, ds / p.name)
+        (ds / (p.stem + ".txt")).write_text(c, encoding="utf-8")
+    barn = Image.open(kodak[0]).convert("RGB")
+    for i, q in enumerate((95, 80, 70)):  # the memorized photo, three times in the training set
+        barn.save(ds / f"barn_{i}.jpg", format="JPEG", quality=q)
+        (ds / f"barn_{i}.txt").write_text(MEMO, encoding="utf-8")
+    run = tmp_path / "run"
+    cfg = load_config(overrides=["index.workers=0", "index.progress=false", "dedup.progress=false"])
+    run_index(str(ds.resolve()), run, cfg)
+    run_dedup(run, cfg)
+    probe = ProbeConfig(generator="python", model="memorizing-test-model", steps=1, top_n=10, progress=False,
+                        screen_generations=2, confirm_generations=4, calibration_captions=3, clique_k=3,
+                        python={"callable": f"{__name__}:memorizing_model",
+                                "params": {"data": str(imagenet[0].parent), "ref": str(ds / "barn_0.jpg")}})
+    res = run_probe(run, AuditorConfig(probe=probe)).set_index("caption")
+    assert res.loc[MEMO, "verdict"] == "verbatim"
+
+    out = build_report(run, ReportConfig(progress=False), tmp_path / "report" / "report.html")
+    html = out.read_text(encoding="utf-8")
+    summary = __import__("json").loads((out.parent / "summary.json").read_text())
+    assert summary["stages"] == {"index": "ok", "dedup": "ok", "probe": "ok"}
+    assert summary["probe"]["n_extracted_captions"] == 1 and summary["probe"]["extracted"][0]["caption"] == MEMO
+    assert summary["dedup"]["max_cluster_size"] == 3
+    assert "Evidence saved by the probe" in html and "leaves the probe folder" not in html
+    assert "does not exist" not in html and "unavailable" not in html  # every generation/training image shown
+    assert MEMO in (out.parent / "summary.md").read_text()
+
+    pol = write_policy(tmp_path / "p.yaml", max_cluster_size=5, max_duplicate_rate=0.1, required_probe_coverage=1)
+    xml = tmp_path / "gate.xml"
+    assert main(["gate", str(run), "--policy", str(pol), "--junit", str(xml)]) == 1
+    cases = junit(xml)
+    failed = {n for n, c in cases.items() if c.find("failure") is not None}
+    assert failed == {"max_extracted_captions", "max_verbatim_copies", "max_duplicate_rate"}
+    assert MEMO in cases["max_extracted_captions"].find("failure").get("message")
+    # with the memorized cluster removed from the policy's concern, the same run passes
+    ok = write_policy(tmp_path / "ok.yaml", max_extracted_captions=1, max_verbatim_copies=10, max_duplicate_rate=0.5,
+                      max_cluster_size=5, required_probe_coverage=1)
+    assert main(["gate", str(run), "--policy", str(ok)]) == 0

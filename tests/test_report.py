@@ -145,31 +145,38 @@ def build_run(tmp: Path, kodak: list[Path], imagenet: list[Path], stages=("index
         (p / "generations").mkdir(parents=True)
         gen_rows = []
         # "memorized" prompt: the generations are JPEG-degraded copies of the training image
+        # (paths relative to RUN_DIR, as the probe writes them)
         for seed in range(3):
-            rel = f"generations/copy_{seed}.png"
-            (p / rel).write_bytes(_png(_jpeg_copy(base, 30 + 10 * seed)))
+            rel = f"probe/generations/copy_{seed}.png"
+            (run / rel).write_bytes(_png(_jpeg_copy(base, 30 + 10 * seed)))
             gen_rows.append({"caption": HOSTILE[0], "variant": "original", "seed": seed, "path": rel,
                              "tiled_l2": 0.02 + 0.01 * seed, "copy_similarity": 0.98, "verdict": "verbatim",
-                             "best_key": kodak[0].name})
-        # not memorized: unrelated real photos
+                             "best_key": kodak[0].name, "best_shard": "00000"})
+        (p / "evidence").mkdir()
+        pair = Image.new("RGB", (2 * 256 + 8, 171), (255, 255, 255))
+        pair.paste(_jpeg_copy(base, 30).resize((256, 171)), (0, 0))
+        pair.paste(base.resize((256, 171)), (264, 0))
+        (p / "evidence" / "pair.png").write_bytes(_png(pair))
+        # not memorized: unrelated real photos (paths relative to RUN_DIR/probe are accepted too)
         for seed in range(2):
             rel = f"generations/other_{seed}.png"
             (p / rel).write_bytes(_png(Image.open(imagenet[seed]).convert("RGB")))
             gen_rows.append({"caption": HOSTILE[1], "variant": "original", "seed": seed, "path": rel,
                              "tiled_l2": 0.4, "copy_similarity": 0.2, "verdict": "none",
-                             "best_key": kodak[1].name})
+                             "best_key": kodak[1].name, "best_shard": "00000"})
         # a hostile path: must never be inlined
         secret = tmp / "secret.png"
         secret.write_bytes(_png(Image.new("RGB", (8, 8), (1, 2, 3))))
-        gen_rows.append({"caption": HOSTILE[1], "variant": "original", "seed": 9, "path": "../../../secret.png",
-                         "tiled_l2": 0.0, "copy_similarity": 0.0, "verdict": "none", "best_key": kodak[1].name})
+        gen_rows.append({"caption": HOSTILE[1], "variant": "original", "seed": 9, "path": "../../secret.png",
+                         "tiled_l2": 0.0, "copy_similarity": 0.0, "verdict": "none", "best_key": kodak[1].name,
+                         "best_shard": "00000"})
         write_parquet(p / "generations.parquet", pd.DataFrame(gen_rows))
         res = pd.DataFrame([
             {"caption": HOSTILE[0], "variant": "original", "cluster_id": 0, "cluster_size": 3, "seeds": [0, 1, 2],
              "n_generations": 3, "unet_evals": 150, "whitebox_score": 4.2, "whitebox_flag": True,
              "max_copy_similarity": 0.98, "min_tiled_l2": 0.02, "largest_clique": 3, "verbatim_count": 3,
              "template_count": 0, "verdict": "verbatim", "best_key": kodak[0].name, "best_shard": "00000",
-             "best_distance": 0.02, "evidence": ["generations/copy_0.png"], "error": None},
+             "best_distance": 0.02, "evidence": ["probe/evidence/pair.png"], "error": None},
             {"caption": HOSTILE[1], "variant": "original", "cluster_id": 1, "cluster_size": 1, "seeds": [0, 1],
              "n_generations": 3, "unet_evals": 100, "whitebox_score": 0.3, "whitebox_flag": False,
              "max_copy_similarity": 0.2, "min_tiled_l2": 0.4, "largest_clique": 1, "verbatim_count": 0,

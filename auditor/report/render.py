@@ -119,14 +119,20 @@ def fetch_training_images(store, wanted: Iterable[tuple[str, str]], progress: bo
     return out
 
 
-def safe_probe_file(probe_dir: Path, rel: str) -> Path:
-    """Resolve a path stored in the probe tables; it must stay inside ``probe_dir`` (a hostile run folder must
-    not make the report inline arbitrary local files)."""
-    base = probe_dir.resolve()
-    p = (base / str(rel)).resolve()
-    if not p.is_relative_to(base):
+def safe_probe_file(run_dir: Path, rel: str) -> Path:
+    """Resolve a path stored in the probe tables (relative to RUN_DIR, as the probe writes them; a path relative
+    to RUN_DIR/probe is accepted too). It must stay inside RUN_DIR/probe: a hostile run folder must not make
+    the report inline arbitrary local files."""
+    base = (Path(run_dir) / "probe").resolve()
+    rel = str(rel)
+    if not rel:
+        raise FileNotFoundError("no image (the generation failed)")
+    candidates = [(Path(run_dir) / rel).resolve(), (base / rel).resolve()]
+    inside = [p for p in candidates if p.is_relative_to(base)]
+    if not inside:
         raise ValueError(f"path {rel!r} leaves the probe folder")
-    if not p.is_file():
+    p = next((c for c in inside if c.is_file()), None)
+    if p is None:
         raise FileNotFoundError(f"{rel} does not exist")
     if p.stat().st_size > MAX_EVIDENCE_BYTES:
         raise ValueError(f"{rel} is larger than {MAX_EVIDENCE_BYTES} bytes")
@@ -180,9 +186,9 @@ class _Images:
         k = (str(shard), str(key))
         return self.train.setdefault(k, {"uri": None, "error": None, "key": k[1], "shard": k[0]})
 
-    def generation(self, rel: Any) -> dict:
-        rel = str(rel)
-        return self.files.setdefault(rel, {"uri": None, "error": None, "path": rel})
+    def generation(self, rel: Any, scale: int = 1) -> dict:
+        rel = "" if rel is None or (isinstance(rel, float) and pd.isna(rel)) else str(rel)
+        return self.files.setdefault(f"{scale}:{rel}", {"uri": None, "error": None, "path": rel, "scale": scale})
 
     def load(self) -> None:
         px, q = self.cfg.thumbnail_px, self.cfg.thumbnail_quality
@@ -204,10 +210,10 @@ class _Images:
                             slot["error"] = f"undecodable: {type(exc).__name__}: {exc}"
                     else:
                         slot["error"] = f"unavailable: {v}"
-        for rel, slot in tqdm(sorted(self.files.items()), desc="report: generations", disable=not self.cfg.progress):
+        for _, slot in tqdm(sorted(self.files.items()), desc="report: generations", disable=not self.cfg.progress):
             try:
-                p = safe_probe_file(self.data.probe_dir, rel)
-                slot["uri"] = thumbnail_uri(_decode(p.read_bytes(), MAX_EVIDENCE_PIXELS), px, q)
+                p = safe_probe_file(self.data.run_dir, slot["path"])
+                slot["uri"] = thumbnail_uri(_decode(p.read_bytes(), MAX_EVIDENCE_PIXELS), px * slot["scale"], q)
             except Exception as exc:
                 slot["error"] = f"{type(exc).__name__}: {exc}"
 
@@ -334,8 +340,17 @@ def build_context(data: RunData, cfg: ReportConfig) -> dict:
             kt = data.index_table.drop_duplicates("key", keep="first")
             key_shard = dict(zip(kt["key"].astype(str), kt["shard"].astype(str)))
         gens = data.generations
+        def train_img(key: Any, shard: Any) -> Optional[dict]:
+            if key is None or (isinstance(key, float) and pd.isna(key)) or str(key) == "":
+                return None
+            key = str(key)
+            sh = str(shard) if shard is not None and not (isinstance(shard, float) and pd.isna(shard)) and str(shard) \
+                else key_shard.get(key)
+            if sh is None:
+                return {"uri": None, "key": key, "shard": "?", "error": "key not in the index"}
+            return images.training(sh, key)
+
         for _, r in rows.head(cfg.max_probe_results).iterrows():
-            best_shard = r.get("best_shard")
             pairs = []
             if gens is not None:
                 g = gens[(gens["caption"] == r["caption"]) & (gens["variant"] == r["variant"])]
@@ -344,34 +359,28 @@ def build_context(data: RunData, cfg: ReportConfig) -> dict:
                                       na_position="last")
                 for _, gr in g.head(cfg.generations_per_result).iterrows():
                     bk = gr.get("best_key")
-                    train = None
-                    if bk is not None and pd.notna(bk):
-                        bk = str(bk)
-                        sh = (str(best_shard) if bk == str(r.get("best_key")) and pd.notna(best_shard)
-                              else key_shard.get(bk))
-                        train = images.training(sh, bk) if sh is not None else {"uri": None, "key": bk, "shard": "?",
-                                                                               "error": "key not in the index"}
-                    pairs.append({"gen": images.generation(gr["path"]), "train": train, "seed": gr.get("seed"),
-                                  "tiled_l2": gr.get("tiled_l2"), "copy_similarity": gr.get("copy_similarity"),
-                                  "verdict": gr.get("verdict")})
-            else:
-                ev = r.get("evidence")
-                ev = list(ev) if ev is not None and not isinstance(ev, str) else ([ev] if isinstance(ev, str) else [])
-                bk = r.get("best_key")
-                train = (images.training(best_shard, bk)
-                         if bk is not None and pd.notna(bk) and pd.notna(best_shard) else None)
-                for rel in ev[: cfg.generations_per_result]:
-                    pairs.append({"gen": images.generation(rel), "train": train, "seed": None, "tiled_l2": None,
-                                  "copy_similarity": None, "verdict": None})
+                    bs = gr.get("best_shard")
+                    if bs is None and bk is not None and str(bk) == str(r.get("best_key")):
+                        bs = r.get("best_shard")
+                    pairs.append({"gen": images.generation(gr["path"]), "train": train_img(bk, bs),
+                                  "seed": gr.get("seed"), "tiled_l2": gr.get("tiled_l2"),
+                                  "copy_similarity": gr.get("copy_similarity"), "verdict": gr.get("verdict"),
+                                  "error": _clip(gr.get("error"), 200)})
+            ev = r.get("evidence")
+            ev = [] if ev is None or (isinstance(ev, float) and pd.isna(ev)) else ([ev] if isinstance(ev, str) else list(ev))
+            evidence = [images.generation(rel, scale=2) for rel in ev[: cfg.generations_per_result]]
+            prompt = r.get("prompt")
             ctx["results"].append({
                 "caption": clip(r["caption"]), "variant": r["variant"], "verdict": r["verdict"],
+                "prompt": clip(prompt) if isinstance(prompt, str) and prompt != r["caption"] else None,
+                "reason": _clip(r.get("reason"), 300),
                 "cluster_size": r.get("cluster_size"), "n_generations": r.get("n_generations"),
                 "verbatim_count": r.get("verbatim_count"), "template_count": r.get("template_count"),
                 "whitebox_score": r.get("whitebox_score"), "whitebox_flag": r.get("whitebox_flag"),
                 "max_copy_similarity": r.get("max_copy_similarity"), "min_tiled_l2": r.get("min_tiled_l2"),
                 "largest_clique": r.get("largest_clique"), "best_key": r.get("best_key"),
                 "best_distance": r.get("best_distance"), "error": _clip(r.get("error"), 500),
-                "pairs": pairs,
+                "pairs": pairs, "evidence": evidence,
             })
         ctx["n_results_hidden"] = max(0, len(rows) - cfg.max_probe_results)
 
