@@ -104,7 +104,7 @@ class Guard:
 
         d = self.run_dir / "dedup"
         ids_p, ph_p, fa_p = d / "search_ids.parquet", d / "phash.npy", d / "embeddings.faiss"
-        table = self.store.table(columns=["key", "shard", "phash", "pixel_sha256"])
+        table = self.store.table(columns=["key", "shard", "phash", "pixel_sha256", "sha256"])
         self.n_indexed = len(table)
         self.has_embeddings = (self.store.embedder.get("name") or "none") != "none" and int(
             self.store.embedder.get("dim") or 0) > 0
@@ -113,8 +113,11 @@ class Guard:
             try:
                 ids = pd.read_parquet(ids_p)
                 ph = np.load(ph_p, allow_pickle=False)
-                fresh = (len(ids) == len(ph) == table["pixel_sha256"].nunique()
-                         and set(ids["shard"].astype(str)) <= set(table["shard"].astype(str)))
+                from .dedup.runner import pixel_groups
+
+                # dedup searched one row per pixel group of the index: the same groups, or it is stale
+                fresh = (len(ids) == len(ph)
+                         and set(ids["pixel_group"].astype(str)) == set(pixel_groups(table).astype(str)))
                 if fresh:
                     self.keys = ids["key"].astype(str).to_numpy()
                     self.shards = ids["shard"].astype(str).to_numpy()

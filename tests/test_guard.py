@@ -220,3 +220,16 @@ def test_service(run, queries):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_stale_dedup_is_not_used(run, queries, kodak, tmp_path):
+    """dedup ran on an older index (fewer images): the guard searches the index itself, so new images match."""
+    import pandas as pd
+
+    r2 = tmp_path / "run"
+    shutil.copytree(run, r2)
+    ids = pd.read_parquet(r2 / "dedup" / "search_ids.parquet")
+    ids.iloc[:-1].to_parquet(r2 / "dedup" / "search_ids.parquet")
+    g = Guard(r2, CFG, device="cpu")
+    assert g.source == "index" and len(g.keys) == 24
+    _check_verdicts(g, queries, kodak)
