@@ -53,6 +53,8 @@ def test_every_planted_group_is_one_cluster_and_nothing_else_merges(planted_run)
     singles = m[m.cluster_size == 1]
     assert singles.keep.all() and singles.is_representative.all() and singles.reason.eq("").all()
     assert summary["duplicate_clusters"] == len(groups)
+    hist = {b["size"]: b["clusters"] for b in summary["cluster_size_histogram"]}
+    assert hist["1"] == 24 and hist["2"] == 4 and hist["3-4"] == 2 and sum(hist.values()) == summary["clusters"]
     assert summary["dropped"] == sum(len(v) - 1 for v in groups.values())
 
 

@@ -141,3 +141,19 @@ def test_against_another_run_via_cli(grown, tmp_path, imagenet, capsys):
     assert info["matched_samples"] == 5 and info["embeddings_compared"] is True
     with pytest.raises(ValueError):
         main(["dedup", str(train), "--against", str(train), "--set", "dedup.progress=false"])
+
+
+def test_incremental_when_new_shards_sort_before_old_ones(tmp_path, imagenet, shared_data):
+    """Search state is keyed by pixel hash, not row number, so shards arriving 'in front' are handled."""
+    samples, _ = planted(imagenet, cc3m_captions(shared_data, 40))
+    write_dataset(tmp_path / "data", samples[20:], shard_size=10, start_shard=2)
+    index(tmp_path / "data", tmp_path / "inc")
+    run_dedup(tmp_path / "inc", config(COS))
+    write_dataset(tmp_path / "data", samples[:20] + _late_samples(imagenet)[:2], shard_size=11)
+    index(tmp_path / "data", tmp_path / "inc")
+    run_dedup(tmp_path / "inc", config(COS))
+    state = json.loads((tmp_path / "inc" / "dedup" / "state" / "state.json").read_text())
+    assert state["last_run"]["mode"] == "incremental"
+    index(tmp_path / "data", tmp_path / "scratch")
+    run_dedup(tmp_path / "scratch", config(COS))
+    assert output_bytes(tmp_path / "inc") == output_bytes(tmp_path / "scratch")

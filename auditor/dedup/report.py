@@ -79,12 +79,13 @@ def _placeholders(store: IndexStore, clusters: pd.DataFrame, table: pd.DataFrame
     return is_ph, why, failed
 
 
-def _histogram(sizes: np.ndarray) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _histogram(sizes: np.ndarray) -> list[dict]:
+    """Clusters per size bin (powers of two), in bin order: [{"size": "3-4", "clusters": 12}, ...]."""
+    out = []
     for lo, hi in _SIZE_BINS:
         c = int(((sizes >= lo) & (sizes <= hi)).sum())
-        out[str(lo) if lo == hi else f"{lo}-{hi}"] = c
-    out[f">{_SIZE_BINS[-1][1]}"] = int((sizes > _SIZE_BINS[-1][1]).sum())
+        out.append({"size": str(lo) if lo == hi else f"{lo}-{hi}", "clusters": c})
+    out.append({"size": f">{_SIZE_BINS[-1][1]}", "clusters": int((sizes > _SIZE_BINS[-1][1]).sum())})
     return out
 
 
