@@ -1,0 +1,105 @@
+"""Index engines: the registry, and the Ray Data engine on a local Ray cluster against the local engine on real
+photos (with bad files among them): byte-identical index folders without an embedder and with a tiny open_clip
+model, and resume after a lost shard."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from auditor.config import AuditorConfig
+from auditor.engines import ENGINES, build_engine
+from auditor.index.runner import _fingerprint, run_index
+
+TINY = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def _cfg(**index) -> AuditorConfig:
+    index.setdefault("progress", False)
+    return AuditorConfig.model_validate({"index": index})
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_registry_and_runtime_keys():
+    assert ENGINES.names() == ["local", "ray"]
+    assert type(build_engine(_cfg(engine="ray").index)).__name__ == "RayEngine"
+    # the engine and the cluster address do not change outputs: a run may resume under another engine
+    assert _fingerprint(_cfg(engine="ray", ray_address="auto").index) == _fingerprint(_cfg().index)
+    assert _fingerprint(_cfg(gpu_decode=True).index) != _fingerprint(_cfg().index)
+    with pytest.raises(Exception, match="engine"):
+        _cfg(engine="spark")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, imagenet, kodak) -> Path:
+    d = tmp_path_factory.mktemp("engines") / "photos"
+    d.mkdir()
+    for p in imagenet[:26]:
+        shutil.copy(p, d / p.name)
+    for p in kodak[:2]:
+        shutil.copy(p, d / p.name)
+    good = imagenet[0].read_bytes()
+    (d / "n_truncated.jpg").write_bytes(good[: len(good) // 3])
+    (d / "n_not_an_image.jpg").write_bytes(b"<html>404</html>")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> dict:
+    torch = pytest.importorskip("torch")
+    open_clip = pytest.importorskip("open_clip")
+    d = tmp_path_factory.mktemp("clip")
+    js = d / "auditor-engines-tiny.json"
+    js.write_text(json.dumps(TINY), encoding="utf-8")
+    open_clip.add_model_config(js)
+    torch.manual_seed(0)
+    model = open_clip.create_model("auditor-engines-tiny", pretrained=None)
+    torch.save(model.state_dict(), d / "tiny.pt")
+    # batch 5 over chunks of 3: embedding batches straddle chunks and the shard ends mid-batch
+    return {"name": "open_clip", "model": str(js), "checkpoint": str(d / "tiny.pt"), "batch_size": 5,
+            "device": "cpu", "precision": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_engine_byte_identical_to_local(photos, tiny_clip, ray_cluster, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="auditor.engines.ray_engine")
+    for name, emb in (("none", {"name": "none"}), ("clip", tiny_clip)):
+        common = {"reader": {"folder_shard_size": 9}, "chunk_size": 3, "embedder": emb}
+        local = run_index(photos, tmp_path / f"local-{name}", _cfg(workers=0, **common))
+        ray_store = run_index(photos, tmp_path / f"ray-{name}", _cfg(engine="ray", **common))
+        assert ray_cluster.is_initialized()  # an existing session is used and left running
+        assert "ray engine: cluster with 2 CPUs, 0 GPUs" in caplog.text
+        caplog.clear()
+        assert local.info["counts"] == {"shards": 4, "indexed": 28, "errors": 2, "not_indexed": 0}
+        assert set(local.errors()["key"]) == {"n_truncated.jpg", "n_not_an_image.jpg"}
+        assert _tree_digest(ray_store.dir) == _tree_digest(local.dir), name
+        if name == "clip":
+            e = ray_store.embeddings()
+            assert e.shape == (28, 16) and e.dtype.name == "float16" and abs(float((e[0].astype("f4") ** 2).sum()) - 1) < 1e-2
+
+    # resume: a shard lost (marker and files) is redone by the ray engine, to the same bytes
+    run = tmp_path / "ray-clip"
+    for p in (run / "index" / "shards").glob("00002.*"):
+        p.unlink()
+    run_index(photos, run, _cfg(engine="ray", reader={"folder_shard_size": 9}, chunk_size=4, embedder=tiny_clip))
+    assert _tree_digest(run / "index") == _tree_digest(tmp_path / "local-clip" / "index")
