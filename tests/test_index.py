@@ -149,3 +149,39 @@ def test_real_img2dataset_shards_indexed_with_every_key(imagenet, kodak, tmp_pat
     assert len(store.not_indexed()) == 2 and set(store.not_indexed()["status"]) != {"success"}
     assert (df["format"] == "PNG").sum() == 3 and set(df.loc[df["format"] == "PNG", "stored_ext"]) == {"jpg"}
     assert df["caption"].str.startswith(("photo of", "kodak")).all()
+
+
+def test_index_with_tiny_open_clip_embedder(photo_folder, tmp_path):
+    """Embeddings: float16, unit-norm, row-aligned with the table, identical across worker counts; caption-free
+    plumbing only (random weights say nothing about CLIP's accuracy)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    import json
+
+    tiny = {"embed_dim": 24,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    cfg_json = tmp_path / "tiny-clip.json"
+    cfg_json.write_text(json.dumps(tiny))
+    torch.manual_seed(0)
+    from auditor.index.config import EmbedderConfig
+    from auditor.index.embedders import build_embedder
+
+    with pytest.warns(UserWarning):
+        e = build_embedder(EmbedderConfig(name="open_clip", model=str(cfg_json)))
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(e.model.state_dict(), ckpt)
+    emb = {"name": "open_clip", "model": str(cfg_json), "checkpoint": str(ckpt), "batch_size": 8}
+    a = run_index(photo_folder, tmp_path / "a", _cfg(workers=0, embedder=emb, reader={"folder_shard_size": 16}))
+    b = run_index(photo_folder, tmp_path / "b", _cfg(workers=2, chunk_size=5, embedder=emb,
+                                                     reader={"folder_shard_size": 16}))
+    assert _tree_digest(a.dir) == _tree_digest(b.dir)
+    v = a.embeddings()
+    assert v.dtype == np.float16 and v.shape == (44, 24) and len(a.table()) == 44
+    np.testing.assert_allclose(np.linalg.norm(v.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    assert a.info["embedder"]["dim"] == 24 and a.info["embedder"]["checkpoint_sha256"]
+    # row alignment: re-embedding one indexed photo directly reproduces its stored row
+    r = a.table().iloc[17]
+    with Image.open(photo_folder / r.key) as im:
+        direct = e.embed(e.preprocess(im.convert("RGB"))[None])[0]
+    np.testing.assert_allclose(v[17].astype(np.float32), direct, atol=2e-3)
