@@ -92,9 +92,8 @@ def _has_embeddings(store: IndexStore, dcfg: DedupConfig) -> bool:
     return bool(dcfg.embedding) and int(store.embedder.get("dim") or 0) > 0 and store.embedder.get("name") != "none"
 
 
-def search_fingerprint(store: IndexStore, dcfg: DedupConfig, seed: int) -> dict:
+def search_fingerprint(store: IndexStore, dcfg: DedupConfig, seed: int, emb: bool) -> dict:
     """Everything the stored search edges depend on; a change forces a search from scratch."""
-    emb = _has_embeddings(store, dcfg)
     return {
         "state_version": STATE_VERSION,
         "phash": dcfg.phash_max_distance if dcfg.phash else None,
@@ -137,13 +136,6 @@ def _embedding_edges(emb: np.ndarray, n_old: int, dcfg: DedupConfig, seed: int) 
     return np.concatenate(a), np.concatenate(b)
 
 
-def _group_embeddings(store: IndexStore, first_rows: np.ndarray) -> np.ndarray:
-    emb = store.embeddings()
-    if len(first_rows) == 0:
-        return np.zeros((0, emb.shape[1] if emb.ndim == 2 else 0), dtype=np.float32)
-    return np.ascontiguousarray(np.asarray(emb[first_rows], dtype=np.float32))
-
-
 # ------------------------------------------------------------------------------------------------------
 # the stage
 # ------------------------------------------------------------------------------------------------------
@@ -161,8 +153,14 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     log.info("dedup %s: %d samples in %d shards", run_dir, n, len(shard_ids))
 
     # --- pixel groups, old vs new ---------------------------------------------------------------------
+    has_emb = _has_embeddings(store, dcfg)
+    emb_all = store.embeddings() if has_emb else None
+    if has_emb and emb_all.shape[0] != n:
+        log.warning("embeddings not used: the index holds %d embedding rows for %d samples (a shard without its "
+                    ".emb.npy?)", emb_all.shape[0], n)
+        has_emb, emb_all = False, None
     pg = pixel_groups(table)
-    fingerprint = search_fingerprint(store, dcfg, seed)
+    fingerprint = search_fingerprint(store, dcfg, seed, has_emb)
     shard_digests = {s: _file_digest(store.shard_dir / f"{s}.parquet") for s in shard_ids}
     old_groups: list[str] = []
     old_edges = pd.DataFrame({"a": pd.Series(dtype=str), "b": pd.Series(dtype=str), "signal": pd.Series(dtype="int8")})
@@ -200,10 +198,9 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     if dcfg.dhash_max_distance >= 0:
         a, b = _hamming_edges(dhash[group_first], n_old, dcfg.dhash_max_distance, dcfg.progress)
         new_edges.append((a, b, SIGNAL_CODE["dhash"]))
-    has_emb = _has_embeddings(store, dcfg)
     group_emb = None
     if has_emb:
-        group_emb = _group_embeddings(store, group_first)
+        group_emb = np.ascontiguousarray(np.asarray(emb_all[group_first], dtype=np.float32))
         a, b = _embedding_edges(group_emb, n_old, dcfg, seed)
         new_edges.append((a, b, SIGNAL_CODE["embedding"]))
     garr = np.asarray(groups, dtype=object)
@@ -236,7 +233,7 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
         pixel_sha256=pix_codes if dcfg.exact_pixels else None,
         phash=phash if dcfg.phash else None,
         dhash=dhash if dcfg.dhash_max_distance >= 0 else None,
-        emb=store.embeddings() if has_emb else None,
+        emb=emb_all,
         phash_max_distance=dcfg.phash_max_distance, dhash_max_distance=max(dcfg.dhash_max_distance, 0),
         cosine_threshold=dcfg.cosine_threshold,
     )
