@@ -350,7 +350,7 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg=None) 
         emb_desc = engine.start()  # loads the embedder (or learns where it runs) and describes it
         base_info = {
             "format_version": INDEX_FORMAT_VERSION,
-            "dataset": {"root": dataset, "layout": reader.layout, "options": reader_opts},
+            "dataset": {"root": str(reader.root), "layout": reader.layout, "options": reader_opts},
             "config": fingerprint,
             "embedder": emb_desc,
             "versions": package_versions(),

@@ -131,6 +131,25 @@ class IndexStore:
             raise KeyError(f"sample {key!r} of shard {shard!r} has no image bytes")
         return sample.data
 
+    def load_images(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], "object"]:
+        """Several training images as RGB PIL images, keyed by (shard, key); each shard is read at most once.
+        Samples that are missing or fail to decode are absent from the result."""
+        from .decode import decode_rgb
+
+        by_shard: dict[str, list[str]] = {}
+        for shard, key in pairs:
+            by_shard.setdefault(shard, []).append(key)
+        out = {}
+        for shard in sorted(by_shard):
+            for key, sample in self.reader.get_many(shard, by_shard[shard]).items():
+                if sample.data is None:
+                    continue
+                try:
+                    out[(shard, key)] = decode_rgb(sample.data)
+                except Exception:  # noqa: BLE001 - the caller reports what is missing
+                    continue
+        return out
+
     def load_image(self, shard: str, key: str):
         """The training image as an RGB PIL image."""
         from .decode import decode_rgb

@@ -8,7 +8,7 @@ can list them without indexing them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from ..registry import Registry
 
@@ -37,6 +37,7 @@ class DatasetReader:
     """Base class: subclasses set ``layout`` and implement ``shards`` and ``read_shard``."""
 
     layout: str = ""
+    random_access: bool = False  # True where get(shard, key) reads one sample without scanning its shard
 
     def __init__(self, root: str, **options: Any):
         self.root = root
@@ -56,6 +57,27 @@ class DatasetReader:
                     if s.key == key:
                         return s
         raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")
+
+    def get_many(self, shard: str, keys: Iterable[str]) -> dict[str, Sample]:
+        """Fetch several samples of one shard (missing keys are absent from the result). Layouts with direct
+        access (``random_access``) look each key up; sequential ones (tars) read the shard once."""
+        wanted = set(keys)
+        out: dict[str, Sample] = {}
+        if self.random_access:
+            for k in sorted(wanted):
+                try:
+                    out[k] = self.get(shard, k)
+                except KeyError:
+                    pass
+            return out
+        for ref in self.shards():
+            if ref.id == shard:
+                for s in self.read_shard(ref):
+                    if s.key in wanted and s.key not in out:
+                        out[s.key] = s
+                        if len(out) == len(wanted):
+                            break
+        return out
 
 
 READERS: Registry[type[DatasetReader]] = Registry("dataset layout")

@@ -22,6 +22,7 @@ class FilesReader(DatasetReader):
     """Reader for img2dataset files output (``root`` = the output folder)."""
 
     layout = "files"
+    random_access = True
 
     def shards(self) -> list[ShardRef]:
         fs, root = url_to_fs(self.root)

@@ -63,6 +63,7 @@ class FolderReader(DatasetReader):
     """Reader for a plain (recursive) image folder."""
 
     layout = "folder"
+    random_access = True
 
     @property
     def shard_size(self) -> int:

@@ -60,6 +60,7 @@ class ParquetReader(DatasetReader):
     """Reader for img2dataset parquet output (``root`` = the output folder, or one ``.parquet`` file)."""
 
     layout = "parquet"
+    random_access = True
 
     def shards(self) -> list[ShardRef]:
         fs, root = url_to_fs(self.root)
