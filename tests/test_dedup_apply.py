@@ -160,3 +160,30 @@ def test_apply_manifest_records_samples_changed_since_indexing(ph_run, tmp_path,
     assert summary["written"] == summary["kept"] - len(kept0)
     written = open_dataset(str(tmp_path / "out"))
     assert {x.key for ref in written.shards() for x in written.read_shard(ref)} == set(m[m.keep].key) - kept0
+
+
+def test_cli_index_dedup_apply_on_a_folder_dataset(tmp_path, imagenet):
+    """The three commands a user runs, on a plain image folder (keys are relative paths with dots, so the
+    written webdataset rewrites them and keeps the original in the json/parquet)."""
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(6):
+        (data / f"p{i}.jpg").write_bytes(imagenet[50 + i].read_bytes())
+    (data / "p0_copy.jpg").write_bytes(imagenet[50].read_bytes())
+    (data / "p1_reencoded.jpg").write_bytes(encode(Image.open(imagenet[51]).convert("RGB"), "JPEG", quality=55))
+    run = tmp_path / "run"
+    sets = ["--set", "index.progress=false", "--set", "dedup.progress=false"]
+    assert main(["index", str(data), "--out", str(run), "--workers", "0", *sets]) == 0
+    assert main(["dedup", str(run), *sets]) == 0
+    m = pd.read_parquet(run / "dedup" / "manifest.parquet").set_index("key")
+    assert not m.loc["p0_copy.jpg", "keep"] and m.loc["p0_copy.jpg", "reason"] == "exact_bytes"
+    assert not m.loc["p1_reencoded.jpg", "keep"] and m.loc["p1_reencoded.jpg", "reason"] == "phash"
+    assert m.keep.sum() == 6 and (m.caption_dup_count == 0).all()
+    risk = pd.read_parquet(run / "dedup" / "risk.parquet")  # no captions: both clusters listed, prompt ''
+    assert len(risk) == 2 and (risk.caption == "").all() and (risk.caption_count == 0).all()
+    assert main(["apply-manifest", str(run), "--out", str(tmp_path / "out"), *sets]) == 0
+    import pyarrow.parquet as pq
+
+    side = pq.read_table(tmp_path / "out" / "00000.parquet").to_pandas()
+    assert sorted(side.original_key) == [f"p{i}.jpg" for i in range(6)]
+    assert (side.status == "success").all()

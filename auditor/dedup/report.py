@@ -112,7 +112,9 @@ def build_outputs(store: IndexStore, table: pd.DataFrame, res: Clustering, dcfg:
     has_cap = cap_hash != ""
     cap_codes, cap_uniques = pd.factorize(pd.Series(cap_hash).where(has_cap, None), use_na_sentinel=True)
     cap_count = np.bincount(cap_codes[has_cap], minlength=len(cap_uniques))
-    caption_dup_count = np.where(has_cap, cap_count[np.maximum(cap_codes, 0)] - 1, 0).astype(np.int64)
+    # samples carrying each row's caption (0 for rows without one; np.append keeps this valid with no captions)
+    row_cap_count = np.append(cap_count, 0)[np.where(has_cap, cap_codes, len(cap_count))]
+    caption_dup_count = np.maximum(row_cap_count - 1, 0).astype(np.int64)
     pairs = pd.DataFrame({"cap": cap_codes[has_cap], "cid": cid[has_cap]}).drop_duplicates()
     cap_n_clusters = np.bincount(pairs["cap"].to_numpy(), minlength=len(cap_uniques))
     n_captions = np.bincount(pairs["cid"].to_numpy(), minlength=n_clusters)

@@ -34,7 +34,7 @@ def rank_risk(table: pd.DataFrame, cid: np.ndarray, is_rep: np.ndarray, clusters
     size = clusters["size"].to_numpy()
     ph = clusters["is_placeholder"].to_numpy(bool)
     has_cap = cap_codes >= 0
-    row_cap_count = np.where(has_cap, cap_count[np.maximum(cap_codes, 0)], 0)
+    row_cap_count = np.append(cap_count, 0)[np.where(has_cap, cap_codes, len(cap_count))]
     # candidate clusters: duplicates (not placeholders), and singletons with a duplicated caption
     single_dup_cap = np.zeros(len(size), dtype=bool)
     singles = size[cid] == 1
