@@ -166,6 +166,10 @@ class ProbeRunner:
         if not self.cfg.include_placeholders and "is_placeholder" in r:
             r = r[~r["is_placeholder"].fillna(False).astype(bool)]
         r = r[r["caption"].fillna("").str.strip() != ""]
+        # one probe per prompt: singletons sharing a duplicated caption are separate risk rows with one prompt;
+        # the best-ranked row probes it, and every row with that caption supplies reference images (members())
+        key = r["caption_hash"] if "caption_hash" in r else r["caption"].map(caption_hash)
+        r = r.loc[~key.duplicated()]
         return r.head(self.cfg.top_n).reset_index(drop=True)
 
     def members(self, row) -> list[tuple[str, str]]:
@@ -184,6 +188,14 @@ class ProbeRunner:
         rep = (str(row.get("representative_key")), str(row.get("representative_shard")))
         if rep[0] not in ("None", "nan") and rep not in refs:
             refs.insert(0, rep)
+        # other risk rows prompting the same caption (caption duplicated across different images)
+        if "caption" in self.risk:
+            hashes = self.risk["caption_hash"] if "caption_hash" in self.risk else self.risk["caption"].map(caption_hash)
+            same = self.risk[(hashes == caption_hash(row.get("caption"))) & (self.risk["cluster_id"] != row["cluster_id"])]
+            for r in same.itertuples():
+                ref = (str(r.representative_key), str(r.representative_shard))
+                if ref not in refs:
+                    refs.append(ref)
         return refs[: self.cfg.max_references]
 
     def load_ref(self, key: str, shard: str) -> Optional[Image.Image]:
