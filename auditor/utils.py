@@ -91,8 +91,31 @@ class ErrorRecord:
     ERROR_COLUMNS = ("key", "shard", "stage", "error")
 
 
+def is_utf8(text: str) -> bool:
+    """False for a str holding lone surrogates (a non-UTF-8 file or tar member name decoded with
+    ``surrogateescape``, or a ``"\\udc80"`` escape in hostile JSON): such text cannot be stored in parquet."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def utf8_safe(text):
+    """``text`` made storable as UTF-8 (None and non-str values are returned as they are): the original bytes
+    of a ``surrogateescape``-decoded name are shown backslash-escaped (``caf\\xe9.jpg``), any other lone
+    surrogate becomes U+FFFD."""
+    if not isinstance(text, str) or is_utf8(text):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def errors_frame(records: list[ErrorRecord]) -> pd.DataFrame:
-    return pd.DataFrame([asdict(r) for r in records], columns=list(ErrorRecord.ERROR_COLUMNS)).astype(str)
+    rows = [{k: utf8_safe(v) for k, v in asdict(r).items()} for r in records]
+    return pd.DataFrame(rows, columns=list(ErrorRecord.ERROR_COLUMNS)).astype(str)
 
 
 def package_versions(names: tuple[str, ...] = (

@@ -32,8 +32,8 @@ import pyarrow as pa
 
 from ..io import open_dataset
 from ..io.base import DatasetReader, Sample, ShardRef
-from ..utils import (ErrorRecord, caption_hash, errors_frame, package_versions, write_json, write_npy,
-                     write_parquet)
+from ..utils import (ErrorRecord, caption_hash, errors_frame, is_utf8, package_versions, utf8_safe, write_json,
+                     write_npy, write_parquet)
 from .config import DecodeConfig, EmbedderConfig, IndexConfig
 from .store import INDEX_DIR, NOT_INDEXED_COLUMNS, SAMPLE_COLUMNS, SAMPLE_SCHEMA, SHARDS_DIR, IndexStore
 
@@ -97,8 +97,9 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             continue
         if s.data is None:
             if s.status not in ("success", "error"):
-                out.not_indexed.append({"key": s.key, "shard": s.shard, "url": s.url, "caption": s.caption,
-                                        "status": s.status, "error": s.error})
+                out.not_indexed.append({"key": s.key, "shard": s.shard, "url": utf8_safe(s.url),
+                                        "caption": utf8_safe(s.caption), "status": utf8_safe(s.status),
+                                        "error": utf8_safe(s.error)})
             else:
                 out.errors.append(ErrorRecord(s.key, s.shard, "read", s.error or "no image bytes"))
             continue
@@ -114,13 +115,14 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             continue
         images.append(im)
         arrays.append(arr)
+        caption, url = utf8_safe(s.caption), utf8_safe(s.url)  # hostile JSON may hold lone surrogates
         if keep_bytes:
             raw.append(s.data)
         recs.append({
             "key": s.key,
             "shard": s.shard,
-            "caption": s.caption,
-            "url": s.url,
+            "caption": caption,
+            "url": url,
             "sha256": bytes_sha256(s.data),
             "pixel_sha256": pixel_sha256(rgb),
             "width": rgb.width,
@@ -128,7 +130,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             "format": sniff_format(s.data),
             "stored_ext": s.stored_ext,
             "nbytes": len(s.data),
-            "caption_hash": caption_hash(s.caption),
+            "caption_hash": caption_hash(caption),
         })
     if images:
         ph, dh = phash_dhash(images)
@@ -174,6 +176,11 @@ def _chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
         emitted = False
         try:
             for s in reader.read_shard(ref):
+                if not is_utf8(s.key):  # a non-UTF-8 file/member name: no key the index can store and look up
+                    errors_by_shard.setdefault(ref.id, []).append(
+                        ErrorRecord(s.key, ref.id, "read", "key (file or tar member name) is not valid UTF-8; "
+                                                           "not indexed: rename it to index it"))
+                    continue
                 if s.key in seen:
                     errors_by_shard.setdefault(ref.id, []).append(
                         ErrorRecord(s.key, ref.id, "read", "duplicate key in shard (first occurrence indexed)"))
