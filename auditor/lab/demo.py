@@ -1,0 +1,222 @@
+"""The memorisation lab end to end: planted dataset -> img2dataset -> tiny Stable Diffusion -> the auditor stages.
+
+Layout of ``OUT/`` (``auditor demo`` defaults to ``./auditor-demo``)::
+
+    source/images/, source/planted.parquet   the planted dataset (ground truth: group, copy count, transform)
+    dataset/                                  what the real img2dataset CLI wrote (webdataset shards)
+    model/                                    the trained StableDiffusionPipeline (save_pretrained folder)
+    run/index, run/dedup, run/probe           the auditor stages on dataset/ and model/
+    report.html (+ summary.md/json)           the report
+    lab.json                                  config, per-stage wall times, training stats, extraction tables
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..utils import package_versions, write_json
+from .config import LabConfig
+from .train import by_copy_count, format_table, quick_eval, to_training_array, train_pipeline
+
+log = logging.getLogger(__name__)
+
+# the demo's settings for the auditor stages: the lab model is tiny, so fewer sampling steps are plenty
+DEMO_OVERRIDES = {
+    "index": {"workers": 0},
+    "probe": {"steps": 25, "guidance_scale": 3.0, "screen_generations": 4, "confirm_generations": 8},
+}
+
+
+def _check_out_dir(out: Path) -> None:
+    pkg = Path(__file__).resolve().parents[1]
+    o = out.resolve()
+    if o == pkg or pkg in o.parents:
+        raise ValueError(f"refusing to write the lab into the package folder ({o}); pass another out dir")
+
+
+class _Timer:
+    def __init__(self):
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        log.info("lab: %s ...", name)
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.perf_counter() - t0, 2)
+            log.info("lab: %s done in %.1f s", name, self.stages[name])
+
+
+def make_sources(cfg: LabConfig):
+    from .dataset import folder_sources, skimage_sources
+
+    n = len(cfg.copy_counts) + cfg.singletons
+    if cfg.photos == "skimage":
+        return skimage_sources(n, len(cfg.copy_counts), cfg.seed, cfg.max_side)
+    return folder_sources(cfg.photos_dir, n, cfg.seed, cfg.captions_file, cfg.max_side)
+
+
+def load_training_pairs(dataset_dir: Path, planted: pd.DataFrame, source_dir: Path, res: int):
+    """(images, captions, planted file names) of every downloaded sample, in the dataset's order.
+
+    The img2dataset output is read through the auditor's own reader; each sample is tied back to its planted
+    file through the ``source`` column img2dataset saved."""
+    from ..io import open_dataset
+
+    reader = open_dataset(str(dataset_dir))
+    files = set(planted["file"])
+    imgs, caps, names, errors = [], [], [], []
+    for ref in reader.shards():
+        for s in reader.read_shard(ref):
+            if s.data is None:
+                errors.append({"key": s.key, "shard": s.shard, "stage": "lab-train", "error": s.error or s.status})
+                continue
+            name = Path(str(s.meta.get("source") or s.url or "")).name
+            if name not in files:  # served as /<row>_<file>: fall back to the URL's file name
+                name = Path(str(s.url or "")).name.split("_", 1)[-1]
+            try:
+                from io import BytesIO
+
+                with Image.open(BytesIO(s.data)) as im:
+                    imgs.append(to_training_array(im, res))
+            except Exception as exc:  # noqa: BLE001 - a bad sample is recorded, not fatal
+                errors.append({"key": s.key, "shard": s.shard, "stage": "lab-train", "error": repr(exc)})
+                continue
+            caps.append(s.caption or "")
+            names.append(name)
+    return imgs, caps, names, errors
+
+
+def eval_groups(planted: pd.DataFrame, sources, source_dir: Path, res: int, n_singletons: int) -> list[dict]:
+    """The groups the lab's quick check prompts: every duplicate group and ``n_singletons`` singletons,
+    each with its main caption and its original (first copy) as the reference."""
+    first = planted[planted["copy_index"] == 0].sort_values("group")
+    dup = first[first["copy_count"] > 1]
+    single = first[first["copy_count"] == 1].head(n_singletons)
+    out = []
+    for _, r in pd.concat([dup, single]).iterrows():
+        with Image.open(source_dir / "images" / r["file"]) as im:
+            ref = to_training_array(im, res)
+        out.append({"group": int(r["group"]), "source": r["source"], "copy_count": int(r["copy_count"]),
+                    "caption": sources[int(r["group"])].caption, "image": ref})
+    return out
+
+
+def probe_table(run_dir: Path, planted: pd.DataFrame) -> Optional[list[dict]]:
+    """Map the probe's verdicts back to the planted groups (through the main captions) and tabulate by copy
+    count: a group counts as extracted when any probed variant of its caption got an extraction verdict."""
+    p = run_dir / "probe" / "results.parquet"
+    if not p.exists():
+        return None
+    res = pd.read_parquet(p)
+    if res.empty:
+        return []
+    main = planted[planted["is_main_caption"]].drop_duplicates("group").set_index("caption")
+    rows = []
+    for cap, sel in res.groupby("caption"):
+        if cap not in main.index:
+            continue
+        g = main.loc[cap]
+        verdicts = set(sel["verdict"].astype(str))
+        rows.append({"group": int(g["group"]), "source": g["source"], "copy_count": int(g["copy_count"]),
+                     "min_tiled_l2": float(np.nanmin(sel["min_tiled_l2"].astype(float))) if sel["min_tiled_l2"].notna().any() else float("nan"),
+                     "extracted": bool(verdicts & {"verbatim", "extracted", "template"}),
+                     "verdicts": sorted(verdicts)})
+    return by_copy_count(rows) if rows else []
+
+
+def run_lab(cfg: LabConfig, auditor_cfg=None, stages: bool = True) -> dict:
+    """Build, download, train and (``stages=True``) audit. Returns the summary written to ``OUT/lab.json``."""
+    from ..config import AuditorConfig
+
+    out = Path(cfg.out_dir)
+    _check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timer = _Timer()
+    summary: dict = {"config": cfg.model_dump(mode="json"), "versions": package_versions()}
+    source_dir, dataset_dir, model_dir, run_dir = out / "source", out / "dataset", out / "model", out / "run"
+
+    with timer.stage("dataset"):
+        from .dataset import build_dataset
+
+        sources = make_sources(cfg)
+        planted = build_dataset(sources, cfg.copy_counts, source_dir, cfg.seed, cfg.variant_caption_rate)
+    summary["dataset"] = {"images": len(planted), "sources": len(sources),
+                          "copy_counts": cfg.copy_counts, "singletons": int((planted["copy_count"] == 1).sum())}
+
+    if cfg.download:
+        with timer.stage("img2dataset"):
+            from ..io.download import serve_and_download
+
+            if dataset_dir.exists():
+                import shutil
+
+                shutil.rmtree(dataset_dir)
+            items = [(source_dir / "images" / f, c) for f, c in zip(planted["file"], planted["caption"])]
+            serve_and_download(items, dataset_dir, output_format="webdataset", image_size=None, resize_mode="no",
+                               processes=cfg.download_processes, number_sample_per_shard=max(64, len(items) // 4 + 1))
+        with timer.stage("load"):
+            imgs, caps, names, errors = load_training_pairs(dataset_dir, planted, source_dir, cfg.resolution)
+        summary["dataset"]["downloaded"] = len(imgs)
+        summary["dataset"]["errors"] = errors
+    else:
+        with timer.stage("load"):
+            imgs, caps = [], []
+            for f, c in zip(planted["file"], planted["caption"]):
+                with Image.open(source_dir / "images" / f) as im:
+                    imgs.append(to_training_array(im, cfg.resolution))
+                caps.append(c)
+
+    with timer.stage("train"):
+        summary["training"] = train_pipeline(cfg, imgs, caps, model_dir, out / "tokenizer-files")
+
+    if cfg.eval_generations:
+        with timer.stage("quick_eval"):
+            from .train import load_pipeline
+
+            pipe = load_pipeline(model_dir, cfg.device)
+            groups = eval_groups(planted, sources, source_dir, cfg.resolution, n_singletons=12)
+            ev = quick_eval(pipe, groups, cfg)
+            del pipe
+        summary["quick_eval"] = ev
+        log.info("lab quick extraction check:\n%s", format_table(ev["by_copy_count"]))
+
+    if stages and cfg.download:
+        acfg = auditor_cfg if auditor_cfg is not None else AuditorConfig.model_validate(DEMO_OVERRIDES)
+        n_dup = len(cfg.copy_counts)
+        probe = acfg.probe.model_copy(update={"model": str(model_dir), "progress": cfg.progress})
+        acfg = acfg.model_copy(update={"probe": probe, "seed": cfg.seed})
+        with timer.stage("index"):
+            from ..index.runner import run_index
+
+            run_index(str(dataset_dir), run_dir, acfg.index.model_copy(update={"progress": cfg.progress}))
+        with timer.stage("dedup"):
+            from ..dedup.runner import run_dedup
+
+            run_dedup(run_dir, acfg)
+        with timer.stage("probe"):
+            from ..probe.runner import run_probe
+
+            run_probe(run_dir, acfg)
+        with timer.stage("report"):
+            from ..report.render import build_report
+
+            report = build_report(run_dir, acfg.report, out / "report.html")
+        summary["report"] = str(report)
+        summary["probe_by_copy_count"] = probe_table(run_dir, planted)
+        summary["probed_duplicate_groups"] = n_dup
+
+    summary["stage_seconds"] = timer.stages
+    summary["total_seconds"] = round(sum(timer.stages.values()), 1)
+    write_json(out / "lab.json", summary)
+    return summary
