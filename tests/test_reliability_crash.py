@@ -1,0 +1,306 @@
+"""Crash safety: ``kill -9`` of ``auditor index``, ``auditor dedup`` and ``auditor probe`` at every atomic write
+(and, for index and probe, from outside at markers appearing), then a rerun: the outputs are byte-identical to an
+uninterrupted run, no file under a final name is ever half-written, and no temporary file is left behind.
+
+Two ways of killing:
+
+* **at every write** (deterministic sweep): a forked child runs the stage's CLI with ``os.replace`` wrapped so
+  that the process SIGKILLs itself just before its k-th rename, for every k (for probe: every other k) -- the
+  temporary file is complete, the final name is not there yet: the worst moment for an atomic writer;
+* **from outside** (the way a user or the OOM killer does it): ``python -m auditor ...`` in a subprocess,
+  SIGKILLed by the test when a marker file appears or after a delay.
+
+No output file is excluded from the byte comparison: every stage's outputs are deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_reliability import CORPUS_SETS, build_webdataset, photo_items, _real_photos, _tar_add  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------------------
+def is_tmp(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith(".tmp")
+
+
+def tree(root: Path) -> dict[str, str]:
+    """sha256 of every final output file under ``root`` (temporary files are checked separately)."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not is_tmp(p)}
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and is_tmp(p))
+
+
+def assert_complete_files(root: Path) -> int:
+    """Every file under a final name is complete: parquet reads, JSON parses, .npy loads, PNG decodes."""
+    n = 0
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or is_tmp(p):
+            continue
+        n += 1
+        if p.suffix == ".parquet":
+            pq.read_table(p)
+        elif p.suffix in (".json", ".done"):
+            json.loads(p.read_text(encoding="utf-8"))
+        elif p.suffix == ".npy":
+            np.load(p, allow_pickle=False)
+        elif p.suffix == ".png":
+            with Image.open(p) as im:
+                im.load()
+    return n
+
+
+def count_renames(argv: list[str]) -> int:
+    """Run the CLI in-process, counting os.replace calls (the number of atomic writes)."""
+    from auditor.cli import main
+
+    real, n = os.replace, [0]
+
+    def counting(src, dst, *a, **kw):
+        n[0] += 1
+        return real(src, dst, *a, **kw)
+
+    os.replace = counting
+    try:
+        assert main(argv) == 0
+    finally:
+        os.replace = real
+    return n[0]
+
+
+def kill_at_rename(k: int, argv: list[str]) -> bool:
+    """Fork; the child runs the CLI and SIGKILLs itself just before its k-th os.replace. True if it died so."""
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            from auditor.cli import main
+
+            real, n = os.replace, [0]
+
+            def dying(src, dst, *a, **kw):
+                n[0] += 1
+                if n[0] == k:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(src, dst, *a, **kw)
+
+            os.replace = dying
+            code = 10 + int(main(argv) or 0)
+        except BaseException:  # noqa: BLE001
+            code = 99
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFEXITED(status):
+        assert os.WEXITSTATUS(status) != 99, "the stage raised before reaching the kill point"
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _main(argv: list[str]) -> int:
+    from auditor.cli import main
+
+    return main(argv)
+
+
+def sweep(ks, prepare, argv_for, out_of, ref_tree: dict[str, str], stale: list | None = None) -> list[int]:
+    """For each k: a fresh copy of the pre-stage state, killed before its k-th write, checked, rerun, compared.
+    Returns the ks at which the child really died. Temporary files left after the rerun fail the sweep, or are
+    collected into ``stale`` when given."""
+    killed = []
+    for k in ks:
+        run = prepare(k)
+        argv = argv_for(run)
+        if kill_at_rename(k, argv):
+            killed.append(k)
+        out = out_of(run)
+        if out.exists():
+            assert_complete_files(out)
+        assert _main(argv) == 0, f"rerun after a kill at write {k} failed"
+        got = tree(out)
+        assert got == ref_tree, f"kill at write {k}: outputs differ after the rerun: " + str(
+            sorted(set(got.items()) ^ set(ref_tree.items()))[:6])
+        if stale is None:
+            assert leftovers(out) == [], f"kill at write {k}: temporary files left behind: {leftovers(out)}"
+        else:
+            stale.extend(leftovers(out))
+    return killed
+
+
+# ------------------------------------------------------------------------------------------------------------
+# index
+# ------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus_wds(tmp_path_factory, imagenet, kodak) -> Path:
+    base = tmp_path_factory.mktemp("crash_wds")
+    build_webdataset(base / "data", _real_photos(imagenet, kodak), base)
+    return base / "data"
+
+
+def _index_argv(data: Path, run: Path, workers: int = 0) -> list[str]:
+    return ["index", str(data), "--out", str(run), "--workers", str(workers), *CORPUS_SETS]
+
+
+def test_index_killed_at_every_write_resumes_identically(corpus_wds, tmp_path):
+    ref = tmp_path / "ref"
+    n = count_renames(_index_argv(corpus_wds, ref))
+    ref_tree = tree(ref / "index")
+    assert n >= 10 and len(ref_tree) == n - 1  # index.json is written twice (start, end)
+
+    def prepare(k):
+        return tmp_path / f"k{k}"
+
+    killed = sweep(range(1, n + 1), prepare, lambda run: _index_argv(corpus_wds, run),
+                   lambda run: run / "index", ref_tree)
+    assert killed == list(range(1, n + 1))
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4, 1.2])
+def test_index_killed_from_outside_resumes_identically(shared_data, tmp_path, delay):
+    """A real `python -m auditor index` with 2 workers, SIGKILLed at a delay after it starts writing."""
+    src = sorted((shared_data / "photos" / "cifar10-test").rglob("*.jpg"))[:1200]
+    data = tmp_path / "cifar"
+    for f in src:
+        dst = data / f.parent.name / f.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, dst)
+        except OSError:
+            shutil.copy(f, dst)
+    sets = ["--set", "index.reader.folder_shard_size=100", "--set", "index.chunk_size=16"]
+    ref = tmp_path / "ref"
+    assert _main(_index_argv(data, ref, workers=0) + sets) == 0
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "auditor", *_index_argv(data, run, workers=2), *sets],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "index" / "index.json").exists() and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the index finished before it could be killed"
+    assert_complete_files(run / "index")
+    assert _main(_index_argv(data, run, workers=2) + sets) == 0
+    assert tree(run / "index") == tree(ref / "index")
+    assert leftovers(run / "index") == []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# dedup
+# ------------------------------------------------------------------------------------------------------------
+def _dedup_argv(run: Path) -> list[str]:
+    return ["dedup", str(run), *CORPUS_SETS]
+
+
+@pytest.fixture(scope="module")
+def indexed(corpus_wds, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("crash_idx") / "run"
+    assert _main(_index_argv(corpus_wds, run)) == 0
+    return run
+
+
+def test_dedup_killed_at_every_write_reruns_identically(indexed, tmp_path):
+    ref = tmp_path / "ref"
+    shutil.copytree(indexed, ref)
+    n = count_renames(_dedup_argv(ref))
+    ref_tree = tree(ref / "dedup")
+    assert n >= 10 and len(ref_tree) == n
+
+    def prepare(k):
+        run = tmp_path / f"k{k}"
+        shutil.copytree(indexed, run)
+        return run
+
+    stale: list[str] = []
+    killed = sweep(range(1, n + 1), prepare, _dedup_argv, lambda run: run / "dedup", ref_tree, stale)
+    assert killed == list(range(1, n + 1))
+    DEDUP_STALE.extend(stale)
+
+
+DEDUP_STALE: list[str] = []
+
+
+@pytest.mark.xfail(strict=True, reason="auditor dedup does not remove the temporary file a killed run left "
+                                       "(index does: runner._clean_tmp); reported to the dedup owner")
+def test_dedup_rerun_after_kill_leaves_no_temporary_files(indexed, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(indexed, run)
+    assert kill_at_rename(1, _dedup_argv(run))
+    assert leftovers(run / "dedup")  # the killed run's temporary file
+    assert _main(_dedup_argv(run)) == 0
+    assert leftovers(run / "dedup") == []
+
+
+def _grow(data: Path, photos: list[Path]) -> None:
+    """A new shard: two fresh photos and a re-encoded copy of a photo already in shard 00000."""
+    import io
+    import tarfile
+
+    items = photo_items(photos, "p2_")
+    first = sorted(data.glob("00000.tar"))[0]
+    with tarfile.open(first) as tf:
+        jpg = next(m for m in tf.getmembers() if m.name.startswith("p0_0000.jpg"))
+        orig = tf.extractfile(jpg).read()
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(orig)).convert("RGB").save(buf, "JPEG", quality=70)
+    with tarfile.open(data / "00002.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        for it in items:
+            _tar_add(tf, f"{it['key']}.jpg", it["data"])
+            _tar_add(tf, f"{it['key']}.txt", it["caption"].encode())
+        _tar_add(tf, "p2_copy.jpg", buf.getvalue())
+        _tar_add(tf, "p2_copy.txt", b"a re-encoded copy")
+
+
+@pytest.mark.xfail(strict=True, reason="dedup/state is three files replaced one by one: a kill after "
+                   "state/groups.parquet (new groups) but before state/edges.parquet leaves a state whose groups "
+                   "claim the new shard was searched, so the rerun never searches it and the new duplicates are "
+                   "missed (kill at the 11th write); reported to the dedup owner")
+def test_incremental_dedup_killed_at_every_write_reruns_identically(indexed, corpus_wds, tmp_path, imagenet):
+    """The index gained a shard since the last dedup; the incremental dedup is killed at every write."""
+    data = tmp_path / "data"
+    shutil.copytree(corpus_wds, data)
+    base = tmp_path / "base"
+    shutil.copytree(indexed, base)
+    assert _main(_dedup_argv(base)) == 0  # dedup state of the 2-shard index
+    _grow(data, imagenet[20:22])
+    # the index resumes on the grown dataset (same root recorded: copy the run with the new data path)
+    assert _main(_index_argv(data, base)) == 0
+    ref = tmp_path / "ref"
+    shutil.copytree(base, ref)
+    n = count_renames(_dedup_argv(ref))
+    state = json.loads((ref / "dedup" / "state" / "state.json").read_text())
+    assert state["last_run"]["mode"] == "incremental" and state["last_run"]["new_groups"] == 3
+    man = pd.read_parquet(ref / "dedup" / "manifest.parquet").set_index("key")
+    assert man.loc["p2_copy", "cluster_id"] == man.loc["p0_0000", "cluster_id"]  # the new shard was searched
+    ref_tree = tree(ref / "dedup")
+
+    def prepare(k):
+        run = tmp_path / f"k{k}"
+        shutil.copytree(base, run)
+        return run
+
+    killed = sweep(range(1, n + 1), prepare, _dedup_argv, lambda run: run / "dedup", ref_tree, [])
+    assert killed == list(range(1, n + 1))
