@@ -103,3 +103,63 @@ def test_ray_engine_byte_identical_to_local(photos, tiny_clip, ray_cluster, tmp_
         p.unlink()
     run_index(photos, run, _cfg(engine="ray", reader={"folder_shard_size": 9}, chunk_size=4, embedder=tiny_clip))
     assert _tree_digest(run / "index") == _tree_digest(tmp_path / "local-clip" / "index")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# dedup: on-disk partitioned search, local and on Ray
+# ------------------------------------------------------------------------------------------------------------
+def _clustered(n: int, d: int, seed: int = 0, ndup: int = 150):
+    """Unit vectors in n // 50 clusters of varied spread, with ``ndup`` planted near-copies (cos 0.9..0.995)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    k = max(1, n // 50)
+    centres = rng.standard_normal((k, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    spread = rng.uniform(0.25, 1.5, size=k)  # tight clusters too: neighbours above tau that are not planted
+    lab = rng.integers(0, k, size=n)
+    x = centres[lab] + spread[lab, None] * rng.standard_normal((n, d)) / np.sqrt(d)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    perm = rng.permutation(n)
+    dst, src = perm[:ndup], perm[ndup:2 * ndup]
+    cos = rng.uniform(0.9, 0.995, size=ndup)
+    g = rng.standard_normal((ndup, d))
+    g -= (g * x[src]).sum(1, keepdims=True) * x[src]
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    x[dst] = x[src] + np.sqrt(1 / cos ** 2 - 1)[:, None] * g
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    planted = {(int(min(a, b)), int(max(a, b))) for a, b in zip(src, dst)}
+    return x.astype(np.float16), planted
+
+
+def test_partitioned_search_exact_and_identical_on_ray(tmp_path, ray_cluster):
+    import numpy as np
+
+    from auditor.dedup.partitioned import PartitionedIndex, build_partitions, partitioned_pairs
+
+    emb, planted = _clustered(4000, 128)
+    tau = 0.88
+    x = emb.astype(np.float32)
+    sim = x @ x.T
+    bi, bj = np.nonzero(np.triu(sim >= np.float32(tau), k=1))
+    truth = set(zip(bi.tolist(), bj.tolist()))
+    assert planted <= truth and len(truth) > len(planted)  # cluster neighbours above tau too
+
+    idx = build_partitions(emb, tmp_path / "parts", nparts=12, k=2, seed=0, block_rows=1000, max_buffer_rows=3000)
+    rows = idx.part_rows()
+    assert sum(rows) == 2 * len(emb) and len(rows) == 12
+    assert all(p["chunks"] >= 2 for p in idx.manifest["partitions"] if p["rows"] > 1500)  # buffers flushed
+    i, j, s, stats = partitioned_pairs(PartitionedIndex.open(tmp_path / "parts"), tau)
+    got = list(zip(i.tolist(), j.tolist()))
+    assert len(got) == len(set(got)) and got == sorted(got)  # each pair once (owner rule), sorted
+    assert set(got) <= truth  # every returned pair is exact ...
+    np.testing.assert_array_equal(s, np.einsum("ij,ij->i", x[i], x[j]))
+    assert planted <= set(got)  # ... and every planted near-duplicate is found
+    assert len(set(got)) / len(truth) > 0.97
+    assert [st["rows"] for st in stats] == rows and sum(st["pairs"] for st in stats) == len(got)
+
+    ri, rj, rs, rstats = partitioned_pairs(tmp_path / "parts", tau, engine="ray")
+    np.testing.assert_array_equal(ri, i)
+    np.testing.assert_array_equal(rj, j)
+    np.testing.assert_array_equal(rs, s)
+    assert [st["pairs"] for st in rstats] == [st["pairs"] for st in stats]
