@@ -48,6 +48,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def remove_temporary_files(folder: str | os.PathLike) -> int:
+    """Delete the temporary files :func:`atomic_path` leaves when its process is killed (``.NAME.XXXX.tmp``)
+    anywhere under ``folder``; a stage calls this when it starts on its own output folder. Returns how many."""
+    n = 0
+    root = Path(folder)
+    if root.is_dir():
+        for p in root.rglob(".*.tmp"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")

@@ -304,3 +304,81 @@ def test_incremental_dedup_killed_at_every_write_reruns_identically(indexed, cor
 
     killed = sweep(range(1, n + 1), prepare, _dedup_argv, lambda run: run / "dedup", ref_tree, [])
     assert killed == list(range(1, n + 1))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# probe (the tiny diffusers pipeline of tests/tiny_pipeline.py on CPU)
+# ------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory, kodak) -> tuple[Path, Path]:
+    """(run folder with a real index + dedup of kodak photos and two re-encoded copies, tiny model folder)."""
+    from tiny_pipeline import save_tiny_pipeline
+
+    base = tmp_path_factory.mktemp("crash_probe")
+    model = save_tiny_pipeline(base / "sd")
+    data = base / "data"
+    data.mkdir()
+    caps = {}
+    for i, p in enumerate(kodak[:6]):
+        shutil.copy(p, data / p.name)
+        caps[p.name] = f"caption number {i} of a kodak photo"
+    Image.open(kodak[0]).convert("RGB").save(data / "copy0.jpg", quality=85)
+    caps["copy0.jpg"] = caps[kodak[0].name]
+    Image.open(kodak[1]).convert("RGB").save(data / "copy1.jpg", quality=85)
+    caps["copy1.jpg"] = caps[kodak[1].name]
+    pd.DataFrame({"key": list(caps), "caption": list(caps.values())}).to_csv(base / "caps.csv", index=False)
+    run = base / "run"
+    assert _main(["index", str(data), "--out", str(run), "--workers", "0",
+                  "--set", f"index.reader.captions_file={base / 'caps.csv'}", *CORPUS_SETS]) == 0
+    assert _main(_dedup_argv(run)) == 0
+    assert len(pd.read_parquet(run / "dedup" / "risk.parquet")) == 2
+    return run, model
+
+
+def _probe_argv(run: Path, model: Path) -> list[str]:
+    # whitebox_threshold -1: every caption is flagged, so the confirm tier writes generations too
+    return ["probe", str(run), "--model", str(model), "--top-n", "2", "--no-progress",
+            "--set", "probe.steps=2", "--set", "probe.whitebox_seeds=2", "--set", "probe.whitebox_threshold=-1",
+            "--set", "probe.calibration_captions=2", "--set", "probe.confirm_generations=2",
+            "--set", "probe.diffusers.device=cpu", "--set", "probe.diffusers.batch_size=2"]
+
+
+def _without_probe(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("probe"))
+    return dst
+
+
+def test_probe_killed_at_every_other_write_resumes_identically(probe_run, tmp_path):
+    src, model = probe_run
+    ref = _without_probe(src, tmp_path / "ref")
+    n = count_renames(_probe_argv(ref, model))
+    ref_tree = tree(ref / "probe")
+    res = pd.read_parquet(ref / "probe" / "results.parquet")
+    assert len(res) == 2 and (res["n_generations"] == 2).all()
+    assert len(list((ref / "probe" / "generations").rglob("*.png"))) == 4
+    assert n >= 12 and len(ref_tree) == n
+
+    ks = list(range(1, n + 1, 2)) + ([n] if n % 2 == 0 else [])
+    killed = sweep(ks, lambda k: _without_probe(src, tmp_path / f"k{k}"), lambda run: _probe_argv(run, model),
+                   lambda run: run / "probe", ref_tree)
+    assert killed == ks
+
+
+def test_probe_killed_from_outside_resumes_identically(probe_run, tmp_path):
+    """`python -m auditor probe` SIGKILLed when the first caption's screen marker appears."""
+    src, model = probe_run
+    ref = _without_probe(src, tmp_path / "ref")
+    assert _main(_probe_argv(ref, model)) == 0
+    run = _without_probe(src, tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-m", "auditor", *_probe_argv(run, model)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not list((run / "probe" / "screen").glob("*.json")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the probe finished before it could be killed"
+    assert not (run / "probe" / "results.parquet").exists()
+    assert_complete_files(run / "probe")
+    assert _main(_probe_argv(run, model)) == 0
+    assert tree(run / "probe") == tree(ref / "probe")
+    assert leftovers(run / "probe") == []

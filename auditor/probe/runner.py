@@ -40,7 +40,8 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..utils import ErrorRecord, caption_hash, errors_frame, package_versions, write_json, write_parquet
+from ..utils import (ErrorRecord, caption_hash, errors_frame, package_versions, remove_temporary_files, write_json,
+                     write_parquet)
 from .config import ProbeConfig
 from .detectors import (ConsistencyDetector, CopyDescriptorDetector, TiledL2Detector, calibrate_threshold,
                         center_crop_to_aspect, capped_size, pairwise_tiled_l2, largest_clique)
@@ -439,6 +440,7 @@ class ProbeRunner:
     def run(self) -> pd.DataFrame:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
+        remove_temporary_files(self.out)  # what a killed run was writing
         fp_path = self.out / "fingerprint.json"
         fp = {"format_version": FORMAT_VERSION, "config": _fingerprint(cfg)}
         if fp_path.exists():
