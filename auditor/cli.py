@@ -71,7 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except OSError as exc:  # disk full, permission denied, a path that is not a folder, ...: one clear line
+        if args.verbose:
+            logging.getLogger("auditor").exception("%s failed", args.command)
+        print(f"auditor: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror and not str(exc).startswith("["):
+        text = f"{text} ({exc.strerror})"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":
