@@ -108,7 +108,6 @@ def test_lab_plumbing_writes_a_loadable_pipeline(tmp_path):
     assert stats["vae"]["scaling_factor"] > 0
 
     run_lab(cfg(tmp_path / "b"), stages=False)
-    wa = torch.load if False else None  # weights compared through the loaded pipelines
     pb = DiffusionPipeline.from_pretrained(tmp_path / "b" / "model")
     for (na, a), (nb, b) in zip(pipe.unet.state_dict().items(), pb.unet.state_dict().items()):
         assert na == nb and torch.equal(a, b), na

@@ -26,6 +26,8 @@ def _lab_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--seed", type=int, help="lab seed")
     p.add_argument("--train-only", action="store_true", help="stop after training and the lab's quick check")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--results", metavar="DIR", help="also write <command>.json and <command>.md (timings, "
+                   "extraction tables) into DIR, e.g. benchmarks/results")
     add_config_options(p)
 
 
@@ -90,4 +92,15 @@ def main(args) -> int:
     if summary.get("report"):
         print(f"\nReport: {summary['report']}")
     print(f"Lab summary: {cfg.out_dir}/lab.json")
+    if args.results:
+        from pathlib import Path
+
+        from ..utils import write_json, write_text
+        from .demo import summary_markdown
+
+        slim = {k: v for k, v in summary.items() if k != "quick_eval"}
+        slim["quick_eval_by_copy_count"] = (summary.get("quick_eval") or {}).get("by_copy_count")
+        slim["quick_eval_groups"] = (summary.get("quick_eval") or {}).get("groups")
+        write_json(Path(args.results) / f"{args.lab_command}.json", slim)
+        write_text(Path(args.results) / f"{args.lab_command}.md", summary_markdown(summary))
     return 0

@@ -30,9 +30,9 @@ class LabConfig(BaseModel):
 
     # --- model -----------------------------------------------------------------------------------------
     resolution: int = Field(32, ge=16)
-    # VAE: one block per entry, each after the first halves the resolution (32 px, 3 blocks -> 8x8 latents)
+    # VAE: one block per entry, each after the first halves the resolution (32 px, 3 blocks -> 8x8x16 latents)
     vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 32])
-    latent_channels: int = Field(8, ge=1)
+    latent_channels: int = Field(16, ge=1)
     text_width: int = Field(64, ge=32)
     text_layers: int = Field(2, ge=1)
     unet_channels: list[int] = Field(default_factory=lambda: [64, 64])
@@ -40,9 +40,9 @@ class LabConfig(BaseModel):
     unet_head_dim: int = Field(8, ge=1)
 
     # --- training --------------------------------------------------------------------------------------
-    vae_steps: int = Field(250, ge=0)
+    vae_steps: int = Field(400, ge=0)
     vae_batch_size: int = Field(16, ge=1)
-    vae_lr: float = 5e-4
+    vae_lr: float = 1e-3
     train_steps: int = Field(1000, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = 1e-3

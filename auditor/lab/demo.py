@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..utils import package_versions, write_json
+from ..utils import package_versions, write_json, write_text
 from .config import LabConfig
 from .train import by_copy_count, format_table, quick_eval, to_training_array, train_pipeline
 
@@ -135,6 +135,30 @@ def probe_table(run_dir: Path, planted: pd.DataFrame) -> Optional[list[dict]]:
     return by_copy_count(rows) if rows else []
 
 
+def summary_markdown(summary: dict) -> str:
+    """A short markdown page of a lab run: timings, training stats, extraction tables by copy count."""
+    tr = summary.get("training") or {}
+    lines = ["# auditor demo: memorisation lab run", "",
+             f"Dataset: {summary['dataset']['images']} images ({summary['dataset'].get('downloaded', '-')} downloaded "
+             f"by img2dataset), duplicate groups copied {summary['dataset']['copy_counts']} times, "
+             f"{summary['dataset']['singletons']} singletons.", "",
+             f"Training on `{tr.get('device')}` ({tr.get('torch_threads')} torch threads): VAE "
+             f"{(tr.get('vae') or {}).get('seconds')} s ({(tr.get('vae') or {}).get('steps')} steps, reconstruction tiled L2 "
+             f"median {(tr.get('vae') or {}).get('recon_tiled_l2_median', float('nan')):.3f}), UNet "
+             f"{(tr.get('unet') or {}).get('seconds')} s ({(tr.get('unet') or {}).get('steps')} steps, "
+             f"{(tr.get('unet') or {}).get('epochs')} epochs).", "",
+             "## Stage wall times (s)", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in summary["stage_seconds"].items()]
+    lines += [f"| **total** | **{summary['total_seconds']}** |", ""]
+    if summary.get("quick_eval"):
+        lines += ["## Lab check: generations from each group's caption vs. its training image", "",
+                  format_table(summary["quick_eval"]["by_copy_count"]), ""]
+    if summary.get("probe_by_copy_count"):
+        lines += ["## `auditor probe` verdicts by planted copy count", "",
+                  format_table(summary["probe_by_copy_count"]), ""]
+    return "\n".join(lines)
+
+
 def run_lab(cfg: LabConfig, auditor_cfg=None, stages: bool = True) -> dict:
     """Build, download, train and (``stages=True``) audit. Returns the summary written to ``OUT/lab.json``."""
     from ..config import AuditorConfig
@@ -219,4 +243,5 @@ def run_lab(cfg: LabConfig, auditor_cfg=None, stages: bool = True) -> dict:
     summary["stage_seconds"] = timer.stages
     summary["total_seconds"] = round(sum(timer.stages.values()), 1)
     write_json(out / "lab.json", summary)
+    write_text(out / "lab.md", summary_markdown(summary))
     return summary

@@ -4,8 +4,11 @@
   via :mod:`auditor.lab.tokenizer`), small and randomly initialised from the seed, then frozen. A frozen random
   transformer still maps different captions to different, stable hidden states -- all the UNet's cross-attention
   needs to tie a caption to an image, which is what memorisation is.
-* VAE: an :class:`diffusers.AutoencoderKL` with two downsamplings and 8 latent channels (32 px -> 8x8x8
-  latents, 6x compression: SD's 4-channel /8 VAE is 48x on 512 px, far too lossy at 32 px),
+* VAE: an :class:`diffusers.AutoencoderKL` with two downsamplings and 16 latent channels (32 px -> 8x8x16
+  latents, 3x compression, like SD3's 16-channel VAE; SD 1.x's 4-channel /8 VAE is 48x, far too lossy at
+  32 px to reproduce a training image within Carlini's tiled-L2 threshold). The UNet's cost is set by the 8x8
+  latent grid, so the extra channels are nearly free, and a VAE this mild reconstructs well after a few
+  hundred steps,
   trained briefly on the dataset itself (reconstruction + a tiny KL term), its ``scaling_factor`` set to
   1/std of the latents, as SD's was.
 * UNet: a small :class:`diffusers.UNet2DConditionModel` with cross-attention to the text states.
