@@ -171,6 +171,12 @@ def build_webdataset(root: Path, photos: list[Path], tmp: Path) -> Expect:
         _tar_add(tf, f"{it['key']}.jpg", it["data"])
         _tar_add(tf, f"{it['key']}.json", b"[1, 2, 3]")
         ex.add("00000", it)
+        # two images under one key: the first is the sample, the second an error (never silently dropped)
+        it = dict(good[1], key="s_two_images")
+        _tar_add(tf, f"{it['key']}.jpg", it["data"])
+        _tar_add(tf, f"{it['key']}.png", corpus[0]["data"])
+        ex.add("00000", it)
+        ex.bad.append(("00000", it["key"], "read", "a second image (s_two_images.png)"))
         # a tar member with no image at all
         _tar_add(tf, "s_orphan.txt", b"a caption without its image")
         ex.bad.append(("00000", "s_orphan", "read", "no image member"))
@@ -284,6 +290,11 @@ def build_files(root: Path, photos: list[Path], tmp: Path) -> Expect:
     (d / f"{it['key']}.txt").write_bytes(BIG_CAPTION.encode())
     ex.add("00000", it)
     ex.captions[("00000", it["key"])] = BIG_CAPTION
+    it = dict(good[1], key="s_two_images")  # k.png and k.webp: k.png is the sample whatever the listing order
+    (d / f"{it['key']}.webp").write_bytes(corpus[0]["data"])
+    (d / f"{it['key']}.png").write_bytes(it["data"])
+    ex.add("00000", it)
+    ex.bad.append(("00000", it["key"], "read", "a second image (s_two_images.webp) for this key; only s_two_images.png"))
     missing = {"key": "s_missing_file", "name": "m.jpg", "caption": "listed, never written"}
     rows.append(_side_row(missing))
     ex.bad.append(("00000", "s_missing_file", "read", "image file is missing"))

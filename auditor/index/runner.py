@@ -183,7 +183,8 @@ def _chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
                     continue
                 if s.key in seen:
                     errors_by_shard.setdefault(ref.id, []).append(
-                        ErrorRecord(s.key, ref.id, "read", "duplicate key in shard (first occurrence indexed)"))
+                        ErrorRecord(s.key, ref.id, "read", "duplicate key in shard (first occurrence indexed)"
+                                    + (f": {s.error}" if s.error else "")))
                     continue
                 seen.add(s.key)
                 buf.append(s)

@@ -8,9 +8,16 @@ from typing import Iterator, Optional
 
 from .base import IMAGE_EXTS, READ_ERROR, READERS, DatasetReader, Sample, ShardRef, read_sidecar, split_key, \
     to_url, url_to_fs
-from .webdataset import build_sample, failed_sample, sidecar_rows_by_key
+from .webdataset import build_sample, extra_image_errors, failed_sample, sidecar_rows_by_key
 
 _WANTED = set(IMAGE_EXTS) | {"txt", "json"}
+#: which image is the sample when a key has several image files (the order ``get`` looks them up in)
+_IMAGE_ORDER = ("jpg", "png", "webp") + tuple(e for e in IMAGE_EXTS if e not in ("jpg", "png", "webp"))
+
+
+def _by_image_order(paths: dict[str, str]) -> dict[str, str]:
+    rank = {e: i for i, e in enumerate(_IMAGE_ORDER)}
+    return dict(sorted(paths.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
 
 def is_shard_dir_name(name: str) -> bool:
@@ -70,18 +77,20 @@ class FilesReader(DatasetReader):
             listing = []
             yield Sample(key=f"{shard.id}/__dir__", shard=shard.id, data=None, status=READ_ERROR,
                          error=f"cannot list {shard.path}: {type(exc).__name__}: {exc}")
-        for p in listing:
+        for p in sorted(listing):  # sorted: which of two same-key images is the sample must not depend on the fs
             key, ext = split_key(posixpath.basename(p.rstrip("/")))
             if ext in _WANTED and not key.startswith("."):
                 groups.setdefault(key, {})[ext] = p
         seen: set[str] = set()
         for key in sorted(groups):
+            groups[key] = _by_image_order(groups[key])
             members, err = self._read_members(fs, groups[key])
             seen.add(key)
             if err:
                 yield Sample(key=key, shard=shard.id, data=None, status=READ_ERROR, error=err)
                 continue
             yield build_sample(key, shard.id, members, by_key.get(key), False)
+            yield from extra_image_errors(key, shard.id, groups[key])
         for r in rows:
             if r.get("status") != "success":
                 yield failed_sample(r, shard.id)
@@ -98,7 +107,7 @@ class FilesReader(DatasetReader):
             raise KeyError(f"no shard {shard!r} in {self.root}")
         side_url = to_url(fs, posixpath.join(root, shard + ".parquet"), self.root)
         paths = {}
-        for ext in ("jpg", "png", "webp") + tuple(e for e in IMAGE_EXTS if e not in ("jpg", "png", "webp")):
+        for ext in _IMAGE_ORDER:
             p = posixpath.join(folder, f"{key}.{ext}")
             if fs.exists(p):
                 paths[ext] = p

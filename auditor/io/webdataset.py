@@ -109,6 +109,15 @@ def build_sample(key: str, shard: str, members: dict[str, bytes], side: Optional
                   stored_ext=ext, meta=meta)
 
 
+def extra_image_errors(key: str, shard: str, exts) -> list[Sample]:
+    """A key with more than one image member (``k.jpg`` and ``k.png``): the first (in member order) is the
+    sample; each other one becomes an error sample, so no image is dropped silently."""
+    images = [e for e in exts if e in IMAGE_EXTS]
+    return [Sample(key=key, shard=shard, data=None, status=READ_ERROR,
+                   error=f"a second image ({key}.{e}) for this key; only {key}.{images[0]} is indexed")
+            for e in images[1:]]
+
+
 @READERS.register("webdataset")
 class WebDatasetReader(DatasetReader):
     """Reader for img2dataset webdataset output (``root`` = the output folder, or one ``.tar`` file)."""
@@ -204,6 +213,7 @@ class WebDatasetReader(DatasetReader):
                 if errors and errors[-1][0] == "tar":
                     continue  # its image was being read when the tar broke: reported below
             yield build_sample(key, shard.id, members, by_key.get(key), key in seen)
+            yield from extra_image_errors(key, shard.id, members)
             seen.add(key)
         tar_broken = False
         for kind, k, msg in errors:
