@@ -131,6 +131,13 @@ class _EmbedActor:
                 "payload": np.array(payloads, dtype=object)}
 
 
+def _spread_args() -> dict:
+    """Remote args of the CPU shard tasks: spread over the nodes. Passing them as a ``ray_remote_args_fn`` also
+    keeps Ray Data from fusing the shard stage into the embedding actors (it fuses a task map into a following
+    actor map with compatible resources, which would run every decode inside the few actors)."""
+    return {"scheduling_strategy": "SPREAD"}
+
+
 def _describe_embedder(emb_cfg: dict, gpu_decode: bool, decode_cfg: dict) -> dict:
     actor = _EmbedActor(emb_cfg, gpu_decode, decode_cfg)
     desc = actor.embedder.describe()
@@ -190,7 +197,7 @@ class RayEngine(IndexEngine):
         embeds = icfg.embedder.name != "none"
         ds = ray.data.from_items([{"i": i} for i in range(len(job.shards))], override_num_blocks=len(job.shards))
         ds = ds.map_batches(
-            _shard_stage, batch_size=1, batch_format="numpy", num_cpus=1,
+            _shard_stage, batch_size=1, batch_format="numpy", num_cpus=1, ray_remote_args_fn=_spread_args,
             fn_kwargs={"reader": job.reader, "shards": job.shards, "chunk_size": icfg.chunk_size,
                        "decode_cfg": job.decode_cfg, "emb_cfg": job.worker_embedder_cfg,
                        "keep_bytes": job.keep_bytes, "embeds": embeds, "batch_size": icfg.embedder.batch_size})
