@@ -243,8 +243,6 @@ def test_dedup_killed_at_every_write_reruns_identically(indexed, tmp_path):
 DEDUP_STALE: list[str] = []
 
 
-@pytest.mark.xfail(strict=True, reason="auditor dedup does not remove the temporary file a killed run left "
-                                       "(index does: runner._clean_tmp); reported to the dedup owner")
 def test_dedup_rerun_after_kill_leaves_no_temporary_files(indexed, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(indexed, run)
@@ -274,10 +272,6 @@ def _grow(data: Path, photos: list[Path]) -> None:
         _tar_add(tf, "p2_copy.txt", b"a re-encoded copy")
 
 
-@pytest.mark.xfail(strict=True, reason="dedup/state is three files replaced one by one: a kill after "
-                   "state/groups.parquet (new groups) but before state/edges.parquet leaves a state whose groups "
-                   "claim the new shard was searched, so the rerun never searches it and the new duplicates are "
-                   "missed (kill at the 11th write); reported to the dedup owner")
 def test_incremental_dedup_killed_at_every_write_reruns_identically(indexed, corpus_wds, tmp_path, imagenet):
     """The index gained a shard since the last dedup; the incremental dedup is killed at every write."""
     data = tmp_path / "data"

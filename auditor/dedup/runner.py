@@ -14,6 +14,12 @@ Search edges are kept in ``dedup/state`` keyed by pixel hash; when the index gai
 groups are searched (against the old ones and among themselves) and clustering is redone over everything,
 which is cheap next to search: the result equals a run from scratch on the union.
 
+Crash safety: the state is a generation, ``state/groups-NNNNNN.parquet`` + ``state/edges-NNNNNN.parquet``,
+committed by atomically replacing ``state/state.json`` (which names them) as the run's very last write; older
+generations are deleted only after that commit. A run killed at any point therefore leaves the previous,
+consistent state, and its rerun does exactly what the killed run would have done (same generation number, same
+bytes). A run starts by deleting the temporary files a killed run left in ``RUN_DIR/dedup``.
+
 Outputs (``RUN_DIR/dedup``, written atomically, identical bytes for the same index and config):
 
 * ``manifest.parquet``  one row per indexed sample (index order): key, shard, cluster_id, cluster_size,
@@ -45,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from ..index.store import IndexStore
-from ..utils import write_json, write_npy, write_parquet, write_text
+from ..utils import remove_temporary_files, write_json, write_npy, write_parquet, write_text
 from .cluster import Signals, cluster, group_codes, star_edges
 from .config import DedupConfig
 from .schema import MANIFEST_SCHEMA, SCHEMAS, to_table
@@ -54,7 +60,7 @@ log = logging.getLogger(__name__)
 
 DEDUP_DIR = "dedup"
 STATE_DIR = "state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: generation files named by state.json (1: three files replaced one by one)
 SIGNAL_CODE = {"phash": 2, "dhash": 3, "embedding": 4}
 
 MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
@@ -147,6 +153,9 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     store = IndexStore(run_dir)
     out = run_dir / DEDUP_DIR
     state_dir = out / STATE_DIR
+    n_tmp = remove_temporary_files(out)  # what a killed run left (dedup/ and dedup/state/)
+    if n_tmp:
+        log.info("removed %d temporary files left by an interrupted dedup run in %s", n_tmp, out)
     shard_ids = store.shard_ids()
     table = store.table(columns=_TABLE_COLUMNS)
     n = len(table)
@@ -168,9 +177,9 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     mode = "full"
     if state and not full and state.get("fingerprint") == fingerprint and all(
             shard_digests.get(s) == d for s, d in state.get("shards", {}).items()):
-        ids = pd.read_parquet(state_dir / "groups.parquet")
+        ids = pd.read_parquet(state_dir / state["groups"])
         old_groups = ids["pixel_group"].tolist()
-        old_edges = pd.read_parquet(state_dir / "edges.parquet")
+        old_edges = pd.read_parquet(state_dir / state["edges"])
         mode = "incremental"
     elif state and not full:
         log.info("dedup state does not match the index or the config: searching everything again")
@@ -260,44 +269,88 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     write_npy(out / "phash.npy", phash[group_first])
     if dcfg.dhash_max_distance >= 0:
         write_npy(out / "dhash.npy", dhash[group_first])
+    faiss_base = None
     if has_emb:
-        _save_faiss(out, group_emb, n_old, mode, dcfg, seed)
-    # state last: a crash before this line leaves the previous state, which is still valid
-    write_parquet(state_dir / "groups.parquet", pd.DataFrame({"pixel_group": garr.astype(str)}))
-    write_parquet(state_dir / "edges.parquet", edges)
-    write_json(state_dir / "state.json", {"fingerprint": fingerprint, "shards": shard_digests,
-                                          "last_run": {"mode": mode, "groups": len(groups),
-                                                       "new_groups": len(new_groups),
-                                                       "guard_rounds": res.rounds, "split_rows": res.n_splits}})
+        faiss_base = _save_faiss(out, group_emb, n_old, mode, dcfg, seed, (state or {}).get("faiss_base_rows"))
+    # state last, as a new generation committed by state.json: a crash before the commit leaves the previous
+    # state (and its files) untouched, which is still valid
+    _commit_state(state_dir, state, pd.DataFrame({"pixel_group": garr.astype(str)}), edges, {
+        "fingerprint": fingerprint, "shards": shard_digests, "faiss_base_rows": faiss_base,
+        "last_run": {"mode": mode, "groups": len(groups), "new_groups": len(new_groups),
+                     "guard_rounds": res.rounds, "split_rows": res.n_splits}})
     return outputs.summary
 
 
-def _save_faiss(out: Path, group_emb: np.ndarray, n_old: int, mode: str, dcfg: DedupConfig, seed: int) -> None:
-    """``dedup/embeddings.faiss``: the old index with the new groups added (incremental), else built anew."""
+def _save_faiss(out: Path, group_emb: np.ndarray, n_old: int, mode: str, dcfg: DedupConfig, seed: int,
+                base_rows: Optional[int] = None) -> int:
+    """``dedup/embeddings.faiss``: the old index with the new groups added (incremental), else built anew.
+
+    Returns the number of leading rows the index was built (and, for ivf, trained) on; the rest were added.
+    When the old index is not the one the state describes (a run killed after writing it, before committing
+    its state, had already added its groups), it is rebuilt the same way -- built on the first ``base_rows``
+    rows, the rest added -- so the file is what the uninterrupted incremental run writes."""
     from . import search
 
     path = out / "embeddings.faiss"
     index = None
-    if mode == "incremental" and path.exists() and n_old:
-        try:
-            index = search.load_search_index(path)
-            if index.ntotal != n_old:
+    base = len(group_emb)
+    if mode == "incremental" and n_old:
+        base = n_old
+        if isinstance(base_rows, int) and 0 < base_rows <= n_old:
+            base = base_rows
+        if path.exists():
+            try:
+                index = search.load_search_index(path)
+                if index.ntotal != n_old:
+                    index = None
+                elif len(group_emb) > n_old:
+                    index.add(np.ascontiguousarray(group_emb[n_old:], dtype=np.float32))
+            except Exception as exc:  # noqa: BLE001 - a stale or unreadable index is rebuilt
+                log.warning("rebuilding %s: %s", path, exc)
                 index = None
-            elif len(group_emb) > n_old:
-                index.add(np.ascontiguousarray(group_emb[n_old:], dtype=np.float32))
-        except Exception as exc:  # noqa: BLE001 - a stale or unreadable index is rebuilt
-            log.warning("rebuilding %s: %s", path, exc)
-            index = None
     if index is None:
-        index = search.build_search_index(group_emb, method=dcfg.search, seed=seed)
+        index = search.build_search_index(group_emb[:base], method=dcfg.search, seed=seed)
+        if len(group_emb) > base:
+            index.add(np.ascontiguousarray(group_emb[base:], dtype=np.float32))
     search.save_search_index(index, path)
+    return base
 
 
 def _load_state(state_dir: Path) -> Optional[dict]:
+    """The committed state (``state.json`` and the generation files it names), or None."""
     p = state_dir / "state.json"
-    if not (p.exists() and (state_dir / "edges.parquet").exists() and (state_dir / "groups.parquet").exists()):
+    if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except ValueError:
+        state = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
         return None
+    if not isinstance(state, dict):
+        return None
+    names = [state.get("groups"), state.get("edges")]
+    if not all(isinstance(x, str) and x and Path(x).name == x and (state_dir / x).is_file() for x in names):
+        return None  # no generation (an older state layout, or files removed): search from scratch
+    return state
+
+
+def _commit_state(state_dir: Path, old: Optional[dict], groups: pd.DataFrame, edges: pd.DataFrame,
+                  info: dict) -> None:
+    """Write the search state as a new generation and commit it by replacing ``state.json`` (last), then
+    delete every other file in ``state_dir`` (older generations, a killed run's uncommitted files).
+
+    The generation number follows the committed one, so a run killed before its commit and its rerun write
+    the same names (the rerun simply replaces the killed run's orphans)."""
+    gen = 1
+    if old is not None:
+        try:
+            gen = int(old.get("generation", 0)) + 1
+        except (TypeError, ValueError):
+            gen = 1
+    names = {"groups": f"groups-{gen:06d}.parquet", "edges": f"edges-{gen:06d}.parquet"}
+    write_parquet(state_dir / names["groups"], groups)
+    write_parquet(state_dir / names["edges"], edges)
+    write_json(state_dir / "state.json", {"generation": gen, **names, **info})
+    keep = {"state.json", *names.values()}
+    for p in state_dir.iterdir():
+        if p.is_file() and p.name not in keep:
+            p.unlink(missing_ok=True)
