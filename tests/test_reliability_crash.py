@@ -234,13 +234,8 @@ def test_dedup_killed_at_every_write_reruns_identically(indexed, tmp_path):
         shutil.copytree(indexed, run)
         return run
 
-    stale: list[str] = []
-    killed = sweep(range(1, n + 1), prepare, _dedup_argv, lambda run: run / "dedup", ref_tree, stale)
+    killed = sweep(range(1, n + 1), prepare, _dedup_argv, lambda run: run / "dedup", ref_tree)
     assert killed == list(range(1, n + 1))
-    DEDUP_STALE.extend(stale)
-
-
-DEDUP_STALE: list[str] = []
 
 
 def test_dedup_rerun_after_kill_leaves_no_temporary_files(indexed, tmp_path):
@@ -296,7 +291,7 @@ def test_incremental_dedup_killed_at_every_write_reruns_identically(indexed, cor
         shutil.copytree(base, run)
         return run
 
-    killed = sweep(range(1, n + 1), prepare, _dedup_argv, lambda run: run / "dedup", ref_tree, [])
+    killed = sweep(range(1, n + 1), prepare, _dedup_argv, lambda run: run / "dedup", ref_tree)
     assert killed == list(range(1, n + 1))
 
 
