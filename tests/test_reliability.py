@@ -14,7 +14,6 @@ The dataset builders here are reused by the other ``test_reliability_*`` files.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -396,7 +395,6 @@ def check_index_against(store, ex: Expect) -> None:
 
 @pytest.mark.parametrize("layout", list(BUILDERS))
 def test_corpus_through_index_dedup_report_guard(layout, tmp_path, imagenet, kodak):
-    from auditor.dedup.runner import run_dedup  # noqa: F401  (imported: the stage must import cleanly)
     from auditor.guard import Guard
     from auditor.index.store import IndexStore
 
