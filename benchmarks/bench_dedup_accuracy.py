@@ -37,6 +37,10 @@ def _f(x, nd=3):
     return "-" if x is None else f"{x:.{nd}f}"
 
 
+def _t(x):
+    return "-" if x is None else (f"{int(x)}" if float(x).is_integer() else f"{x:.3f}")
+
+
 def render_md(res: dict) -> str:
     a = res["auditor"]
     tr = res["transforms"]
@@ -60,7 +64,7 @@ def render_md(res: dict) -> str:
             rows.append(("auditor embedding (given)", a["embedding"]))
         for name, rep in rows:
             b = rep["recall_at_precision"][P]
-            L.append(f"| {name} | {b['threshold']} | {_f(b['precision'])} | {_f(b['recall'])} | "
+            L.append(f"| {name} | {_t(b['threshold'])} | {_f(b['precision'])} | {_f(b['recall'])} | "
                      + " | ".join(_f(b["per_transform_recall"].get(t), 2) for t in tr) + " |")
         b = a["any_signal"]["recall_at_precision"][P]
         if "thresholds" in b:
@@ -69,7 +73,7 @@ def render_md(res: dict) -> str:
                      + " | ".join(_f(b["per_transform_recall"].get(t), 2) for t in tr) + " |")
         for name, rep in (res.get("imagededup") or {}).items():
             b = rep["recall_at_precision"][P]
-            L.append(f"| imagededup {name} | {b['threshold']} | {_f(b['precision'])} | {_f(b['recall'])} | "
+            L.append(f"| imagededup {name} | {_t(b['threshold'])} | {_f(b['precision'])} | {_f(b['recall'])} | "
                      + " | ".join(_f(b["per_transform_recall"].get(t), 2) for t in tr) + " |")
         L.append("")
     for sig in ("phash", "dhash"):
@@ -109,7 +113,14 @@ def main(argv=None) -> int:
     ap.add_argument("--embeddings", default=None, help=".npy float [n_images, dim] aligned with the set's images")
     ap.add_argument("--no-imagededup", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "dedup_accuracy"))
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from an existing .json")
     args = ap.parse_args(argv)
+    if args.render_only:
+        import json
+
+        out = Path(args.out)
+        write_text(out.with_suffix(".md"), render_md(json.loads(out.with_suffix(".json").read_text())))
+        return 0
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="auditor_dedup_accuracy_"))
     t0 = time.perf_counter()

@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nlist", type=int, default=None)
     ap.add_argument("--nprobe", type=int, default=None)
     ap.add_argument("--out", default=str(RESULTS / "dedup_scale"), help="output path without extension")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the points of an existing result file whose N is not rerun")
     ap.add_argument("--point", type=int, default=None, help=argparse.SUPPRESS)  # internal: one size, JSON to stdout
     args = ap.parse_args(argv)
 
@@ -298,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rec), flush=True)
         records.append(rec)
     out = Path(args.out)
+    if args.merge and out.with_suffix(".json").exists():
+        old = json.loads(out.with_suffix(".json").read_text(encoding="utf-8")).get("points", [])
+        done = {r["n"] for r in records}
+        records = sorted([r for r in old if r["n"] not in done] + records, key=lambda r: r["n"])
     write_results(records, out.with_suffix(".json"), out.with_suffix(".md"), argv)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0

@@ -252,21 +252,14 @@ def evaluate_imagededup(es: EvalSet, methods: Sequence[str] = IMAGEDEDUP_METHODS
         dups = hasher.find_duplicates(encoding_map=enc, max_distance_threshold=max_distance, scores=True,
                                       num_dist_workers=workers)
         t2 = time.perf_counter()
-        ks, ss = [], []
-        seen = set()
-        for f, lst in dups.items():
-            for other, score in lst:
-                if f not in es.pos or other not in es.pos:
-                    continue
-                a, b = sorted((es.pos[f], es.pos[other]))
-                k = a * es.n + b
-                if k in seen:
-                    continue
-                seen.add(k)
-                ks.append(k)
-                ss.append(float(score))
-        keys = np.array(ks, dtype=np.int64)
-        scores = np.array(ss, dtype=np.float64)
+        fi = [es.pos.get(f, -1) for f, lst in dups.items() for _ in lst]
+        oi = [es.pos.get(o, -1) for lst in dups.values() for o, _ in lst]
+        sc = [float(x) for lst in dups.values() for _, x in lst]
+        a, b = np.asarray(fi, np.int64), np.asarray(oi, np.int64)
+        ok = (a >= 0) & (b >= 0) & (a != b)
+        lo, hi = np.minimum(a[ok], b[ok]), np.maximum(a[ok], b[ok])
+        keys, first = np.unique(lo * es.n + hi, return_index=True)
+        scores = np.asarray(sc, np.float64)[ok][first]
         rep = signal_report(es, keys, scores, False, list(range(0, max_distance + 1)), precisions)
         rep["time_s"] = {"encode": round(t1 - t0, 3), "search": round(t2 - t1, 3), "total": round(t2 - t0, 3)}
         rep["n_encoded"] = len(enc)
