@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .dedup.config import DedupConfig
 from .index.config import IndexConfig
+from .lab.config import LabConfig
 from .probe.config import ProbeConfig
 from .report.config import ReportConfig
 
@@ -29,6 +30,7 @@ class AuditorConfig(BaseModel):
     dedup: DedupConfig = DedupConfig()
     probe: ProbeConfig = ProbeConfig()
     report: ReportConfig = ReportConfig()
+    lab: LabConfig = LabConfig()
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

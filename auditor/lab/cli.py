@@ -5,8 +5,8 @@
 model on CPU in minutes, runs ``index``, ``dedup``, ``probe`` and ``report`` on it, and prints where the report
 is and which planted groups came back as copies, by copy count.
 
-``auditor lab`` is the same with every lab setting open (``--lab-set key=value``, ``--lab-config FILE``), e.g.
-``--lab-set photos=folder --lab-set photos_dir=../shared/data/photos/kodak``.
+``auditor lab`` is the same with every lab setting open: the ``lab`` section of the config (``--config FILE``,
+``--set lab.key=value``), e.g. ``--set lab.photos=folder --set lab.photos_dir=../shared/data/photos/kodak``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from ..cli import add_config_options
 
 def _lab_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--out", default=default_out, help=f"output folder (default: ./{default_out})")
-    p.add_argument("--lab-config", metavar="FILE", help="YAML with LabConfig keys")
-    p.add_argument("--lab-set", dest="lab_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one LabConfig key, e.g. --lab-set train_steps=2000 (repeatable)")
     p.add_argument("--seed", type=int, help="lab seed")
     p.add_argument("--train-only", action="store_true", help="stop after training and the lab's quick check")
     p.add_argument("--no-progress", action="store_true")
@@ -42,41 +39,34 @@ def register(subparsers) -> None:
         p.set_defaults(func=main, lab_command=name)
 
 
-def lab_config_from_args(args) -> "LabConfig":  # noqa: F821
-    import yaml
-
-    from ..config import _deep_merge, parse_overrides
-    from .config import LabConfig
-
-    data: dict = {}
-    if args.lab_config:
-        with open(args.lab_config, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    data = _deep_merge(data, parse_overrides(args.lab_overrides))
-    data["out_dir"] = args.out
-    if args.seed is not None:
-        data["seed"] = args.seed
-    if args.no_progress:
-        data["progress"] = False
-    return LabConfig.model_validate(data)
-
-
-def main(args) -> int:
+def configs_from_args(args):
+    """(LabConfig, AuditorConfig): the demo's stage settings under the user's --config / --set; the lab's own
+    settings are the config's ``lab`` section, with --out / --seed / --no-progress on top."""
     import yaml
 
     from ..config import AuditorConfig, _deep_merge, parse_overrides
-    from .demo import DEMO_OVERRIDES, run_lab
+    from .demo import DEMO_OVERRIDES
+
+    user: dict = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as fh:
+            user = yaml.safe_load(fh) or {}
+    user = _deep_merge(user, parse_overrides(args.overrides))
+    acfg = AuditorConfig.model_validate(_deep_merge(DEMO_OVERRIDES, user))
+    lab = {"out_dir": args.out}
+    if args.seed is not None:
+        lab["seed"] = args.seed
+    if args.no_progress:
+        lab["progress"] = False
+    return acfg.lab.model_copy(update=lab), acfg
+
+
+def main(args) -> int:
+    from .demo import run_lab
     from .train import format_table
 
     try:
-        cfg = lab_config_from_args(args)
-        # the demo's stage settings, under the user's --config / --set
-        user: dict = {}
-        if args.config:
-            with open(args.config, encoding="utf-8") as fh:
-                user = yaml.safe_load(fh) or {}
-        user = _deep_merge(user, parse_overrides(args.overrides))
-        acfg = AuditorConfig.model_validate(_deep_merge(DEMO_OVERRIDES, user))
+        cfg, acfg = configs_from_args(args)
     except Exception as exc:  # noqa: BLE001
         print(f"auditor {args.lab_command}: bad configuration: {exc}", file=sys.stderr)
         return 2
