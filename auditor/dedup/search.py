@@ -11,7 +11,10 @@ Embeddings (L2-normalised rows, float16 or float32):
   ``N * nprobe * N / nlist`` dot products done as matrix products (faiss's per-query IVF scan cannot use BLAS).
   A pair is a candidate when either row probes the other's home list, which is what makes recall of
   near-duplicates (whose neighbours share or neighbour each other's cell) close to 1; ``benchmarks/
-  bench_dedup_scale.py`` measures it against brute force.
+  bench_dedup_scale.py`` measures it against brute force (2 shared cores, 1M clustered 512-d float16 rows,
+  tau 0.9: 135 s, pair recall 0.9955 on a sampled exact ground truth, 121x faster than a faiss flat range
+  search extrapolated from a timed sample; 100k: 9.6 s, recall 1.0 over all pairs). Raise ``nprobe`` for
+  more recall at proportional join cost.
 * ``hnsw``: ``IndexHNSWFlat`` range search (approximate; optional, mainly for later lookups).
 * ``auto``: ``flat`` below :data:`AUTO_FLAT_MAX` rows, ``ivf`` above.
 
