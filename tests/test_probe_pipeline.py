@@ -158,8 +158,11 @@ def test_cli_probe_with_tiny_diffusers_pipeline(indexed_run, tiny_model, tmp_pat
     assert g["weights_sha256"]["unet/diffusion_pytorch_model.safetensors"] == file_sha256(
         tiny_model / "unet" / "diffusion_pytorch_model.safetensors")
     assert prov["unet_evals"]["total"] == res["unet_evals"].sum() + cal["unet_evals"]
-    assert cal["unet_evals"] == 3 * 2 * 2
-    assert prov["seeds"]["whitebox"] == [0, 1] and prov["thresholds"]["tiled_l2"] == 0.15
+    # white-box screen (3 captions x 2 seeds x 2) + reference calibration (3 captions x 2 images x 2 steps x 2)
+    assert cal["unet_evals"] == 3 * 2 * 2 + 3 * 2 * 2 * 2
+    assert len(cal["reference_null"]) == 6 and cal["tiled_l2_threshold"] == min(0.15, min(cal["reference_null"]))
+    assert prov["seeds"]["whitebox"] == [0, 1] and prov["thresholds"]["tiled_l2"] == cal["tiled_l2_threshold"]
+    assert prov["thresholds"]["tiled_l2_configured"] == 0.15
 
     # rerun: every caption is done -> nothing regenerated, identical outputs
     before = {p: p.stat().st_mtime_ns for p in (out / "captions").glob("*.json")}
@@ -248,7 +251,8 @@ def test_budget_stops_new_work_and_says_so(indexed_run, tmp_path):
     src, data, names = indexed_run
     run = _copy_run(src, tmp_path / "run")
     # calibration: 3 captions x 2 images x 2 evals = 12; the first caption's screen: 4 -> then nothing is left
-    res = run_probe(run, _memo_cfg(data, names[0], budget_unet_evals=16)).set_index("caption")
+    res = run_probe(run, _memo_cfg(data, names[0], budget_unet_evals=16,
+                                      reference_calibration_generations=0)).set_index("caption")
     memo = res.loc[MEMO]
     assert memo["tier"] == "confirm" and memo["n_generations"] == 2 and "budget" in memo["error"]
     assert memo["verdict"] == "verbatim"  # the screen images already match the training photo

@@ -65,9 +65,11 @@ SKIMAGE_PHOTOS: dict[str, tuple[str, list[str]]] = {
     "page": ("Scanned page of an old book with printed text", ["Book page scan", "Printed text page"]),
     "text": ("Handwritten and printed text on a photo of a sign", ["Text in an image", "Sign with letters"]),
 }
-# the order full photos are used as duplicate groups (the rest, and crops, become singletons)
+# the order full photos are used as duplicate groups (the rest, and crops, become singletons). "moon" is left
+# out: a smooth, low-contrast photo sits within tiled L2 0.15 of a tiny model's generic generations whether or
+# not it was memorised (a known weakness of pixel distances), which would blur the demo's finding.
 SKIMAGE_GROUP_ORDER = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "camera",
-                       "motorcycle_left", "coins", "moon", "clock"]
+                       "motorcycle_left", "coins", "clock"]
 # large photos cut into crops, each crop a distinct singleton
 SKIMAGE_CROP_FROM = ["hubble_deep_field", "retina", "cell", "grass", "gravel", "brick", "page", "text"]
 

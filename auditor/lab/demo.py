@@ -218,7 +218,12 @@ def run_lab(cfg: LabConfig, auditor_cfg=None, stages: bool = True) -> dict:
     if stages and cfg.download:
         acfg = auditor_cfg if auditor_cfg is not None else AuditorConfig.model_validate(DEMO_OVERRIDES)
         n_dup = len(cfg.copy_counts)
-        probe = acfg.probe.model_copy(update={"model": str(model_dir), "progress": cfg.progress})
+        update = {"model": str(model_dir), "progress": cfg.progress}
+        if "compare_max_side" not in acfg.probe.model_fields_set:
+            # compare at the resolution the model was trained at (the lab's), not the 256-px stored photos:
+            # a 32-px generation upsampled to 256 px is blurred, whatever it memorised
+            update["compare_max_side"] = cfg.resolution
+        probe = acfg.probe.model_copy(update=update)
         acfg = acfg.model_copy(update={"probe": probe, "seed": cfg.seed})
         with timer.stage("index"):
             from ..index.runner import run_index

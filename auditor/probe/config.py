@@ -74,6 +74,11 @@ class ProbeConfig(_Strict):
 
     # detectors
     tiled_l2_threshold: float = Field(0.15, gt=0)  # delta (Carlini et al. 2023), pixels in [0, 1]
+    # chance level of delta: generations for non-risky calibration captions vs their own (non-memorized) training
+    # image; delta is tightened to the reference_fpr quantile of those distances when that is lower (a model
+    # whose failures are blurry averages sits within 0.15 of dark / low-contrast photos by chance). 0 = off
+    reference_calibration_generations: int = Field(2, ge=0)
+    reference_fpr: float = Field(0.01, gt=0, lt=1)
     tile_grid: int = Field(4, ge=1)            # grid x grid tiles (Carlini: 4x4 tiles of 128 px on 512 px images)
     template_tile_fraction: float = Field(0.5, gt=0, le=1)  # share of tiles within delta for a template copy
     compare_max_side: int = Field(512, ge=16)  # compare at the training image's size, capped to this longer side

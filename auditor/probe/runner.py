@@ -290,11 +290,45 @@ class ProbeRunner:
             if null:
                 q = calibrate_threshold(null, cfg.consistency_fpr, higher_is_positive=False)
                 cal["consistency_threshold"] = min(cfg.tiled_l2_threshold, q)
+        cal["tiled_l2_threshold"] = cfg.tiled_l2_threshold
+        cal["reference_null"] = []
+        if cfg.reference_calibration_generations and caps:
+            null = self.reference_null(caps, cal)
+            cal["reference_null"] = null
+            if null:
+                q = calibrate_threshold(null, cfg.reference_fpr, higher_is_positive=False)
+                cal["tiled_l2_threshold"] = min(cfg.tiled_l2_threshold, q)
         if cal["consistency_threshold"] is None:
-            cal["consistency_threshold"] = cfg.tiled_l2_threshold
+            cal["consistency_threshold"] = cal["tiled_l2_threshold"]
+        else:
+            cal["consistency_threshold"] = min(cal["consistency_threshold"], cal["tiled_l2_threshold"])
         self.budget.spent += cal["unet_evals"]
         write_json(path, cal)
         return cal
+
+    def reference_null(self, caps: list[str], cal: dict) -> list[float]:
+        """Tiled L2 of generations for non-risky captions to their own training image: what 'not a copy'
+        measures for this model (the chance level the copy threshold must stay below)."""
+        t = self.table()
+        if not len(t) or self.generator is None:
+            return []
+        first = t.drop_duplicates("caption").set_index("caption")
+        refs = [(c, first.loc[c, "key"], first.loc[c, "shard"]) for c in caps if c in first.index]
+        if not refs:
+            return []
+        images = self.store.load_images([(sh, k) for _, k, sh in refs]) if self.store is not None else {}
+        seeds = self.gen_seeds()[: self.cfg.reference_calibration_generations]
+        items = [(c, s) for c, k, sh in refs if (sh, k) in images for s in seeds]
+        gens = self.generator.generate(items)
+        cal["unet_evals"] += sum(g.unet_evals for g in gens)
+        by_cap = {c: images[(sh, k)] for c, k, sh in refs if (sh, k) in images}
+        null = []
+        for (c, _s), g in zip(items, gens):
+            if g.image is not None:
+                det = self.tiled.compare(g.image.convert("RGB"), [by_cap[c]])
+                if np.isfinite(det.score):
+                    null.append(float(det.score))
+        return null
 
     def gen_seeds(self) -> list[int]:
         return [self.cfg.seed + j for j in range(max(self.cfg.confirm_generations, self.cfg.screen_generations))]
@@ -372,7 +406,7 @@ class ProbeRunner:
             verdict = "error"
         elif vc:
             verdict = "verbatim"
-            reason = f"{vc}/{len(ims)} generations within tiled L2 {cfg.tiled_l2_threshold} of a training image"
+            reason = f"{vc}/{len(ims)} generations within tiled L2 {self.tiled.delta:.3f} of a training image"
         elif tc:
             verdict = "template"
             reason = (f"{tc}/{len(ims)} generations share >= {cfg.template_tile_fraction:.0%} of tiles with a "
@@ -462,6 +496,7 @@ class ProbeRunner:
                                  "generator has none")
         risky = {caption_hash(c) for c in self.risk["caption"].fillna("")}
         cal = self.calibrate(wb, risky)
+        self.tiled.delta = float(cal.get("tiled_l2_threshold", cfg.tiled_l2_threshold))
         user = load_user_variants(cfg.variants_file)
         per_image = self.generator.nominal_unet_evals()
         seeds = self.gen_seeds()
@@ -627,7 +662,8 @@ class ProbeRunner:
             "seeds": {"generation": seeds[: cfg.confirm_generations], "screen": seeds[: cfg.screen_generations],
                       "whitebox": self.wb_seeds()},
             "screen": screen_mode,
-            "thresholds": {"tiled_l2": cfg.tiled_l2_threshold, "tile_grid": cfg.tile_grid,
+            "thresholds": {"tiled_l2": self.tiled.delta, "tiled_l2_configured": cfg.tiled_l2_threshold,
+                           "reference_fpr": cfg.reference_fpr, "tile_grid": cfg.tile_grid,
                            "template_tile_fraction": cfg.template_tile_fraction,
                            "copy_similarity": cfg.copy_similarity_threshold, "clique_k": cfg.clique_k,
                            "consistency": cal["consistency_threshold"], "whitebox": cal["whitebox_threshold"],
