@@ -52,19 +52,12 @@ def default_nparts(n: int, k: int = 2, target_rows: int = 20_000) -> int:
 
 
 def train_centroids(emb, nparts: int, seed: int = 0, sample_per_part: int = 64, niter: int = 20) -> np.ndarray:
-    """Spherical k-means centroids (float32 [nparts, dim]) on a seeded random sample of the rows."""
-    import faiss
+    """Spherical k-means centroids (float32 [nparts, dim]) on a seeded random sample of the rows (the same
+    training as the in-memory IVF join's lists)."""
+    from .search import _train_centroids
 
-    n, d = emb.shape
-    nparts = max(1, min(int(nparts), n))
-    ns = min(n, nparts * sample_per_part)
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(n, size=ns, replace=False)) if ns < n else np.arange(n)
-    xs = _f32(emb[idx])
-    km = faiss.Kmeans(d, nparts, niter=niter, seed=int(seed) & 0x7FFFFFFF, spherical=True,
-                      max_points_per_centroid=sample_per_part + 1, min_points_per_centroid=1, verbose=False)
-    km.train(xs)
-    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+    nparts = max(1, min(int(nparts), len(emb)))
+    return _train_centroids(emb, nparts, seed, sample_per_list=sample_per_part, niter=niter)
 
 
 @dataclass

@@ -224,6 +224,17 @@ KMEANS_SAMPLE_PER_LIST = 32   # training rows per list (faiss warns below 39; fi
 KMEANS_NITER = 10
 
 
+def _range_pairs(lims, labels, qlo: int, qhi: int, base_offset: int, self_join: bool):
+    """faiss range_search results of query rows qlo..qhi -> (query row, base row) arrays; in a self-join only
+    pairs with query < base are kept (each unordered pair once, no self pairs)."""
+    qi = np.repeat(np.arange(qlo, qhi, dtype=np.int64), np.diff(lims).astype(np.int64))
+    bj = labels.astype(np.int64) + base_offset
+    if self_join:
+        keep = qi < bj
+        qi, bj = qi[keep], bj[keep]
+    return qi, bj
+
+
 def _train_centroids(x: np.ndarray, nlist: int, seed: int, sample_per_list: int = KMEANS_SAMPLE_PER_LIST,
                      niter: int = KMEANS_NITER) -> np.ndarray:
     faiss = _faiss()
@@ -321,11 +332,7 @@ def _hnsw_candidates(q: np.ndarray, b: np.ndarray, thr: float, self_join: bool, 
     for lo in _tqdm(range(0, len(q), chunk), progress, desc="hnsw search", unit="chunk"):
         hi = min(len(q), lo + chunk)
         lims, _, labels = index.range_search(_f32(q[lo:hi]), float(thr))
-        qi = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(lims).astype(np.int64))
-        bj = labels.astype(np.int64)
-        if self_join:
-            mm = qi < bj
-            qi, bj = qi[mm], bj[mm]
+        qi, bj = _range_pairs(lims, labels, lo, hi, 0, self_join)
         out_i.append(qi)
         out_j.append(bj)
     if not out_i:
@@ -459,11 +466,7 @@ def _hamming_candidates(qb: np.ndarray, bb: np.ndarray, max_distance: int, self_
             for qlo in range(0, qend, block):
                 qhi = min(qend, qlo + block)
                 lims, _, labels = index.range_search(qb[qlo:qhi], radius)
-                qi = np.repeat(np.arange(qlo, qhi, dtype=np.int64), np.diff(lims).astype(np.int64))
-                bj = labels.astype(np.int64) + lo
-                if self_join:
-                    m = qi < bj
-                    qi, bj = qi[m], bj[m]
+                qi, bj = _range_pairs(lims, labels, qlo, qhi, lo, self_join)
                 out_i.append(qi)
                 out_j.append(bj)
     if not out_i:
