@@ -87,15 +87,11 @@ def _peak_rss_mb() -> float:
 
 
 def machine_info() -> dict:
-    model = platform.processor() or ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     import faiss
+
+    from common import cpu_model
+
+    model = cpu_model()
 
     return {
         "cpu_model": model,

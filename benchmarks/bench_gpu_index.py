@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -53,13 +52,9 @@ sys.path.insert(0, str(REPO))
 def machine(device: str) -> dict:
     import torch
 
-    cpu = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "")
-    except OSError:
-        pass
-    info = {"cpu": cpu or platform.processor(), "cpu_cores": len(os.sched_getaffinity(0)),
+    from common import cpu_model
+
+    info = {"cpu": cpu_model(), "cpu_cores": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "torch": torch.__version__, "device": device}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
