@@ -48,3 +48,18 @@ def test_cli_lists_every_stage(capsys):
     names = set(parser._subparsers._group_actions[0].choices)  # noqa: SLF001
     assert {"index", "dedup", "apply-manifest", "probe", "report", "gate", "guard", "demo", "lab"} <= names
     assert main([]) == 2  # no command: help, exit 2
+
+
+def test_dedup_search_knobs_reach_faiss_and_the_state_fingerprint():
+    from auditor.dedup.config import DedupConfig
+    from auditor.dedup.runner import search_fingerprint, search_options
+
+    class _Store:
+        embedder = {"name": "sscd", "dim": 512}
+
+    d = DedupConfig(search="ivf", nlist=64, nprobe=16, search_threads=2)
+    assert search_options(d) == {"nlist": 64, "nprobe": 16, "threads": 2}
+    a = search_fingerprint(_Store(), d, 0, True)
+    b = search_fingerprint(_Store(), d.model_copy(update={"nprobe": 8}), 0, True)
+    c = search_fingerprint(_Store(), d.model_copy(update={"search_threads": 1}), 0, True)
+    assert a != b and a == c  # nprobe changes the pairs found; thread count does not

@@ -51,6 +51,7 @@ def _same_embedder(a: dict, b: dict) -> bool:
 
 def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg=None) -> pd.DataFrame:
     dcfg, seed = _dedup_cfg(cfg)
+    from .runner import search_options
     from .search import embedding_cross_pairs, hamming_cross_pairs
 
     run_dir, other_run = Path(run_dir), Path(other_run)
@@ -93,7 +94,8 @@ def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg=No
         if _same_embedder(a_store.embedder, b_store.embedder):
             ea = np.asarray(a_store.embeddings()[a_first], dtype=np.float32)
             eb = np.asarray(b_store.embeddings()[b_first], dtype=np.float32)
-            qi, bj, s = embedding_cross_pairs(ea, eb, dcfg.cosine_threshold, method=dcfg.search, seed=seed)
+            qi, bj, s = embedding_cross_pairs(ea, eb, dcfg.cosine_threshold, method=dcfg.search, seed=seed,
+                                              **search_options(dcfg))
             found.append((np.asarray(qi, np.int64), np.asarray(bj, np.int64), REASONS.index("embedding"),
                           np.round(np.asarray(s, np.float64), 6)))
             used_emb = True

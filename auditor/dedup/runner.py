@@ -105,24 +105,29 @@ def search_fingerprint(store: IndexStore, dcfg: DedupConfig, seed: int, emb: boo
         "phash": dcfg.phash_max_distance if dcfg.phash else None,
         "dhash": dcfg.dhash_max_distance if dcfg.dhash_max_distance >= 0 else None,
         "embedding": {"threshold": dcfg.cosine_threshold, "search": dcfg.search, "seed": seed,
-                      "embedder": store.embedder} if emb else None,
+                      "nlist": dcfg.nlist, "nprobe": dcfg.nprobe, "embedder": store.embedder} if emb else None,
     }
 
 
 # ------------------------------------------------------------------------------------------------------
 # search
 # ------------------------------------------------------------------------------------------------------
-def _hamming_edges(values: np.ndarray, n_old: int, max_distance: int, progress: bool = False
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def search_options(dcfg: DedupConfig) -> dict:
+    """The faiss knobs of the config, as keyword arguments of auditor.dedup.search's functions."""
+    return {"nlist": dcfg.nlist, "nprobe": dcfg.nprobe, "threads": dcfg.search_threads}
+
+
+def _hamming_edges(values: np.ndarray, n_old: int, max_distance: int, progress: bool = False,
+                   threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (a, b) of pixel groups within ``max_distance``; with ``n_old`` > 0 only pairs involving a new
     group (index >= n_old) are searched."""
     from .search import hamming_cross_pairs, hamming_pairs
 
     new = values[n_old:]
-    i, j, _ = hamming_pairs(new, max_distance, progress=progress)
+    i, j, _ = hamming_pairs(new, max_distance, progress=progress, threads=threads)
     a, b = [np.asarray(i, np.int64) + n_old], [np.asarray(j, np.int64) + n_old]
     if n_old and len(new):
-        qi, bj, _ = hamming_cross_pairs(new, values[:n_old], max_distance, progress=progress)
+        qi, bj, _ = hamming_cross_pairs(new, values[:n_old], max_distance, progress=progress, threads=threads)
         a.append(np.asarray(qi, np.int64) + n_old)
         b.append(np.asarray(bj, np.int64))
     return np.concatenate(a), np.concatenate(b)
@@ -132,11 +137,12 @@ def _embedding_edges(emb: np.ndarray, n_old: int, dcfg: DedupConfig, seed: int) 
     from .search import embedding_cross_pairs, embedding_pairs
 
     new = emb[n_old:]
-    i, j, _ = embedding_pairs(new, dcfg.cosine_threshold, method=dcfg.search, seed=seed, progress=dcfg.progress)
+    kw = search_options(dcfg)
+    i, j, _ = embedding_pairs(new, dcfg.cosine_threshold, method=dcfg.search, seed=seed, progress=dcfg.progress, **kw)
     a, b = [np.asarray(i, np.int64) + n_old], [np.asarray(j, np.int64) + n_old]
     if n_old and len(new):
         qi, bj, _ = embedding_cross_pairs(new, emb[:n_old], dcfg.cosine_threshold, method=dcfg.search, seed=seed,
-                                          progress=dcfg.progress)
+                                          progress=dcfg.progress, **kw)
         a.append(np.asarray(qi, np.int64) + n_old)
         b.append(np.asarray(bj, np.int64))
     return np.concatenate(a), np.concatenate(b)
@@ -202,10 +208,12 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     dhash = table["dhash"].to_numpy(np.uint64)
     new_edges = []
     if dcfg.phash:
-        a, b = _hamming_edges(phash[group_first], n_old, dcfg.phash_max_distance, dcfg.progress)
+        a, b = _hamming_edges(phash[group_first], n_old, dcfg.phash_max_distance, dcfg.progress,
+                              dcfg.search_threads)
         new_edges.append((a, b, SIGNAL_CODE["phash"]))
     if dcfg.dhash_max_distance >= 0:
-        a, b = _hamming_edges(dhash[group_first], n_old, dcfg.dhash_max_distance, dcfg.progress)
+        a, b = _hamming_edges(dhash[group_first], n_old, dcfg.dhash_max_distance, dcfg.progress,
+                              dcfg.search_threads)
         new_edges.append((a, b, SIGNAL_CODE["dhash"]))
     group_emb = None
     if has_emb:
@@ -309,7 +317,7 @@ def _save_faiss(out: Path, group_emb: np.ndarray, n_old: int, mode: str, dcfg: D
                 log.warning("rebuilding %s: %s", path, exc)
                 index = None
     if index is None:
-        index = search.build_search_index(group_emb[:base], method=dcfg.search, seed=seed)
+        index = search.build_search_index(group_emb[:base], method=dcfg.search, seed=seed, **search_options(dcfg))
         if len(group_emb) > base:
             index.add(np.ascontiguousarray(group_emb[base:], dtype=np.float32))
     search.save_search_index(index, path)
