@@ -4,7 +4,6 @@ model, and resume after a lost shard."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -12,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from auditor.config import AuditorConfig
 from auditor.engines import ENGINES, build_engine
 from auditor.index.runner import _fingerprint, run_index
+from helpers import index_config, tree_digest
 
 TINY = {
     "embed_dim": 16,
@@ -23,24 +22,16 @@ TINY = {
 }
 
 
-def _cfg(**index) -> AuditorConfig:
-    index.setdefault("progress", False)
-    return AuditorConfig.model_validate({"index": index})
-
-
-def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_registry_and_runtime_keys():
     assert ENGINES.names() == ["local", "ray"]
-    assert type(build_engine(_cfg(engine="ray").index)).__name__ == "RayEngine"
+    assert type(build_engine(index_config(engine="ray").index)).__name__ == "RayEngine"
     # the engine and the cluster address do not change outputs: a run may resume under another engine
-    assert _fingerprint(_cfg(engine="ray", ray_address="auto").index) == _fingerprint(_cfg().index)
-    assert _fingerprint(_cfg(gpu_decode=True).index) != _fingerprint(_cfg().index)
+    assert _fingerprint(index_config(engine="ray", ray_address="auto").index) == _fingerprint(index_config().index)
+    assert _fingerprint(index_config(gpu_decode=True).index) != _fingerprint(index_config().index)
     with pytest.raises(Exception, match="engine"):
-        _cfg(engine="spark")
+        index_config(engine="spark")
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +76,14 @@ def test_ray_engine_byte_identical_to_local(photos, tiny_clip, ray_cluster, tmp_
     caplog.set_level(logging.INFO, logger="auditor.engines.ray_engine")
     for name, emb in (("none", {"name": "none"}), ("clip", tiny_clip)):
         common = {"reader": {"folder_shard_size": 9}, "chunk_size": 3, "embedder": emb}
-        local = run_index(photos, tmp_path / f"local-{name}", _cfg(workers=0, **common))
-        ray_store = run_index(photos, tmp_path / f"ray-{name}", _cfg(engine="ray", **common))
+        local = run_index(photos, tmp_path / f"local-{name}", index_config(workers=0, **common))
+        ray_store = run_index(photos, tmp_path / f"ray-{name}", index_config(engine="ray", **common))
         assert ray_cluster.is_initialized()  # an existing session is used and left running
         assert "ray engine: cluster with 2 CPUs, 0 GPUs" in caplog.text
         caplog.clear()
         assert local.info["counts"] == {"shards": 4, "indexed": 28, "errors": 2, "not_indexed": 0}
         assert set(local.errors()["key"]) == {"n_truncated.jpg", "n_not_an_image.jpg"}
-        assert _tree_digest(ray_store.dir) == _tree_digest(local.dir), name
+        assert tree_digest(ray_store.dir) == tree_digest(local.dir), name
         if name == "clip":
             e = ray_store.embeddings()
             assert e.shape == (28, 16) and e.dtype.name == "float16" and abs(float((e[0].astype("f4") ** 2).sum()) - 1) < 1e-2
@@ -101,8 +92,8 @@ def test_ray_engine_byte_identical_to_local(photos, tiny_clip, ray_cluster, tmp_
     run = tmp_path / "ray-clip"
     for p in (run / "index" / "shards").glob("00002.*"):
         p.unlink()
-    run_index(photos, run, _cfg(engine="ray", reader={"folder_shard_size": 9}, chunk_size=4, embedder=tiny_clip))
-    assert _tree_digest(run / "index") == _tree_digest(tmp_path / "local-clip" / "index")
+    run_index(photos, run, index_config(engine="ray", reader={"folder_shard_size": 9}, chunk_size=4, embedder=tiny_clip))
+    assert tree_digest(run / "index") == tree_digest(tmp_path / "local-clip" / "index")
 
 
 # ------------------------------------------------------------------------------------------------------------

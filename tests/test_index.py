@@ -17,19 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auditor.config import AuditorConfig
 from auditor.index.runner import IndexConfigMismatch, run_index
 from auditor.index.store import IndexStore
+from helpers import index_config, tree_digest
 
 
-def _cfg(**index) -> AuditorConfig:
-    index.setdefault("progress", False)
-    return AuditorConfig.model_validate({"index": index})
-
-
-def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture()
@@ -45,7 +37,7 @@ def photo_folder(tmp_path, imagenet, kodak) -> Path:
 
 
 def test_index_folder_hashes_match_imagehash(photo_folder, tmp_path):
-    store = run_index(photo_folder, tmp_path / "run", _cfg(workers=0, reader={"folder_shard_size": 16}))
+    store = run_index(photo_folder, tmp_path / "run", index_config(workers=0, reader={"folder_shard_size": 16}))
     df = store.table()
     assert len(df) == 44 and store.info["counts"]["indexed"] == 44 and store.info["complete"]
     assert list(df["shard"].unique()) == ["00000", "00001", "00002"]
@@ -64,9 +56,9 @@ def test_index_folder_hashes_match_imagehash(photo_folder, tmp_path):
 
 
 def test_outputs_identical_across_worker_counts(photo_folder, tmp_path):
-    a = run_index(photo_folder, tmp_path / "a", _cfg(workers=0, chunk_size=7, reader={"folder_shard_size": 16}))
-    b = run_index(photo_folder, tmp_path / "b", _cfg(workers=2, chunk_size=5, reader={"folder_shard_size": 16}))
-    assert _tree_digest(a.dir) == _tree_digest(b.dir)
+    a = run_index(photo_folder, tmp_path / "a", index_config(workers=0, chunk_size=7, reader={"folder_shard_size": 16}))
+    b = run_index(photo_folder, tmp_path / "b", index_config(workers=2, chunk_size=5, reader={"folder_shard_size": 16}))
+    assert tree_digest(a.dir) == tree_digest(b.dir)
 
 
 def test_bad_samples_recorded_never_fatal(photo_folder, tmp_path):
@@ -77,7 +69,7 @@ def test_bad_samples_recorded_never_fatal(photo_folder, tmp_path):
     bomb = Image.new("L", (12000, 12000))  # 144 Mpx of zeros compresses to a tiny PNG
     bomb.save(photo_folder / "bomb.png", optimize=True)
     store = run_index(photo_folder, tmp_path / "run",
-                      _cfg(workers=2, reader={"folder_shard_size": 10}, decode={"max_pixels": 50_000_000}))
+                      index_config(workers=2, reader={"folder_shard_size": 10}, decode={"max_pixels": 50_000_000}))
     err = store.errors().set_index("key")
     assert {"truncated.jpg", "empty.jpg", "not_an_image.jpg", "bomb.png"} <= set(err.index)
     assert (err["stage"] == "decode").all()
@@ -87,15 +79,15 @@ def test_bad_samples_recorded_never_fatal(photo_folder, tmp_path):
 
 def test_refuses_output_inside_dataset(photo_folder):
     with pytest.raises(ValueError, match="inside the input dataset"):
-        run_index(photo_folder, photo_folder / "run", _cfg(workers=0))
+        run_index(photo_folder, photo_folder / "run", index_config(workers=0))
 
 
 def test_resume_requires_same_config(photo_folder, tmp_path):
-    run_index(photo_folder, tmp_path / "run", _cfg(workers=0))
+    run_index(photo_folder, tmp_path / "run", index_config(workers=0))
     with pytest.raises(IndexConfigMismatch):
-        run_index(photo_folder, tmp_path / "run", _cfg(workers=0, decode={"max_pixels": 1000}))
+        run_index(photo_folder, tmp_path / "run", index_config(workers=0, decode={"max_pixels": 1000}))
     # runtime-only keys may change on resume
-    run_index(photo_folder, tmp_path / "run", _cfg(workers=2, chunk_size=3))
+    run_index(photo_folder, tmp_path / "run", index_config(workers=2, chunk_size=3))
 
 
 def test_kill_9_midway_then_resume_is_byte_identical(shared_data, tmp_path):
@@ -124,7 +116,7 @@ def test_kill_9_midway_then_resume_is_byte_identical(shared_data, tmp_path):
     assert not IndexStore(run).info["complete"]
 
     subprocess.run([sys.executable, "-m", "auditor", "index", str(data), "--out", str(run), *args], check=True)
-    assert _tree_digest(run / "index") == _tree_digest(ref / "index")
+    assert tree_digest(run / "index") == tree_digest(ref / "index")
     store = IndexStore(run)
     assert store.info["complete"] and store.info["counts"]["indexed"] == 6000
     assert len(store.table()) == 6000 and store.table()["key"].is_unique
@@ -141,7 +133,7 @@ def test_real_img2dataset_shards_indexed_with_every_key(imagenet, kodak, tmp_pat
     items += [(p, f"kodak {p.stem}") for p in kodak[:3]]
     ds = serve_and_download(items, tmp_path / "ds", output_format="webdataset", number_sample_per_shard=20,
                             missing=2)
-    store = run_index(ds, tmp_path / "run", _cfg(workers=2))
+    store = run_index(ds, tmp_path / "run", index_config(workers=2))
     reader = open_dataset(ds)
     want = {s.key for ref in reader.shards() for s in reader.read_shard(ref) if s.status == "success"}
     df = store.table()
@@ -172,10 +164,10 @@ def test_index_with_tiny_open_clip_embedder(photo_folder, tmp_path):
     ckpt = tmp_path / "tiny.pt"
     torch.save(e.model.state_dict(), ckpt)
     emb = {"name": "open_clip", "model": str(cfg_json), "checkpoint": str(ckpt), "batch_size": 8}
-    a = run_index(photo_folder, tmp_path / "a", _cfg(workers=0, embedder=emb, reader={"folder_shard_size": 16}))
-    b = run_index(photo_folder, tmp_path / "b", _cfg(workers=2, chunk_size=5, embedder=emb,
+    a = run_index(photo_folder, tmp_path / "a", index_config(workers=0, embedder=emb, reader={"folder_shard_size": 16}))
+    b = run_index(photo_folder, tmp_path / "b", index_config(workers=2, chunk_size=5, embedder=emb,
                                                      reader={"folder_shard_size": 16}))
-    assert _tree_digest(a.dir) == _tree_digest(b.dir)
+    assert tree_digest(a.dir) == tree_digest(b.dir)
     v = a.embeddings()
     assert v.dtype == np.float16 and v.shape == (44, 24) and len(a.table()) == 44
     np.testing.assert_allclose(np.linalg.norm(v.astype(np.float32), axis=1), 1.0, atol=2e-3)

@@ -15,7 +15,6 @@ No output file is excluded from the byte comparison: every stage's outputs are d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_reliability import CORPUS_SETS, build_webdataset, photo_items, _real_photos, _tar_add  # noqa: E402
+from helpers import is_tmp, tree_digest
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -40,14 +40,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 # ------------------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------------------
-def is_tmp(p: Path) -> bool:
-    return p.name.startswith(".") and p.name.endswith(".tmp")
-
-
-def tree(root: Path) -> dict[str, str]:
-    """sha256 of every final output file under ``root`` (temporary files are checked separately)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not is_tmp(p)}
+tree = tree_digest  # sha256 of every final output file (temporary files are checked separately)
 
 
 def leftovers(root: Path) -> list[str]:
