@@ -103,6 +103,7 @@ def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
     """One :class:`RuleResult` per rule in :attr:`Policy.RULES` order. Raises ``FileNotFoundError`` when the
     run folder does not exist."""
     from .report.collect import cluster_sizes, duplicate_rate, extracted_captions, load_run, probe_rows
+    from .utils import caption_hash
 
     data = load_run(run_dir)
 
@@ -183,8 +184,10 @@ def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
         top = risk.head(lim)
         ok = rows[rows["verdict"] != "error"]
         probed_ids = set(ok["cluster_id"].dropna().tolist()) if "cluster_id" in ok else set()
-        probed_caps = set(c for c in ok["caption"].dropna().astype(str) if c)
-        covered = [(r["cluster_id"] in probed_ids) or (bool(r["caption"]) and str(r["caption"]) in probed_caps)
+        # the probe prompts each distinct normalised caption once: a risk row whose caption normalises to a
+        # probed prompt is covered by it
+        probed_caps = set(caption_hash(c) for c in ok["caption"].dropna().astype(str) if c)
+        covered = [(r["cluster_id"] in probed_ids) or (bool(r["caption"]) and caption_hash(str(r["caption"])) in probed_caps)
                    for _, r in top.iterrows()]
         n_cov = int(sum(covered))
         msg = ""

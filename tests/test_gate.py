@@ -266,3 +266,17 @@ def test_end_to_end_release_gate(tmp_path, kodak, imagenet, capsys):
     ok = write_policy(tmp_path / "ok.yaml", max_extracted_captions=1, max_verbatim_copies=10, max_duplicate_rate=0.5,
                       max_cluster_size=5, required_probe_coverage=1)
     assert main(["gate", str(run), "--policy", str(ok)]) == 0
+
+
+def test_coverage_matches_prompts_by_normalised_caption(base_run, tmp_path):
+    """The probe prompts each normalised caption once: a risk row is covered by a probe of its caption written
+    differently (case, punctuation), and not by an unrelated one."""
+    run = with_probe(base_run, tmp_path, ["none", "none"])
+    risk = pd.read_parquet(run / "dedup" / "risk.parquet").sort_values("rank")
+    res = pd.read_parquet(run / "probe" / "results.parquet")
+    res["cluster_id"] = -1  # cover by caption alone
+    res.loc[0, "caption"] = str(risk.iloc[0]["caption"]).upper() + " !"
+    res.loc[1, "caption"] = "an unrelated prompt"
+    write_parquet(run / "probe" / "results.parquet", res)
+    cov = {r.rule: r for r in evaluate(run, Policy(required_probe_coverage=2))}["required_probe_coverage"]
+    assert cov.status == "fail" and cov.actual == "1/2" and "ranks 2" in cov.message
