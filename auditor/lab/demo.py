@@ -28,10 +28,13 @@ from .train import by_copy_count, format_table, quick_eval, to_training_array, t
 
 log = logging.getLogger(__name__)
 
-# the demo's settings for the auditor stages: the lab model is tiny, so fewer sampling steps are plenty
+# the demo's settings for the auditor stages: the lab model is tiny, so fewer sampling steps are plenty, and
+# the budget confirms every risky caption (about 70 generations). The white-box screen is not used to gate the
+# demo: calibrated on ~30 singleton captions of a model trained for 2 minutes on CPU, its threshold moved from
+# 0.87 to 1.33 between training runs and once let the 100x caption through unconfirmed (1.29 < 1.33).
 DEMO_OVERRIDES = {
     "index": {"workers": 0},
-    "probe": {"steps": 25, "guidance_scale": 3.0, "screen_generations": 4, "confirm_generations": 8},
+    "probe": {"steps": 25, "guidance_scale": 3.0, "screen": "none", "confirm_generations": 8},
 }
 
 
@@ -114,7 +117,8 @@ def eval_groups(planted: pd.DataFrame, sources, source_dir: Path, res: int, n_si
 
 def probe_table(run_dir: Path, planted: pd.DataFrame) -> Optional[list[dict]]:
     """Map the probe's verdicts back to the planted groups (through the main captions) and tabulate by copy
-    count: a group counts as extracted when any probed variant of its caption got an extraction verdict."""
+    count: a group counts as extracted when a probed variant of its caption got a verbatim copy (Carlini et al.'s
+    criterion: the whole image within delta); a template verdict (part of the tiles) is counted apart."""
     p = run_dir / "probe" / "results.parquet"
     if not p.exists():
         return None
@@ -130,7 +134,8 @@ def probe_table(run_dir: Path, planted: pd.DataFrame) -> Optional[list[dict]]:
         verdicts = set(sel["verdict"].astype(str))
         rows.append({"group": int(g["group"]), "source": g["source"], "copy_count": int(g["copy_count"]),
                      "min_tiled_l2": float(np.nanmin(sel["min_tiled_l2"].astype(float))) if sel["min_tiled_l2"].notna().any() else float("nan"),
-                     "extracted": bool(verdicts & {"verbatim", "extracted", "template"}),
+                     "extracted": "verbatim" in verdicts,
+                     "template": "template" in verdicts and "verbatim" not in verdicts,
                      "verdicts": sorted(verdicts)})
     return by_copy_count(rows) if rows else []
 

@@ -230,15 +230,19 @@ def by_copy_count(rows: list[dict]) -> list[dict]:
         sel = [r for r in rows if r["copy_count"] == cc]
         out.append({"copy_count": cc, "groups": len(sel), "extracted": sum(r["extracted"] for r in sel),
                     "rate": sum(r["extracted"] for r in sel) / len(sel),
+                    **({"template": sum(r["template"] for r in sel)} if any("template" in r for r in sel) else {}),
                     "median_min_tiled_l2": float(np.median([r["min_tiled_l2"] for r in sel]))})
     return out
 
 
 def format_table(table: list[dict]) -> str:
-    lines = ["| copies | groups | extracted | rate | median min tiled L2 |", "|---:|---:|---:|---:|---:|"]
+    """Markdown table by copy count; a ``template`` column (partial copies, counted apart) when the rows have one."""
+    tpl = any("template" in r for r in table)
+    lines = ["| copies | groups | extracted | rate |" + (" template only |" if tpl else "") + " median min tiled L2 |",
+             "|---:|---:|---:|---:|" + ("---:|" if tpl else "") + "---:|"]
     for r in table:
         lines.append(f"| {r['copy_count']} | {r['groups']} | {r['extracted']} | {r['rate']:.0%} | "
-                     f"{r['median_min_tiled_l2']:.3f} |")
+                     + (f"{r.get('template', 0)} | " if tpl else "") + f"{r['median_min_tiled_l2']:.3f} |")
     return "\n".join(lines)
 
 
