@@ -197,6 +197,15 @@ class Embedder:
         return {"name": self.name, "dim": self.dim}
 
 
+class ResizeNormalizeEmbedder(Embedder):
+    """Base of the embedders fed by the config's own preprocessing (``image_size``, ``resize_mode``, ``mean``,
+    ``std``): SSCD and ONNX models."""
+
+    @classmethod
+    def build_preprocess(cls, cfg: EmbedderConfig):
+        return ResizeNormalize(size=cfg.image_size, resize_mode=cfg.resize_mode, mean=tuple(cfg.mean), std=tuple(cfg.std))
+
+
 def describe_common(emb: Embedder, checkpoint: Optional[str], **extra: Any) -> dict:
     d = {
         "name": emb.name,

@@ -11,19 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import EmbedderConfig
-from .base import EMBEDDERS, Embedder, ResizeNormalize, checkpoint_file, describe_common
+from .base import EMBEDDERS, ResizeNormalizeEmbedder, checkpoint_file, describe_common
 
 HOW = ("Export your image encoder to ONNX (input [batch, 3, H, W] float, output [batch, dim]) and pass "
        "--set index.embedder.checkpoint=PATH.onnx (and index.embedder.image_size/mean/std to match it)")
 
 
 @EMBEDDERS.register("onnx")
-class OnnxEmbedder(Embedder):
+class OnnxEmbedder(ResizeNormalizeEmbedder):
     name = "onnx"
-
-    @classmethod
-    def build_preprocess(cls, cfg: EmbedderConfig):
-        return ResizeNormalize(size=cfg.image_size, resize_mode=cfg.resize_mode, mean=tuple(cfg.mean), std=tuple(cfg.std))
 
     def __init__(self, cfg: EmbedderConfig):
         super().__init__(cfg)

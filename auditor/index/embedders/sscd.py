@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from ..config import EmbedderConfig
-from .base import EMBEDDERS, Embedder, ResizeNormalize, checkpoint_file, describe_common, resolve_device, resolve_precision
+from .base import EMBEDDERS, ResizeNormalizeEmbedder, checkpoint_file, describe_common, resolve_device, resolve_precision
 
 HOW = ("Download a TorchScript file from https://github.com/facebookresearch/sscd-copy-detection "
        "(e.g. https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_mixup.torchscript.pt) and pass "
@@ -25,12 +25,8 @@ HOW = ("Download a TorchScript file from https://github.com/facebookresearch/ssc
 
 
 @EMBEDDERS.register("sscd")
-class SSCDEmbedder(Embedder):
+class SSCDEmbedder(ResizeNormalizeEmbedder):
     name = "sscd"
-
-    @classmethod
-    def build_preprocess(cls, cfg: EmbedderConfig):
-        return ResizeNormalize(size=cfg.image_size, resize_mode=cfg.resize_mode, mean=tuple(cfg.mean), std=tuple(cfg.std))
 
     def __init__(self, cfg: EmbedderConfig):
         super().__init__(cfg)
