@@ -8,13 +8,14 @@ import io
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
 from auditor.probe.config import ProbeConfig
 from auditor.probe.generators import GENERATORS, build_generator
+from helpers import JsonStubHandler
 
 
 def _png(seed: int) -> bytes:
@@ -23,25 +24,12 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonStubHandler):
     hits: dict[str, int] = {}
     bodies: list[dict] = []
     lock = threading.Lock()
     active = 0
     max_active = 0
-
-    def log_message(self, *a):  # quiet
-        pass
-
-    def _send(self, code: int, body: bytes):
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):  # the client timed out first (the /slow case)
-            pass
 
     def do_POST(self):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

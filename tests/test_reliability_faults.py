@@ -20,12 +20,13 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import JsonStubHandler
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,24 +43,11 @@ def _main(argv) -> int:
 # ------------------------------------------------------------------------------------------------------------
 # a whole `auditor probe` run against a misbehaving image API
 # ------------------------------------------------------------------------------------------------------------
-class _Api(BaseHTTPRequestHandler):
+class _Api(JsonStubHandler):
     """Behaviour chosen by the prompt's first word."""
 
     hits: dict[tuple[str, int], int] = {}
     lock = threading.Lock()
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, code: int, body: bytes):
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
     def do_POST(self):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
