@@ -114,52 +114,35 @@ def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
 
     rows = probe_rows(data)
     sizes = cluster_sizes(data)
-    out: list[RuleResult] = []
+    rate = duplicate_rate(data)
 
-    # extracted captions
-    lim = policy.max_extracted_captions
-    if lim is None:
-        out.append(RuleResult("max_extracted_captions", SKIP, message="rule off"))
-    elif rows is None:
-        out.append(RuleResult("max_extracted_captions", ERROR, lim, message=why_missing("probe/results")))
-    else:
+    def rule(name: str, lim, missing: Optional[str], measure) -> RuleResult:
+        """SKIP when the rule is off, ERROR when its inputs are missing, else ``measure(lim)``."""
+        if lim is None:
+            return RuleResult(name, SKIP, message="rule off")
+        if missing is not None:
+            return RuleResult(name, ERROR, lim, message=missing)
+        return measure(lim)
+
+    def extracted(lim) -> RuleResult:
         caps = extracted_captions(rows, tuple(policy.extracted_verdicts))
         msg = ""
         if len(caps) > lim:
             shown = "; ".join(repr(clean_text(c, 80)) for c in caps[:5])
             msg = f"{len(caps)} prompts reproduce training images ({'/'.join(policy.extracted_verdicts)}): {shown}"
             msg += " ..." if len(caps) > 5 else ""
-        out.append(RuleResult("max_extracted_captions", FAIL if len(caps) > lim else PASS, lim, len(caps), msg))
+        return RuleResult("max_extracted_captions", FAIL if len(caps) > lim else PASS, lim, len(caps), msg)
 
-    # verbatim copies
-    lim = policy.max_verbatim_copies
-    if lim is None:
-        out.append(RuleResult("max_verbatim_copies", SKIP, message="rule off"))
-    elif rows is None:
-        out.append(RuleResult("max_verbatim_copies", ERROR, lim, message=why_missing("probe/results")))
-    else:
+    def verbatim(lim) -> RuleResult:
         n = int(rows["verbatim_count"].fillna(0).astype(int).sum())
         msg = f"{n} generations are verbatim copies of training images" if n > lim else ""
-        out.append(RuleResult("max_verbatim_copies", FAIL if n > lim else PASS, lim, n, msg))
+        return RuleResult("max_verbatim_copies", FAIL if n > lim else PASS, lim, n, msg)
 
-    # duplicate rate
-    lim = policy.max_duplicate_rate
-    rate = duplicate_rate(data)
-    if lim is None:
-        out.append(RuleResult("max_duplicate_rate", SKIP, message="rule off"))
-    elif rate is None:
-        out.append(RuleResult("max_duplicate_rate", ERROR, lim, message=why_missing("dedup/")))
-    else:
+    def dup_rate(lim) -> RuleResult:
         msg = f"{rate:.2%} of samples are duplicates (limit {lim:.2%})" if rate > lim else ""
-        out.append(RuleResult("max_duplicate_rate", FAIL if rate > lim else PASS, lim, round(rate, 6), msg))
+        return RuleResult("max_duplicate_rate", FAIL if rate > lim else PASS, lim, round(rate, 6), msg)
 
-    # largest cluster
-    lim = policy.max_cluster_size
-    if lim is None:
-        out.append(RuleResult("max_cluster_size", SKIP, message="rule off"))
-    elif sizes is None:
-        out.append(RuleResult("max_cluster_size", ERROR, lim, message=why_missing("dedup/")))
-    else:
+    def cluster_size(lim) -> RuleResult:
         s = sizes[~sizes["is_placeholder"]] if policy.cluster_size_ignores_placeholders else sizes
         biggest = int(s["size"].max()) if len(s) else 0
         msg = ""
@@ -167,17 +150,9 @@ def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
             over = s[s["size"] > lim].sort_values(["size", "cluster_id"], ascending=[False, True])
             ids = ", ".join(f"{c} ({z})" for c, z in zip(over["cluster_id"].head(5), over["size"].head(5)))
             msg = f"{len(over)} clusters larger than {lim}: cluster (size) {ids}"
-        out.append(RuleResult("max_cluster_size", FAIL if biggest > lim else PASS, lim, biggest, msg))
+        return RuleResult("max_cluster_size", FAIL if biggest > lim else PASS, lim, biggest, msg)
 
-    # probe coverage of the riskiest clusters
-    lim = policy.required_probe_coverage
-    if lim is None:
-        out.append(RuleResult("required_probe_coverage", SKIP, message="rule off"))
-    elif data.risk is None or rows is None:
-        out.append(RuleResult("required_probe_coverage", ERROR, lim,
-                              message=why_missing(*(["dedup/risk"] if data.risk is None else [])
-                                                  + (["probe/results"] if rows is None else []))))
-    else:
+    def coverage(lim) -> RuleResult:
         risk = data.risk.sort_values("rank", kind="mergesort")
         if "is_placeholder" in risk:
             risk = risk[~risk["is_placeholder"].fillna(False).astype(bool)]
@@ -195,9 +170,20 @@ def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
             missing = [int(r) for r, c in zip(top["rank"], covered) if not c]
             msg = (f"{len(top) - n_cov} of the top {len(top)} risky clusters were not probed (or their probe "
                    f"failed): ranks {', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}")
-        out.append(RuleResult("required_probe_coverage", FAIL if n_cov < len(top) else PASS, lim,
-                              f"{n_cov}/{len(top)}", msg))
-    return out
+        return RuleResult("required_probe_coverage", FAIL if n_cov < len(top) else PASS, lim, f"{n_cov}/{len(top)}", msg)
+
+    no_probe = why_missing("probe/results") if rows is None else None
+    no_dedup = why_missing("dedup/")
+    cov_missing = None
+    if data.risk is None or rows is None:
+        cov_missing = why_missing(*(["dedup/risk"] if data.risk is None else []) + (["probe/results"] if rows is None else []))
+    return [
+        rule("max_extracted_captions", policy.max_extracted_captions, no_probe, extracted),
+        rule("max_verbatim_copies", policy.max_verbatim_copies, no_probe, verbatim),
+        rule("max_duplicate_rate", policy.max_duplicate_rate, no_dedup if rate is None else None, dup_rate),
+        rule("max_cluster_size", policy.max_cluster_size, no_dedup if sizes is None else None, cluster_size),
+        rule("required_probe_coverage", policy.required_probe_coverage, cov_missing, coverage),
+    ]
 
 
 def exit_code(results: list[RuleResult]) -> int:
