@@ -32,8 +32,8 @@ import pyarrow as pa
 
 from ..io import open_dataset
 from ..io.base import DatasetReader, Sample, ShardRef
-from ..utils import (ErrorRecord, caption_hash, errors_frame, is_utf8, package_versions, utf8_safe, write_json,
-                     write_npy, write_parquet)
+from ..utils import (ErrorRecord, caption_hash, errors_frame, is_utf8, package_versions, remove_temporary_files,
+                     utf8_safe, write_json, write_npy, write_parquet)
 from .config import DecodeConfig, EmbedderConfig, IndexConfig
 from .store import INDEX_DIR, NOT_INDEXED_COLUMNS, SAMPLE_COLUMNS, SAMPLE_SCHEMA, SHARDS_DIR, IndexStore
 
@@ -308,11 +308,6 @@ def _finish_shard(acc: _ShardAccumulator, shard_dir: Path, embedder, batch_size:
     return counts
 
 
-def _clean_tmp(shard_dir: Path) -> None:
-    for p in shard_dir.glob(".*.tmp"):
-        p.unlink(missing_ok=True)
-
-
 def _resolve_workers(n: int) -> int:
     if n < 0:
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
@@ -332,8 +327,7 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg=None) 
     index_dir = run_dir / INDEX_DIR
     shard_dir = index_dir / SHARDS_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
-    _clean_tmp(shard_dir)
-    _clean_tmp(index_dir)
+    remove_temporary_files(index_dir)  # what a killed run left (shards/ included)
 
     reader_opts = {k: v for k, v in icfg.reader.model_dump().items() if k != "layout" and v is not None}
     reader = open_dataset(dataset, layout=icfg.reader.layout, **reader_opts)
