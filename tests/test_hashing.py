@@ -202,3 +202,50 @@ def test_pixel_sha256_is_container_independent(kodak):
 def test_bytes_sha256():
     assert bytes_sha256(b"abc") == hashlib.sha256(b"abc").hexdigest()
     assert bytes_sha256(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_thumbnails_equal_pillow_resize_for_every_shape(imagenet, kodak):
+    """hash_thumbnails reimplements Pillow's fixed-point LANCZOS as float64 matrix products: byte-identical to
+    ``Image.resize`` of the installed Pillow on real photos cut to every kind of shape -- tall crops (Pillow 13
+    runs the vertical pass first for those), wide crops, upscales, one-pixel and exactly-32-wide images."""
+    from auditor.index import hashing
+
+    assert hashing.blas_pass_order() is not None, "the installed Pillow's pass order is unknown: slow path only"
+    rng = np.random.default_rng(7)
+    photos = [Image.open(p).convert("L") for p in imagenet[:40]] + [Image.open(p) for p in kodak[:4]]
+    cases = []
+    for im in photos:
+        W, H = im.size
+        for w, h in [(W, H), (32, min(H, 300)), (min(W, 60), H), (min(W, 300), 40), (9, 8), (5, 3), (1, 1),
+                     (int(rng.integers(1, W + 1)), int(rng.integers(1, H + 1)))]:
+            x0, y0 = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+            cases.append(im.crop((x0, y0, x0 + w, y0 + h)))
+    orders = set()
+    for im in cases:
+        gray = im.convert("L")
+        w, h = gray.size
+        orders.add(hashing._vertical_first_pillow13(w, h, 32, 32))
+        ours = hashing.hash_thumbnails(im)
+        ref = (np.asarray(gray.resize((32, 32), Image.Resampling.LANCZOS)),
+               np.asarray(gray.resize((9, 8), Image.Resampling.LANCZOS)))
+        assert np.array_equal(ours[0], ref[0]) and np.array_equal(ours[1], ref[1]), (im.mode, im.size)
+    assert orders == {True, False}  # both pass orders were exercised
+
+
+def test_thumbnails_fall_back_to_pillow(kodak, monkeypatch):
+    """Above the pixel limit, or under a Pillow whose pass order is unknown, Image.resize itself is used."""
+    from auditor.index import hashing
+
+    im = Image.open(kodak[0])
+    ref = tuple(np.asarray(im.convert("L").resize(s, Image.Resampling.LANCZOS)) for s in ((32, 32), (9, 8)))
+    calls = []
+    real_resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: calls.append(a) or real_resize(self, *a, **k))
+    monkeypatch.setattr(hashing, "_BLAS_MAX_PIXELS", 100)
+    out = hashing.hash_thumbnails(im)
+    assert len(calls) == 2 and all(np.array_equal(a, b) for a, b in zip(out, ref))
+    monkeypatch.setattr(hashing, "_BLAS_MAX_PIXELS", 1 << 22)
+    monkeypatch.setattr(hashing, "_pass_order", None)
+    calls.clear()
+    out = hashing.hash_thumbnails(im)
+    assert len(calls) == 2 and all(np.array_equal(a, b) for a, b in zip(out, ref))

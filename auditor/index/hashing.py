@@ -13,12 +13,23 @@ the 1024 pixels, so a batch is one ``[n, 1024] @ [1024, 64]`` float64 matrix pro
 the matrix product and scipy's FFT (flat images: all AC coefficients are round-off noise around 0), so those
 images -- detected per image with a tolerance far above the round-off of either method -- are recomputed with
 imagehash's exact scipy call. The result is bit-identical, including on blank images.
+
+The thumbnails themselves (``convert("L").resize(..., LANCZOS)``, two per image) cost more than the JPEG decode
+when Pillow computes them. :func:`hash_thumbnails` computes the same bytes with two float64 matrix products per
+image: Pillow's 8-bit resampler is fixed-point (weights rounded to 22 fractional bits, each pass rounded and
+clipped to uint8), every product and partial sum of which is an integer below 2**53 and therefore exact in
+float64 whatever order BLAS sums in. Pillow 13 also changed which pass runs first for images whose height shrinks
+much more than their width (python-pillow/Pillow#9549; imagehash values of such images changed with it), so the
+installed Pillow's pass order is detected once by comparing against ``Image.resize`` on probe images; a Pillow
+that matches no known order -- or an image over ``_BLAS_MAX_PIXELS`` -- uses ``Image.resize`` itself.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from typing import Sequence
+import math
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -92,12 +103,144 @@ def dhash_batch_gray(gray9x8: np.ndarray) -> np.ndarray:
     return _bits_to_u64(bits.reshape(len(g), -1))
 
 
+# ---- Pillow's LANCZOS resampler for 8-bit images, as exact float64 matrix products -------------------------
+
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
+_HALF = float(1 << (_PRECISION_BITS - 1))
+_SCALE = 1.0 / (1 << _PRECISION_BITS)
+_BLAS_MAX_PIXELS = 1 << 22  # larger images go through Image.resize (a float64 copy would be 8 bytes per pixel)
+_THUMB_SIZES = ((PHASH_SIZE, PHASH_SIZE), (HASH_SIZE + 1, HASH_SIZE))  # (width, height) as Image.resize takes
+
+
+def _sinc(x: float) -> float:
+    if x == 0.0:
+        return 1.0
+    x = x * math.pi
+    return math.sin(x) / x
+
+
+def _lanczos(x: float) -> float:
+    return _sinc(x) * _sinc(x / 3.0) if -3.0 <= x < 3.0 else 0.0
+
+
+@functools.lru_cache(maxsize=2048)
+def _resample_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``float64 [in_size, out_size]`` holding Pillow's fixed-point LANCZOS weights (integers) for resizing one
+    axis from ``in_size`` to ``out_size`` pixels: the same double arithmetic as Pillow's ``precompute_coeffs``
+    and ``normalize_coeffs_8bpc`` (Python floats are C doubles; ``math.sin`` is the C library's)."""
+    scale = filterscale = in_size / out_size
+    if filterscale < 1.0:
+        filterscale = 1.0
+    support = 3.0 * filterscale
+    ss = 1.0 / filterscale
+    m = np.zeros((in_size, out_size), dtype=np.float64)
+    one = float(1 << _PRECISION_BITS)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        w = [_lanczos((x + xmin - center + 0.5) * ss) for x in range(xmax)]
+        ww = 0.0
+        for v in w:
+            ww += v
+        for x, v in enumerate(w):
+            k = v / ww if ww != 0.0 else v
+            m[xmin + x, xx] = float(int(-0.5 + k * one) if k < 0 else int(0.5 + k * one))
+    m.setflags(write=False)
+    return m
+
+
+def _round_clip(a: np.ndarray) -> np.ndarray:
+    """Pillow's ``clip8(ss + (1 << 21)) >> 22`` on exact integer sums, in place."""
+    a += _HALF
+    a *= _SCALE  # a power of two: exact
+    np.floor(a, out=a)
+    np.clip(a, 0.0, 255.0, out=a)
+    return a
+
+
+def _vertical_first_pillow13(w: int, h: int, ow: int, oh: int) -> bool:
+    return h > oh and (h - oh) > 2 * (w - ow)
+
+
+def _vertical_first_legacy(w: int, h: int, ow: int, oh: int) -> bool:
+    return False
+
+
+_PASS_ORDERS = {"pillow>=13": _vertical_first_pillow13, "pillow<13": _vertical_first_legacy}
+_pass_order: Optional[str] = None
+_pass_order_checked = False
+
+
+def _resize_blas(g: np.ndarray, w: int, h: int, ow: int, oh: int, vertical_first: bool) -> np.ndarray:
+    out = g
+    if vertical_first:
+        if h != oh:
+            out = _round_clip(_resample_matrix(h, oh).T @ out)
+        if w != ow:
+            out = _round_clip(out @ _resample_matrix(w, ow))
+    else:
+        if w != ow:
+            out = _round_clip(out @ _resample_matrix(w, ow))
+        if h != oh:
+            out = _round_clip(_resample_matrix(h, oh).T @ out)
+    return out.astype(np.uint8)
+
+
+def blas_pass_order() -> Optional[str]:
+    """Which known Pillow pass order the installed Pillow follows (``"pillow>=13"`` or ``"pillow<13"``), found
+    once per process by comparing :func:`_resize_blas` with ``Image.resize`` on probe images whose result
+    depends on the order; None when neither matches (then :func:`hash_thumbnails` uses Pillow itself)."""
+    global _pass_order, _pass_order_checked
+    if _pass_order_checked:
+        return _pass_order
+    rng = np.random.default_rng(0)
+    probes = []
+    for w, h in ((40, 100), (95, 178), (300, 170), (21, 18), (64, 97), (7, 40)):
+        g = np.sort(rng.integers(0, 256, (h, w), dtype=np.uint8), axis=0)
+        g[:, ::3] = 255 - g[:, ::3]  # strong structure in both directions
+        probes.append(g)
+    found = None
+    for name, rule in _PASS_ORDERS.items():
+        ok = True
+        for g in probes:
+            h, w = g.shape
+            im = Image.fromarray(g, mode="L")
+            for ow, oh in _THUMB_SIZES + ((50, 20),):
+                ref = np.asarray(im.resize((ow, oh), _LANCZOS))
+                if not np.array_equal(_resize_blas(g.astype(np.float64), w, h, ow, oh, rule(w, h, ow, oh)), ref):
+                    ok = False
+                    break
+            if not ok:
+                break
+        if ok:
+            found = name
+            break
+    _pass_order, _pass_order_checked = found, True
+    return found
+
+
 def hash_thumbnails(im: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """The two grayscale thumbnails imagehash computes for ``im`` (any mode; ``convert("L")`` then LANCZOS):
-    ``uint8 [32, 32]`` for phash and ``uint8 [8, 9]`` for dhash. Cheap to ship between processes."""
+    ``uint8 [32, 32]`` for phash and ``uint8 [8, 9]`` for dhash, byte-identical to ``Image.resize`` of the
+    installed Pillow (see the module docstring). Cheap to ship between processes."""
     gray = im.convert("L")
-    return (np.asarray(gray.resize((PHASH_SIZE, PHASH_SIZE), _LANCZOS), dtype=np.uint8),
-            np.asarray(gray.resize((HASH_SIZE + 1, HASH_SIZE), _LANCZOS), dtype=np.uint8))
+    w, h = gray.size
+    order = blas_pass_order() if w * h <= _BLAS_MAX_PIXELS else None
+    if order is None:
+        return tuple(np.asarray(gray.resize(size, _LANCZOS), dtype=np.uint8) for size in _THUMB_SIZES)
+    rule = _PASS_ORDERS[order]
+    g = np.asarray(gray).astype(np.float64)
+    (pw, ph), (dw, dh) = _THUMB_SIZES
+    pv, dv = rule(w, h, pw, ph), rule(w, h, dw, dh)
+    if not pv and not dv and w != pw and w != dw:
+        # one product for both horizontal passes (the larger one), then the small vertical ones
+        t = _round_clip(g @ np.concatenate([_resample_matrix(w, pw), _resample_matrix(w, dw)], axis=1))
+        outs = []
+        for t_i, oh in ((t[:, :pw], ph), (t[:, pw:], dh)):
+            outs.append(_round_clip(_resample_matrix(h, oh).T @ t_i) if h != oh else t_i)
+        return outs[0].astype(np.uint8), outs[1].astype(np.uint8)
+    return _resize_blas(g, w, h, pw, ph, pv), _resize_blas(g, w, h, dw, dh, dv)
 
 
 def phash_dhash(images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:

@@ -85,13 +85,13 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     """Decode, hash and preprocess one chunk of samples (runs in a worker process). ``keep_bytes``: return the
     stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them)."""
     from .decode import DecodeError, open_image, sniff_format, to_rgb
-    from .hashing import bytes_sha256, phash_dhash, pixel_sha256
+    from .hashing import bytes_sha256, dhash_batch_gray, hash_thumbnails, phash_batch_gray, pixel_sha256
 
     dc = DecodeConfig.model_validate(decode_cfg)
     preprocess = _preprocess_fn(embedder_cfg)
     shard = samples[0].shard if samples else ""
     out = ChunkResult(shard=shard)
-    images, recs, arrays, raw = [], [], [], []
+    thumbs, recs, arrays, raw = [], [], [], []
     for s in samples:
         if s.status == "__empty__":  # placeholder for a shard with no samples
             continue
@@ -107,13 +107,15 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             im = open_image(s.data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
             rgb = to_rgb(im)
             arr = preprocess(rgb) if preprocess is not None else None
+            thumb = hash_thumbnails(im)  # two small arrays: the decoded image is not kept past this sample
+            pixel_hash = pixel_sha256(rgb)
         except DecodeError as exc:
             out.errors.append(ErrorRecord(s.key, s.shard, "decode", str(exc)))
             continue
         except Exception as exc:  # noqa: BLE001 - a bad sample must never stop the run
             out.errors.append(ErrorRecord(s.key, s.shard, "decode", f"{type(exc).__name__}: {exc}"))
             continue
-        images.append(im)
+        thumbs.append(thumb)
         arrays.append(arr)
         caption, url = utf8_safe(s.caption), utf8_safe(s.url)  # hostile JSON may hold lone surrogates
         if keep_bytes:
@@ -124,7 +126,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             "caption": caption,
             "url": url,
             "sha256": bytes_sha256(s.data),
-            "pixel_sha256": pixel_sha256(rgb),
+            "pixel_sha256": pixel_hash,
             "width": rgb.width,
             "height": rgb.height,
             "format": sniff_format(s.data),
@@ -132,8 +134,9 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             "nbytes": len(s.data),
             "caption_hash": caption_hash(caption),
         })
-    if images:
-        ph, dh = phash_dhash(images)
+    if thumbs:
+        ph = phash_batch_gray(np.stack([t[0] for t in thumbs]))
+        dh = dhash_batch_gray(np.stack([t[1] for t in thumbs]))
         for r, p, d in zip(recs, ph, dh):
             r["phash"] = int(p)
             r["dhash"] = int(d)
