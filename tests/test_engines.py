@@ -136,10 +136,11 @@ def test_partitioned_search_exact_and_identical_on_ray(tmp_path, ray_cluster):
     truth = set(zip(bi.tolist(), bj.tolist()))
     assert planted <= truth and len(truth) > len(planted)  # cluster neighbours above tau too
 
-    idx = build_partitions(emb, tmp_path / "parts", nparts=12, k=2, seed=0, block_rows=1000, max_buffer_rows=3000)
+    idx = build_partitions(emb, tmp_path / "parts", tau, nparts=12, seed=0, block_rows=1000, max_buffer_rows=3000)
     rows = idx.part_rows()
-    assert sum(rows) == 2 * len(emb) and len(rows) == 12
-    assert all(p["chunks"] >= 2 for p in idx.manifest["partitions"] if p["rows"] > 1500)  # buffers flushed
+    assert sum(rows) == len(emb) and len(rows) == 12  # each row stored once ...
+    assert 0 < sum(idx.probe_rows()) < len(emb)  # ... and probes the partitions across a nearby boundary
+    assert all(p["chunks"] >= 2 for p in idx.manifest["partitions"] if p["rows"] > 500)  # buffers flushed
     i, j, s, stats = partitioned_pairs(PartitionedIndex.open(tmp_path / "parts"), tau)
     got = list(zip(i.tolist(), j.tolist()))
     assert len(got) == len(set(got)) and got == sorted(got)  # each pair once (owner rule), sorted

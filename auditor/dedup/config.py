@@ -24,6 +24,14 @@ class DedupConfig(BaseModel):
     nlist: Optional[int] = Field(None, ge=1)   # ivf lists; None = 2 sqrt(N)
     nprobe: Optional[int] = Field(None, ge=1)  # ivf lists probed per row; None = 8 (recall 0.9955 at 1M, BENCHMARKS.md)
     search_threads: Optional[int] = Field(None, ge=1)  # faiss threads; None = faiss's default
+    # the on-disk partitioned search for 100M+ rows (auditor.dedup.partitioned): each row is stored in its home
+    # k-means partition of ~partition_rows rows and also queries every partition c whose centroid is within
+    # partition_margin * sqrt(2 (1 - cosine_threshold)) * |c_home - c| of its home centroid's similarity (at most
+    # partition_max_probes partitions in all); margin 1 with no cap is exact. Defaults: recall >= 0.99 at 1M
+    # (benchmarks/results/partitioned.md).
+    partition_rows: int = Field(10_000, ge=1)
+    partition_margin: float = Field(0.05, ge=0.0)
+    partition_max_probes: int = Field(16, ge=1)
     # chaining guard: a cluster member must itself be within a threshold of the representative (by at least
     # one enabled signal); members that are not are split off into their own clusters. Off = plain
     # connected components (single linkage, which chains A~B~C into one cluster even when A !~ C).

@@ -5,19 +5,33 @@ The in-memory IVF join of :mod:`auditor.dedup.search` needs every vector in one 
 millions of rows (LAION-2B's 512-d float16 embeddings are 2 TB) the search is split into independent partitions:
 
 1. **centroids**: spherical k-means (faiss) on a random sample of ``sample_per_part * nparts`` rows;
-2. **assignment**: every row goes to its ``k`` (default 2) nearest centroids -- near-duplicates of a row that sits
-   near a cell boundary land together in at least one partition; rows are streamed in blocks (memory-mapped
-   ``IndexStore.embeddings()``), each partition is written as ``.npy`` chunks (global row ids int64, the ``k``
-   assigned partitions int32, vectors float16) under ``DIR/parts/<pid>/``; the buffered rows are bounded by
-   ``max_buffer_rows``;
-3. **search**: each partition on its own: exact faiss ``IndexFlatIP`` range search of the partition against itself
-   (cost ``rows^2 * dim``), candidates at ``threshold - 1e-3``, re-verified with the exact float32 dot product;
-4. **de-duplication without a global pass**: a pair found in several partitions is emitted only by the smallest
-   partition id that both rows were assigned to, so the union of all partitions' outputs has no duplicates and any
-   partition can run anywhere, in any order.
+2. **assignment** (one streaming pass, blocks of a memory map such as ``IndexStore.embeddings(mmap=True)``): every
+   row is *stored* once, in its home partition (nearest centroid), and is additionally written as a *probe row* of
+   every other partition ``c`` that passes the threshold-aware margin rule below (at most ``max_probes - 1``);
+   each partition is ``.npy`` chunks under ``DIR/parts/<pid>/``: stored rows (global ids int64, probe lists int32
+   padded with -1, vectors float16) and probe rows (ids int64, home partition int32, vectors float16); the
+   buffered rows are bounded by ``max_buffer_rows``;
+3. **search**: each partition on its own: exact faiss ``IndexFlatIP`` range search of its stored rows *and* its
+   probe rows against its stored rows (cost ``stored * (stored + probe rows) * dim``), candidates at
+   ``threshold - 1e-3``, re-verified with the exact float32 dot product;
+4. **de-duplication without a global pass**: a pair ``(a, b)`` can be found in ``home(b)`` (if it is one of
+   ``a``'s probes) and in ``home(a)`` (if it is one of ``b``'s); it is emitted only by the smaller of the two, which
+   each side can decide from the two rows' probe lists, so the union of all partitions' outputs has no duplicates
+   and any partition can run anywhere, in any order.
 
-The result equals exact brute force on every pair whose rows share a partition; a pair whose rows share none is
-missed (measured: recall of planted near-duplicates 1.0 in the tests; see benchmarks/results/partitioned.md).
+**The margin rule.** For unit vectors with ``cos(a, b) >= t`` we have ``|a - b| <= r = sqrt(2 (1 - t))``. Let ``g``
+be ``a``'s home and ``h`` be ``b``'s; since ``b . c_h >= b . c_g``,
+
+    a . c_g - a . c_h = b . (c_g - c_h) + (a - b) . (c_g - c_h) <= r * |c_g - c_h|.
+
+So probing, for every row, each partition ``c`` with ``a . c_home - a . c <= margin * r * |c_home - c|`` finds
+*every* pair at or above ``t`` when ``margin = 1`` (and ``max_probes`` does not cut), i.e. the partitioned search is
+then exact. The bound assumes ``a - b`` points straight along ``c_g - c_h``; a real displacement in 512 dimensions
+has only a small component along it, so a fraction of the bound catches nearly every pair at a fraction of the
+cost: ``margin`` is that fraction (measured trade-off in benchmarks/results/partitioned.md). The rule adapts to the
+data: a row deep inside its cell probes nothing else, a row on a boundary probes the cells across it, and a higher
+threshold probes less. A pair is found iff ``home(b)`` is among ``a``'s probes or ``home(a)`` among ``b``'s.
+
 Outputs are deterministic for a fixed seed: local and Ray runs give identical arrays.
 """
 
@@ -34,21 +48,32 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from ..utils import write_json, write_npy
+from .config import DedupConfig
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "partitions.json"
+FORMAT = 2
 _MARGIN = 1e-3
 _QUERY_BLOCK = 16_384
+_DEFAULTS = DedupConfig.model_fields
+DEFAULT_MARGIN: float = _DEFAULTS["partition_margin"].default
+DEFAULT_MAX_PROBES: int = _DEFAULTS["partition_max_probes"].default
+DEFAULT_ROWS: int = _DEFAULTS["partition_rows"].default
 
 
 def _f32(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def default_nparts(n: int, k: int = 2, target_rows: int = 20_000) -> int:
-    """Partitions so that one holds about ``target_rows`` rows (each row is stored ``k`` times)."""
-    return max(1, math.ceil(k * n / target_rows))
+def default_nparts(n: int, target_rows: int = DEFAULT_ROWS) -> int:
+    """Partitions so that one stores about ``target_rows`` rows (each row is stored once)."""
+    return max(1, math.ceil(n / target_rows))
+
+
+def pair_radius(threshold: float) -> float:
+    """``|a - b|`` of unit vectors with ``cos(a, b) = threshold``: ``sqrt(2 (1 - threshold))``."""
+    return math.sqrt(max(0.0, 2.0 * (1.0 - float(threshold))))
 
 
 def train_centroids(emb, nparts: int, seed: int = 0, sample_per_part: int = 64, niter: int = 20) -> np.ndarray:
@@ -58,6 +83,35 @@ def train_centroids(emb, nparts: int, seed: int = 0, sample_per_part: int = 64, 
 
     nparts = max(1, min(int(nparts), len(emb)))
     return _train_centroids(emb, nparts, seed, sample_per_list=sample_per_part, niter=niter)
+
+
+class ProbeAssigner:
+    """The margin rule of the module docstring: row -> its partitions to probe (column 0 = home, then by
+    decreasing similarity, padded with -1)."""
+
+    def __init__(self, centroids: np.ndarray, threshold: float, margin: float = DEFAULT_MARGIN,
+                 max_probes: int = DEFAULT_MAX_PROBES):
+        import faiss
+
+        self.centroids = _f32(centroids)
+        P, d = self.centroids.shape
+        self.max_probes = max(1, min(int(max_probes), P))
+        self.slack = float(margin) * pair_radius(threshold)
+        self.quant = faiss.IndexFlatIP(d)
+        self.quant.add(self.centroids)
+        sq = (self.centroids * self.centroids).sum(1)
+        g = self.centroids @ self.centroids.T
+        self.cdist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0)).astype(np.float32)
+
+    def __call__(self, x) -> np.ndarray:
+        S, I = self.quant.search(_f32(x), self.max_probes)
+        I = I.astype(np.int32)
+        gap = S[:, :1] - S
+        keep = gap <= self.slack * self.cdist[I[:, :1], I]
+        keep[:, 0] = True
+        out = np.where(keep, I, np.int32(-1))
+        order = np.argsort(~keep, axis=1, kind="stable")  # kept probes first, in decreasing similarity
+        return np.take_along_axis(out, order, axis=1)
 
 
 @dataclass
@@ -77,25 +131,43 @@ class PartitionedIndex:
         return int(self.manifest["nparts"])
 
     def part_rows(self) -> list[int]:
+        """Stored (home) rows per partition."""
         return [int(p["rows"]) for p in self.manifest["partitions"]]
 
-    def load_part(self, pid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(global ids int64 [m], assigned partitions int32 [m, k], vectors float16 [m, dim]) of one partition."""
+    def probe_rows(self) -> list[int]:
+        """Probe rows (rows of other partitions that query this one) per partition."""
+        return [int(p["probe_rows"]) for p in self.manifest["partitions"]]
+
+    def load_part(self, pid: int):
+        """``(ids, probes, vectors), (probe ids, probe homes, probe vectors)`` of one partition."""
         return load_partition(self.dir, self.manifest, pid)
 
 
+def _load_chunks(pdir: Path, chunks: int, names: Sequence[str]):
+    return [[np.load(pdir / f"{c:05d}.{name}.npy", allow_pickle=False) for c in range(chunks)] for name in names]
+
+
 def load_partition(directory: Path, manifest: dict, pid: int):
+    """Stored rows ``(ids int64 [m], probes int32 [m, w] padded with -1, vectors float16 [m, dim])`` and probe
+    rows ``(ids int64 [q], home partitions int32 [q], vectors float16 [q, dim])`` of partition ``pid``."""
+    if int(manifest.get("format", 1)) != FORMAT:
+        raise ValueError(f"partition format {manifest.get('format', 1)} is not {FORMAT}: rebuild the partitions")
     entry = manifest["partitions"][pid]
     pdir = Path(directory) / "parts" / f"{pid:05d}"
-    ids, asg, vec = [], [], []
-    for c in range(int(entry["chunks"])):
-        ids.append(np.load(pdir / f"{c:05d}.ids.npy", allow_pickle=False))
-        asg.append(np.load(pdir / f"{c:05d}.assign.npy", allow_pickle=False))
-        vec.append(np.load(pdir / f"{c:05d}.emb.npy", allow_pickle=False))
-    d, k = int(manifest["dim"]), int(manifest["k"])
-    if not ids:
-        return np.zeros(0, np.int64), np.zeros((0, k), np.int32), np.zeros((0, d), np.float16)
-    return np.concatenate(ids), np.concatenate(asg), np.concatenate(vec)
+    d = int(manifest["dim"])
+    ids, prb, vec = _load_chunks(pdir, int(entry["chunks"]), ("ids", "probes", "emb"))
+    if ids:
+        w = max(p.shape[1] for p in prb)
+        prb = [np.pad(p, ((0, 0), (0, w - p.shape[1])), constant_values=-1) for p in prb]
+        stored = (np.concatenate(ids), np.concatenate(prb), np.concatenate(vec))
+    else:
+        stored = (np.zeros(0, np.int64), np.zeros((0, 1), np.int32), np.zeros((0, d), np.float16))
+    qid, qhome, qvec = _load_chunks(pdir, int(entry["probe_chunks"]), ("qids", "qhome", "qemb"))
+    if qid:
+        probe = (np.concatenate(qid), np.concatenate(qhome), np.concatenate(qvec))
+    else:
+        probe = (np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, d), np.float16))
+    return stored, probe
 
 
 def _blocks(emb, block_rows: int) -> Iterable[tuple[int, np.ndarray]]:
@@ -103,11 +175,24 @@ def _blocks(emb, block_rows: int) -> Iterable[tuple[int, np.ndarray]]:
         yield lo, np.asarray(emb[lo:lo + block_rows])
 
 
-def build_partitions(emb, out_dir: str | Path, nparts: Optional[int] = None, k: int = 2, seed: int = 0,
+def _group_by(keys: np.ndarray):
+    """(key, positions) for each distinct key, ascending."""
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    bounds = np.flatnonzero(np.diff(k)) + 1
+    for grp in np.split(order, bounds):
+        if len(grp):
+            yield int(keys[grp[0]]), grp
+
+
+def build_partitions(emb, out_dir: str | Path, threshold: float, nparts: Optional[int] = None,
+                     margin: float = DEFAULT_MARGIN, max_probes: int = DEFAULT_MAX_PROBES, seed: int = 0,
                      centroids: Optional[np.ndarray] = None, block_rows: int = 262_144,
                      max_buffer_rows: int = 2_000_000, progress: bool = False) -> PartitionedIndex:
-    """Partition ``emb`` (float16/float32 [N, dim], L2-normalised; a memory map is fine) into ``out_dir``."""
-    import faiss
+    """Partition ``emb`` (float16/float32 [N, dim], L2-normalised; a memory map is fine) into ``out_dir`` for a
+    search at cosine ``threshold`` (or higher: the margin rule is built for it; a lower search threshold finds
+    fewer of its pairs). ``nparts`` defaults to ``N / partition_rows``; ``margin`` and ``max_probes`` are the margin
+    rule's (``margin=1`` with ``max_probes >= nparts`` makes the search exact)."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -115,59 +200,65 @@ def build_partitions(emb, out_dir: str | Path, nparts: Optional[int] = None, k: 
     n, d = emb.shape
     t0 = time.perf_counter()
     if centroids is None:
-        centroids = train_centroids(emb, nparts or default_nparts(n, k), seed)
+        centroids = train_centroids(emb, nparts or default_nparts(n), seed)
     centroids = _f32(centroids)
     P = len(centroids)
-    k = max(1, min(int(k), P))
     train_s = time.perf_counter() - t0
     write_npy(out / "centroids.npy", centroids)
-    quant = faiss.IndexFlatIP(d)
-    quant.add(centroids)
+    assign = ProbeAssigner(centroids, threshold, margin, max_probes)
 
-    chunks = [0] * P
-    rows = [0] * P
-    buf: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    chunks, pchunks = [0] * P, [0] * P
+    rows, prows = [0] * P, [0] * P
+    buf: dict[int, list] = {}
+    pbuf: dict[int, list] = {}
     buffered = 0
 
     def flush() -> None:
         nonlocal buffered
         for pid in sorted(buf):
-            parts = buf[pid]
             pdir = out / "parts" / f"{pid:05d}"
-            c = chunks[pid]
+            c, parts = chunks[pid], buf[pid]
+            w = max(1, max(int((p[1] >= 0).sum(1).max()) for p in parts))
             write_npy(pdir / f"{c:05d}.ids.npy", np.concatenate([p[0] for p in parts]))
-            write_npy(pdir / f"{c:05d}.assign.npy", np.concatenate([p[1] for p in parts]))
+            write_npy(pdir / f"{c:05d}.probes.npy", np.ascontiguousarray(np.concatenate([p[1] for p in parts])[:, :w]))
             write_npy(pdir / f"{c:05d}.emb.npy", np.concatenate([p[2] for p in parts]))
             chunks[pid] += 1
+        for pid in sorted(pbuf):
+            pdir = out / "parts" / f"{pid:05d}"
+            c, parts = pchunks[pid], pbuf[pid]
+            write_npy(pdir / f"{c:05d}.qids.npy", np.concatenate([p[0] for p in parts]))
+            write_npy(pdir / f"{c:05d}.qhome.npy", np.concatenate([p[1] for p in parts]))
+            write_npy(pdir / f"{c:05d}.qemb.npy", np.concatenate([p[2] for p in parts]))
+            pchunks[pid] += 1
         buf.clear()
+        pbuf.clear()
         buffered = 0
 
     t1 = time.perf_counter()
     for lo, x in tqdm(_blocks(emb, block_rows), total=math.ceil(n / block_rows), disable=not progress,
                       desc="partition", unit="block"):
         x16 = x.astype(np.float16, copy=False)
-        _, I = quant.search(_f32(x), k)
-        I = I.astype(np.int32)
+        probes = assign(x)
         gid = np.arange(lo, lo + len(x), dtype=np.int64)
-        flat = I.reshape(-1)
-        rowi = np.repeat(np.arange(len(x)), k)
-        order = np.argsort(flat, kind="stable")
-        flat, rowi = flat[order], rowi[order]
-        bounds = np.flatnonzero(np.diff(flat)) + 1
-        for grp in np.split(np.arange(len(flat)), bounds):
-            if len(grp) == 0:
-                continue
-            pid = int(flat[grp[0]])
-            r = rowi[grp]
-            buf.setdefault(pid, []).append((gid[r], I[r], x16[r]))
+        home = probes[:, 0]
+        for pid, r in _group_by(home):
+            buf.setdefault(pid, []).append((gid[r], probes[r], x16[r]))
             rows[pid] += len(r)
-        buffered += len(x) * k
+        pr, pc = np.nonzero(probes[:, 1:] >= 0)
+        for pid, sel in _group_by(probes[pr, pc + 1]):
+            r = pr[sel]  # ascending rows (np.nonzero is row-major, the grouping sort is stable)
+            pbuf.setdefault(pid, []).append((gid[r], home[r], x16[r]))
+            prows[pid] += len(r)
+        buffered += len(x) + len(pr)
         if buffered >= max_buffer_rows:
             flush()
     flush()
     manifest = {
-        "format": 1, "n": int(n), "dim": int(d), "k": int(k), "nparts": int(P), "seed": int(seed),
-        "partitions": [{"id": p, "rows": int(rows[p]), "chunks": int(chunks[p])} for p in range(P)],
+        "format": FORMAT, "n": int(n), "dim": int(d), "nparts": int(P), "seed": int(seed),
+        "threshold": float(threshold), "margin": float(margin), "max_probes": int(assign.max_probes),
+        "probe_rows": int(sum(prows)),
+        "partitions": [{"id": p, "rows": int(rows[p]), "probe_rows": int(prows[p]), "chunks": int(chunks[p]),
+                        "probe_chunks": int(pchunks[p])} for p in range(P)],
         "train_s": round(train_s, 3), "assign_write_s": round(time.perf_counter() - t1, 3),
     }
     write_json(out / MANIFEST, manifest)
@@ -176,52 +267,65 @@ def build_partitions(emb, out_dir: str | Path, nparts: Optional[int] = None, k: 
 
 def search_partition(directory: str | Path, manifest: dict, pid: int, threshold: float,
                      threads: Optional[int] = None) -> dict:
-    """Exact pairs inside one partition that this partition owns (the smallest partition both rows share).
+    """Exact pairs found in one partition that this partition owns.
+
+    The stored rows are the database; the stored rows and the probe rows are the queries. A stored-stored pair
+    (both rows at home here) belongs to this partition; a probe-stored pair ``(q, s)`` is also found in ``home(q)``
+    when this partition's stored row ``s`` probes ``home(q)``, and then belongs to the smaller partition id.
 
     Returns ``{"i", "j", "sim"}`` (global ids, ``i < j``, exact float32 dot >= threshold, sorted) plus
-    per-partition costs: ``rows``, ``candidates``, ``seconds``, ``load_s``."""
+    per-partition costs: ``rows`` (stored), ``probe_rows``, ``candidates``, ``seconds``, ``load_s``."""
     import faiss
 
     if threads:
         faiss.omp_set_num_threads(int(threads))
     t0 = time.perf_counter()
-    ids, asg, vec = load_partition(Path(directory), manifest, pid)
+    (ids, prb, vec), (qids, qhome, qvec) = load_partition(Path(directory), manifest, pid)
     load_s = time.perf_counter() - t0
-    m = len(ids)
-    out_i, out_j = [], []
+    m, nq = len(ids), len(qids)
+    out_i, out_j, out_s = [], [], []
     ncand = 0
-    if m > 1:
+    thr = np.float32(threshold)
+    if m > 0 and m + nq > 1:
         x = _f32(vec)
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
-        for qlo in range(0, m, _QUERY_BLOCK):
-            qhi = min(m, qlo + _QUERY_BLOCK)
-            lims, _, labels = index.range_search(x[qlo:qhi], float(threshold) - _MARGIN)
-            if len(labels) == 0:
-                continue
-            a = np.repeat(np.arange(qlo, qhi, dtype=np.int64), np.diff(lims).astype(np.int64))
-            b = labels.astype(np.int64)
-            keep = ids[a] < ids[b]
-            a, b = a[keep], b[keep]
-            ncand += len(a)
-            # exact verification: float32 dot of the stored rows
-            sim = np.einsum("ij,ij->i", x[a], x[b], dtype=np.float32)
-            ok = sim >= np.float32(threshold)
-            a, b = a[ok], b[ok]
-            # ownership: the smallest partition id that both rows were assigned to
-            common = np.where(asg[a][:, :, None] == asg[b][:, None, :], asg[a][:, :, None], np.iinfo(np.int32).max)
-            owner = common.reshape(len(a), -1).min(axis=1)
-            mine = owner == pid
-            out_i.append(np.stack([ids[a[mine]], ids[b[mine]]], axis=1))
-            out_j.append(sim[ok][mine])
+        # queries: the stored rows (self-join, each pair once by global id) then the probe rows
+        for is_probe, q, qid in ((False, x, ids), (True, qvec, qids)):
+            for qlo in range(0, len(q), _QUERY_BLOCK):
+                qhi = min(len(q), qlo + _QUERY_BLOCK)
+                xq = _f32(q[qlo:qhi])
+                lims, _, labels = index.range_search(xq, float(threshold) - _MARGIN)
+                if len(labels) == 0:
+                    continue
+                a = np.repeat(np.arange(qlo, qhi, dtype=np.int64), np.diff(lims).astype(np.int64))
+                b = labels.astype(np.int64)
+                if not is_probe:
+                    keep = ids[a] < ids[b]
+                    a, b = a[keep], b[keep]
+                ncand += len(a)
+                # exact verification: float32 dot of the stored rows
+                sim = np.einsum("ij,ij->i", xq[a - qlo], x[b], dtype=np.float32)
+                ok = sim >= thr
+                a, b, sim = a[ok], b[ok], sim[ok]
+                if is_probe:
+                    # also found in home(q) if s probes it: the smaller partition id emits
+                    h = qhome[a]
+                    mine = ~(((prb[b] == h[:, None]).any(axis=1)) & (h < pid))
+                    a, b, sim = a[mine], b[mine], sim[mine]
+                ia, ib = qid[a], ids[b]
+                out_i.append(np.minimum(ia, ib))
+                out_j.append(np.maximum(ia, ib))
+                out_s.append(sim)
     if out_i:
-        pairs = np.concatenate(out_i)
-        sims = np.concatenate(out_j).astype(np.float32)
+        pi, pj = np.concatenate(out_i), np.concatenate(out_j)
+        sims = np.concatenate(out_s).astype(np.float32)
     else:
-        pairs, sims = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    order = np.lexsort((pairs[:, 1], pairs[:, 0])) if len(pairs) else np.zeros(0, np.int64)
-    return {"pid": pid, "i": pairs[order, 0].astype(np.int64), "j": pairs[order, 1].astype(np.int64),
-            "sim": sims[order], "rows": m, "candidates": int(ncand), "load_s": round(load_s, 4),
+        pi = pj = np.zeros(0, np.int64)
+        sims = np.zeros(0, np.float32)
+    order = np.lexsort((pj, pi))
+    return {"pid": pid, "i": pi[order].astype(np.int64), "j": pj[order].astype(np.int64), "sim": sims[order],
+            "rows": m, "probe_rows": nq, "candidates": int(ncand), "load_s": round(load_s, 4),
             "seconds": round(time.perf_counter() - t0, 4)}
 
 
@@ -238,6 +342,11 @@ def partitioned_pairs(index: PartitionedIndex | str | Path, threshold: float, en
 
     if not isinstance(index, PartitionedIndex):
         index = PartitionedIndex.open(index)
+    built = float(index.manifest.get("threshold", threshold))
+    if threshold < built - 1e-9:
+        log.warning("searching at cosine %.4f partitions built for %.4f: the margin rule was sized for the higher "
+                    "threshold, so pairs between the two may be missed (rebuild with threshold=%.4f)",
+                    threshold, built, threshold)
     pids = list(range(index.nparts)) if partitions is None else [int(p) for p in partitions]
     results = []
     if engine == "local":
@@ -272,6 +381,7 @@ def partitioned_pairs(index: PartitionedIndex | str | Path, threshold: float, en
         i = j = np.zeros(0, np.int64)
         s = np.zeros(0, np.float32)
     order = np.lexsort((j, i))
-    stats = [{k: r[k] for k in ("pid", "rows", "candidates", "seconds", "load_s")} | {"pairs": int(len(r["i"]))}
+    stats = [{k: r[k] for k in ("pid", "rows", "probe_rows", "candidates", "seconds", "load_s")}
+             | {"pairs": int(len(r["i"]))}
              for r in results]
     return i[order], j[order], s[order].astype(np.float32), stats
