@@ -112,40 +112,43 @@ _BLAS_MAX_PIXELS = 1 << 22  # larger images go through Image.resize (a float64 c
 _THUMB_SIZES = ((PHASH_SIZE, PHASH_SIZE), (HASH_SIZE + 1, HASH_SIZE))  # (width, height) as Image.resize takes
 
 
-def _sinc(x: float) -> float:
-    if x == 0.0:
-        return 1.0
-    x = x * math.pi
-    return math.sin(x) / x
-
-
-def _lanczos(x: float) -> float:
-    return _sinc(x) * _sinc(x / 3.0) if -3.0 <= x < 3.0 else 0.0
+def _sinc_libm(v: np.ndarray) -> np.ndarray:
+    """Pillow's ``sinc_filter``: ``sin(pi x) / (pi x)``, 1 at 0. ``math.sin`` is the C library's ``sin`` that
+    Pillow calls (numpy's own vectorised sin may differ in the last bit)."""
+    x = v * math.pi
+    out = np.ones_like(v)
+    nz = v != 0.0
+    out[nz] = np.fromiter(map(math.sin, x[nz].tolist()), dtype=np.float64, count=int(nz.sum())) / x[nz]
+    return out
 
 
 @functools.lru_cache(maxsize=2048)
 def _resample_matrix(in_size: int, out_size: int) -> np.ndarray:
     """``float64 [in_size, out_size]`` holding Pillow's fixed-point LANCZOS weights (integers) for resizing one
-    axis from ``in_size`` to ``out_size`` pixels: the same double arithmetic as Pillow's ``precompute_coeffs``
-    and ``normalize_coeffs_8bpc`` (Python floats are C doubles; ``math.sin`` is the C library's)."""
+    axis from ``in_size`` to ``out_size`` pixels: ``precompute_coeffs`` + ``normalize_coeffs_8bpc``, vectorised
+    with every double operation in Pillow's order (the tap sum is sequential, as in C)."""
     scale = filterscale = in_size / out_size
     if filterscale < 1.0:
         filterscale = 1.0
-    support = 3.0 * filterscale
+    support = 3.0 * filterscale  # LANCZOS support 3
     ss = 1.0 / filterscale
-    m = np.zeros((in_size, out_size), dtype=np.float64)
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C's (int) truncates toward zero
+    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
+    taps = np.arange(ksize, dtype=np.int64)
+    valid = taps[None, :] < xmax[:, None]
+    arg = ((taps[None, :] + xmin[:, None]) - center[:, None] + 0.5) * ss
+    inside = valid & (arg >= -3.0) & (arg < 3.0)
+    w = np.zeros_like(arg)
+    w[inside] = _sinc_libm(arg[inside]) * _sinc_libm(arg[inside] / 3.0)
+    ww = np.cumsum(w, axis=1)[:, -1:]  # sequential, like ``ww += w`` (zeros past xmax add nothing)
+    k = np.divide(w, ww, out=w.copy(), where=ww != 0.0)
     one = float(1 << _PRECISION_BITS)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size) - xmin
-        w = [_lanczos((x + xmin - center + 0.5) * ss) for x in range(xmax)]
-        ww = 0.0
-        for v in w:
-            ww += v
-        for x, v in enumerate(w):
-            k = v / ww if ww != 0.0 else v
-            m[xmin + x, xx] = float(int(-0.5 + k * one) if k < 0 else int(0.5 + k * one))
+    fixed = np.trunc(np.where(k < 0, -0.5 + k * one, 0.5 + k * one))  # (int)(+-0.5 + k * 2**22)
+    m = np.zeros((in_size, out_size), dtype=np.float64)
+    rows, cols = np.nonzero(valid)
+    m[xmin[rows] + taps[cols], rows] = fixed[rows, cols]
     m.setflags(write=False)
     return m
 
