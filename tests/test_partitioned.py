@@ -72,3 +72,20 @@ def test_probe_rule_finds_pairs_across_a_partition_boundary(photo_pairs, tmp_pat
     # margin 1, no cap: the bound holds for every pair, the partitioned search is exact
     _, exact = run("exact", margin=1.0, max_probes=len(centroids))
     assert exact == truth
+
+
+def test_probe_assigner_without_the_centroid_distance_matrix(monkeypatch):
+    """Past CDIST_MATRIX_MAX centroids (200k at LAION scale) the distances are computed per needed pair."""
+    import auditor.dedup.partitioned as part
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = train_centroids(x, 40, seed=0)
+    full = ProbeAssigner(c, 0.8, 0.2, 8)
+    monkeypatch.setattr(part, "CDIST_MATRIX_MAX", 10)
+    lazy = ProbeAssigner(c, 0.8, 0.2, 8)
+    assert full.cdist is not None and lazy.cdist is None
+    a, b = full(x), lazy(x)
+    assert (a[:, 1] >= 0).any()
+    assert (a != b).mean() < 1e-3  # the same rule (float rounding of the distances apart)

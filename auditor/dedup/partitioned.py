@@ -56,6 +56,7 @@ MANIFEST = "partitions.json"
 FORMAT = 2
 _MARGIN = 1e-3
 _QUERY_BLOCK = 16_384
+CDIST_MATRIX_MAX = 4096  # centroids up to which ProbeAssigner keeps all centroid distances (64 MB)
 _DEFAULTS = DedupConfig.model_fields
 DEFAULT_MARGIN: float = _DEFAULTS["partition_margin"].default
 DEFAULT_MAX_PROBES: int = _DEFAULTS["partition_max_probes"].default
@@ -99,15 +100,30 @@ class ProbeAssigner:
         self.slack = float(margin) * pair_radius(threshold)
         self.quant = faiss.IndexFlatIP(d)
         self.quant.add(self.centroids)
-        sq = (self.centroids * self.centroids).sum(1)
+        self.sq = (self.centroids * self.centroids).sum(1)
+        # |c_i - c_j| for all pairs while that matrix is small; past it, only for the pairs a block needs
+        self.cdist = self._cdist_matrix() if P <= CDIST_MATRIX_MAX else None
+
+    def _cdist_matrix(self) -> np.ndarray:
         g = self.centroids @ self.centroids.T
-        self.cdist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0)).astype(np.float32)
+        return np.sqrt(np.maximum(self.sq[:, None] + self.sq[None, :] - 2.0 * g, 0.0)).astype(np.float32)
+
+    def _cdist_pairs(self, h: np.ndarray, j: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+        P = len(self.centroids)
+        u, inv = np.unique(h.astype(np.int64) * P + j, return_inverse=True)
+        a, b = u // P, u % P
+        dots = np.concatenate([np.einsum("ij,ij->i", self.centroids[a[lo:lo + chunk]], self.centroids[b[lo:lo + chunk]])
+                               for lo in range(0, len(u), chunk)]) if len(u) else np.zeros(0, np.float32)
+        out = np.sqrt(np.maximum(self.sq[a] + self.sq[b] - 2.0 * dots, 0.0)).astype(np.float32)
+        return out[inv.reshape(-1)].reshape(h.shape)
 
     def __call__(self, x) -> np.ndarray:
         S, I = self.quant.search(_f32(x), self.max_probes)
         I = I.astype(np.int32)
         gap = S[:, :1] - S
-        keep = gap <= self.slack * self.cdist[I[:, :1], I]
+        H = np.broadcast_to(I[:, :1], I.shape)
+        cd = self.cdist[H, I] if self.cdist is not None else self._cdist_pairs(H, I)
+        keep = gap <= self.slack * cd
         keep[:, 0] = True
         out = np.where(keep, I, np.int32(-1))
         order = np.argsort(~keep, axis=1, kind="stable")  # kept probes first, in decreasing similarity
