@@ -84,6 +84,21 @@ def count_renames(argv: list[str]) -> int:
     return n[0]
 
 
+def processes_tagged(tag: str) -> list[int]:
+    """Live (non-zombie) processes whose environment holds ``AUDITOR_TEST_TAG=tag``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if f"AUDITOR_TEST_TAG={tag}".encode() in (d / "environ").read_bytes().split(b"\0") and \
+                    (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(d.name))
+        except OSError:
+            pass
+    return found
+
+
 def kill_at_rename(k: int, argv: list[str]) -> bool:
     """Fork; the child runs the CLI and SIGKILLs itself just before its k-th os.replace. True if it died so."""
     pid = os.fork()
@@ -189,8 +204,10 @@ def test_index_killed_from_outside_resumes_identically(shared_data, tmp_path, do
     assert _main(_index_argv(data, ref, workers=0) + sets) == 0
 
     run = tmp_path / "run"
+    tag = f"{os.getpid()}-{done_shards}-{time.time_ns()}"  # inherited by every process the run starts
     proc = subprocess.Popen([sys.executable, "-m", "auditor", *_index_argv(data, run, workers=2), *sets],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "AUDITOR_TEST_TAG": tag})
     deadline = time.time() + 120
 
     def reached() -> bool:
@@ -202,6 +219,11 @@ def test_index_killed_from_outside_resumes_identically(shared_data, tmp_path, do
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the index finished before it could be killed"
+    # its pool workers, forkserver and resource tracker follow it instead of waiting forever
+    deadline = time.time() + 15
+    while time.time() < deadline and processes_tagged(tag):
+        time.sleep(0.1)
+    assert processes_tagged(tag) == []
     assert_complete_files(run / "index")
     assert _main(_index_argv(data, run, workers=2) + sets) == 0
     assert tree(run / "index") == tree(ref / "index")

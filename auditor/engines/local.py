@@ -83,6 +83,26 @@ class LocalEngine(IndexEngine):
             nbar.close()
 
 
+def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """Pool-worker initializer: exit when the main process is gone. A forkserver worker is the forkserver's
+    child and holds both ends of the pool's call queue, so a ``kill -9`` of the main process would otherwise
+    leave it -- and through it the forkserver and resource tracker -- waiting forever."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid now belongs to another user's process: ours is gone
+                os._exit(0)
+
+    threading.Thread(target=watch, name="auditor-parent-watch", daemon=True).start()
+
+
 def run_pool(chunks: Iterable[list[Sample]], workers: int, decode_cfg: dict, emb_cfg: Optional[dict],
              consume: Callable, keep_bytes: bool = False) -> None:
     """Bounded, in-order pipeline over a process pool (at most ``2 * workers`` chunks in flight)."""
@@ -95,7 +115,8 @@ def run_pool(chunks: Iterable[list[Sample]], workers: int, decode_cfg: dict, emb
     if os.name == "posix":  # workers fork from a server that already imported the pipeline: fast start-up
         ctx.set_forkserver_preload(["auditor.index.runner", "auditor.index.decode", "auditor.index.hashing"])
     window: deque[Future] = deque()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         for chunk in chunks:
             window.append(pool.submit(process_chunk, chunk, decode_cfg, emb_cfg, keep_bytes))
             if len(window) >= 2 * workers:
