@@ -113,7 +113,7 @@ def run_pool(chunks: Iterable[list[Sample]], workers: int, decode_cfg: dict, emb
     # forkserver: workers never inherit the main process's threads (torch/OpenMP, tqdm's monitor)
     ctx = mp.get_context("forkserver" if os.name == "posix" else "spawn")
     if os.name == "posix":  # workers fork from a server that already imported the pipeline: fast start-up
-        ctx.set_forkserver_preload(["auditor.index.runner", "auditor.index.decode", "auditor.index.hashing"])
+        ctx.set_forkserver_preload(["auditor.index._preload"])
     window: deque[Future] = deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
                              initargs=(os.getpid(),)) as pool:

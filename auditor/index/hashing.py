@@ -260,6 +260,17 @@ def blas_pass_order() -> Optional[str]:
     return found
 
 
+def warm_up(sizes: Sequence[int] = (256, 224, 512)) -> None:
+    """Detect the pass order and build the weight matrices of common image sides (img2dataset's usual outputs)
+    once, e.g. in a forkserver before it forks pool workers, so that every worker does not redo it."""
+    if blas_pass_order() is None:
+        return
+    for n in sizes:
+        for ow, oh in _THUMB_SIZES:
+            _band_blocks(n, ow)
+            _band_blocks(n, oh)
+
+
 def hash_thumbnails(im: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """The two grayscale thumbnails imagehash computes for ``im`` (any mode; ``convert("L")`` then LANCZOS):
     ``uint8 [32, 32]`` for phash and ``uint8 [8, 9]`` for dhash, byte-identical to ``Image.resize`` of the

@@ -1,0 +1,7 @@
+"""Imported by the local engine's forkserver before it forks pool workers (``set_forkserver_preload``): the
+pipeline's modules are imported and the hashing tables built once, not once per worker."""
+
+from . import decode, runner  # noqa: F401
+from .hashing import warm_up
+
+warm_up()
