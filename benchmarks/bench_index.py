@@ -1,8 +1,12 @@
-"""Hash-only index throughput on real photos, against two peers measured in the same run:
+"""Hash-only index throughput on real photos, against three peers measured in the same run:
 
 (a) plain PIL decode of the same files (open + full RGB decode, one process, no hashing): the floor any
     image indexer pays;
-(b) imagededup's ``PHash().encode_images`` on the same folder (its default multiprocessing), the peer tool.
+(b) imagededup's ``PHash().encode_images`` on the same folder (its default multiprocessing), the peer tool;
+(c) imagehash's ``phash`` + ``dhash`` per file in one process: the reference auditor's hashes equal bit for bit.
+
+plus the per-image cost of each step of auditor's per-sample work (decode, the two SHA-256s, the two thumbnails
+with Pillow and with auditor's exact matrix products, the batched DCT), one process, same files.
 
     python benchmarks/bench_index.py [--photos ../shared/data/photos/imagenet-256] [--repeat 3]
 
@@ -53,6 +57,51 @@ def bench_imagededup(folder: Path) -> float:
     return time.perf_counter() - t
 
 
+def bench_imagehash(files: list[Path]) -> float:
+    """imagehash's own phash + dhash on each file, one process: what auditor's hashes must equal bit for bit."""
+    import imagehash
+    from PIL import Image
+
+    t = time.perf_counter()
+    for f in files:
+        with Image.open(f) as im:
+            imagehash.phash(im)
+            imagehash.dhash(im)
+    return time.perf_counter() - t
+
+
+def stage_costs(files: list[Path]) -> dict[str, float]:
+    """Milliseconds per image of each step of auditor's per-sample work, one process, same files."""
+    import numpy as np
+    from PIL import Image
+
+    from auditor.index.decode import open_image, to_rgb
+    from auditor.index.hashing import bytes_sha256, hash_thumbnails, phash_batch_gray, pixel_sha256
+
+    datas = [f.read_bytes() for f in files]
+    out: dict[str, float] = {}
+
+    def timed(name, fn, xs):
+        t = time.perf_counter()
+        r = [fn(x) for x in xs]
+        out[name] = (time.perf_counter() - t) * 1e3 / len(xs)
+        return r
+
+    ims = timed("decode (open_image)", open_image, datas)
+    rgbs = [to_rgb(im) for im in ims]
+    timed("sha256 of the stored bytes", bytes_sha256, datas)
+    timed("sha256 of the decoded RGB pixels", pixel_sha256, rgbs)
+    lz = Image.Resampling.LANCZOS
+    timed("thumbnails with Pillow (convert L + 2 LANCZOS resizes)",
+          lambda im: (im.convert("L").resize((32, 32), lz), im.convert("L").resize((9, 8), lz)), ims)
+    th = timed("thumbnails, auditor (exact fixed-point matrix products)", hash_thumbnails, ims)
+    g = np.stack([t[0] for t in th])
+    t = time.perf_counter()
+    phash_batch_gray(g)
+    out["pHash DCT, batched"] = (time.perf_counter() - t) * 1e3 / len(g)
+    return out
+
+
 def bench_auditor(folder: Path, workers: int) -> float:
     from auditor.config import AuditorConfig
     from auditor.index.runner import run_index
@@ -84,10 +133,12 @@ def main() -> None:
         files = sorted(folder.iterdir())
         n = len(files)
         bench_pil(files)  # warm the page cache
-        res: dict[str, list[float]] = {"pil_decode": [], "imagededup_phash": [], "auditor_workers0": [],
-                                       "auditor_workers2": []}
+        res: dict[str, list[float]] = {"pil_decode": [], "imagehash_phash_dhash": [], "imagededup_phash": [],
+                                       "auditor_workers0": [], "auditor_workers2": []}
+        stages = stage_costs(files)
         for _ in range(args.repeat):
             res["pil_decode"].append(bench_pil(files))
+            res["imagehash_phash_dhash"].append(bench_imagehash(files))
             res["imagededup_phash"].append(bench_imagededup(folder))
             res["auditor_workers0"].append(bench_auditor(folder, 0))
             res["auditor_workers2"].append(bench_auditor(folder, 2))
@@ -98,14 +149,17 @@ def main() -> None:
         "seconds_best_of": args.repeat, "seconds": best, "images_per_s": ips,
         "ratio_vs_pil_decode": {k: ips[k] / ips["pil_decode"] for k in ("auditor_workers0", "auditor_workers2")},
         "ratio_vs_imagededup": {k: ips[k] / ips["imagededup_phash"] for k in ("auditor_workers0", "auditor_workers2")},
+        "stage_ms_per_image_1_process": stages,
     }
     rdir = REPO / "benchmarks" / "results"
     rdir.mkdir(parents=True, exist_ok=True)
     (rdir / "index.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [f"Hash-only index, {n} real photos ({src.name}), {out['machine']}, {out['date']}, best of {args.repeat}",
              "", "| what | img/s | vs PIL decode | vs imagededup PHash |", "|---|---:|---:|---:|"]
-    for k in ("pil_decode", "imagededup_phash", "auditor_workers0", "auditor_workers2"):
+    for k in res:
         lines.append(f"| {k} | {ips[k]:.0f} | {ips[k] / ips['pil_decode']:.2f}x | {ips[k] / ips['imagededup_phash']:.2f}x |")
+    lines += ["", "Per-image steps, one process (ms/img):", "", "| step | ms |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in stages.items()]
     (rdir / "index.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
