@@ -155,3 +155,8 @@ def test_partitioned_search_exact_and_identical_on_ray(tmp_path, ray_cluster):
     np.testing.assert_array_equal(rj, j)
     np.testing.assert_array_equal(rs, s)
     assert [st["pairs"] for st in rstats] == [st["pairs"] for st in stats]
+    # probe rows by reference: Ray tasks read the neighbouring partitions' files; same arrays
+    build_partitions(emb, tmp_path / "ref", tau, nparts=12, seed=0, block_rows=1000, max_buffer_rows=3000,
+                     probe_store="ref")
+    for a, b in zip(partitioned_pairs(tmp_path / "ref", tau, engine="ray")[:3], (i, j, s)):
+        np.testing.assert_array_equal(a, b)

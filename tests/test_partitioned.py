@@ -57,7 +57,10 @@ def test_probe_rule_finds_pairs_across_a_partition_boundary(photo_pairs, tmp_pat
         got = list(zip(i.tolist(), j.tolist()))
         assert len(got) == len(set(got)) and set(got) <= truth  # no duplicates, every pair exact
         np.testing.assert_array_equal(s, np.einsum("ij,ij->i", xf[i], xf[j]))
+        run.arrays[name] = (i, j, s)
         return idx, set(got)
+
+    run.arrays = {}
 
     # home-only (margin 0: the old one-partition-per-row storage): no straddling pair can be found
     _, home_only = run("home", margin=0.0, max_probes=1)
@@ -69,6 +72,12 @@ def test_probe_rule_finds_pairs_across_a_partition_boundary(photo_pairs, tmp_pat
     assert first in got and first not in home_only
     assert len(got & straddling) >= 0.8 * len(straddling)
     assert len(got) / len(truth) >= 0.99
+    # probe rows stored by reference (read from their home partition's files): same pairs, one vector per row
+    ref, _ = run("ref", probe_store="ref", block_rows=300, max_buffer_rows=500)
+    assert all(p["chunks"] >= 2 for p in ref.manifest["partitions"])  # references across several chunks
+    for a, b in zip(run.arrays["ref"], run.arrays["default"]):
+        np.testing.assert_array_equal(a, b)
+    assert not list((tmp_path / "ref").rglob("*.qemb.npy")) and list((tmp_path / "default").rglob("*.qemb.npy"))
     # margin 1, no cap: the bound holds for every pair, the partitioned search is exact
     _, exact = run("exact", margin=1.0, max_probes=len(centroids))
     assert exact == truth

@@ -32,6 +32,9 @@ class DedupConfig(BaseModel):
     partition_rows: int = Field(10_000, ge=1)
     partition_margin: float = Field(0.05, ge=0.0)
     partition_max_probes: int = Field(16, ge=1)
+    # probe rows written as vector copies into the probed partition (self-contained partitions, sequential reads)
+    # or as references to their home partition's files (one vector per row on disk, scattered single-row reads)
+    partition_probe_store: Literal["copy", "ref"] = "copy"
     # chaining guard: a cluster member must itself be within a threshold of the representative (by at least
     # one enabled signal); members that are not are split off into their own clusters. Off = plain
     # connected components (single linkage, which chains A~B~C into one cluster even when A !~ C).

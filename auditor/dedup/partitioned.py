@@ -9,8 +9,9 @@ millions of rows (LAION-2B's 512-d float16 embeddings are 2 TB) the search is sp
    row is *stored* once, in its home partition (nearest centroid), and is additionally written as a *probe row* of
    every other partition ``c`` that passes the threshold-aware margin rule below (at most ``max_probes - 1``);
    each partition is ``.npy`` chunks under ``DIR/parts/<pid>/``: stored rows (global ids int64, probe lists int32
-   padded with -1, vectors float16) and probe rows (ids int64, home partition int32, vectors float16); the
-   buffered rows are bounded by ``max_buffer_rows``;
+   padded with -1, vectors float16) and probe rows (ids int64, home partition int32, and either a float16 copy of
+   the vector, ``probe_store="copy"``, or its place in the home partition's files, ``probe_store="ref"``: chunk and
+   row int32, read from there at search time); the buffered rows are bounded by ``max_buffer_rows``;
 3. **search**: each partition on its own: exact faiss ``IndexFlatIP`` range search of its stored rows *and* its
    probe rows against its stored rows (cost ``stored * (stored + probe rows) * dim``), candidates at
    ``threshold - 1e-3``, re-verified with the exact float32 dot product;
@@ -61,6 +62,7 @@ _DEFAULTS = DedupConfig.model_fields
 DEFAULT_MARGIN: float = _DEFAULTS["partition_margin"].default
 DEFAULT_MAX_PROBES: int = _DEFAULTS["partition_max_probes"].default
 DEFAULT_ROWS: int = _DEFAULTS["partition_rows"].default
+DEFAULT_PROBE_STORE: str = _DEFAULTS["partition_probe_store"].default
 
 
 def _f32(x) -> np.ndarray:
@@ -178,12 +180,29 @@ def load_partition(directory: Path, manifest: dict, pid: int):
         stored = (np.concatenate(ids), np.concatenate(prb), np.concatenate(vec))
     else:
         stored = (np.zeros(0, np.int64), np.zeros((0, 1), np.int32), np.zeros((0, d), np.float16))
-    qid, qhome, qvec = _load_chunks(pdir, int(entry["probe_chunks"]), ("qids", "qhome", "qemb"))
+    if manifest.get("probe_store", "copy") == "ref":
+        qid, qhome, qchunk, qrow = _load_chunks(pdir, int(entry["probe_chunks"]), ("qids", "qhome", "qchunk", "qrow"))
+        qvec = [_gather_ref(Path(directory), np.concatenate(qhome), np.concatenate(qchunk), np.concatenate(qrow),
+                            d)] if qid else []
+    else:
+        qid, qhome, qvec = _load_chunks(pdir, int(entry["probe_chunks"]), ("qids", "qhome", "qemb"))
     if qid:
         probe = (np.concatenate(qid), np.concatenate(qhome), np.concatenate(qvec))
     else:
         probe = (np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, d), np.float16))
     return stored, probe
+
+
+def _gather_ref(directory: Path, home: np.ndarray, chunk: np.ndarray, row: np.ndarray, d: int) -> np.ndarray:
+    """The vectors of probe rows stored by reference: row ``row`` of chunk ``chunk`` of partition ``home``."""
+    out = np.empty((len(home), d), np.float16)
+    key = home.astype(np.int64) << 32 | chunk.astype(np.int64)
+    for k, pos in _group_by(key):
+        f = directory / "parts" / f"{k >> 32:05d}" / f"{k & 0xFFFFFFFF:05d}.emb.npy"
+        r = row[pos]
+        order = np.argsort(r, kind="stable")  # ascending offsets: forward reads through the memory map
+        out[pos[order]] = np.load(f, mmap_mode="r", allow_pickle=False)[r[order]]
+    return out
 
 
 def _blocks(emb, block_rows: int) -> Iterable[tuple[int, np.ndarray]]:
@@ -204,13 +223,19 @@ def _group_by(keys: np.ndarray):
 def build_partitions(emb, out_dir: str | Path, threshold: float, nparts: Optional[int] = None,
                      margin: float = DEFAULT_MARGIN, max_probes: int = DEFAULT_MAX_PROBES, seed: int = 0,
                      centroids: Optional[np.ndarray] = None, block_rows: int = 262_144,
-                     max_buffer_rows: int = 2_000_000, progress: bool = False) -> PartitionedIndex:
+                     max_buffer_rows: int = 2_000_000, probe_store: str = DEFAULT_PROBE_STORE,
+                     progress: bool = False) -> PartitionedIndex:
     """Partition ``emb`` (float16/float32 [N, dim], L2-normalised; a memory map is fine) into ``out_dir`` for a
     search at cosine ``threshold`` (or higher: the margin rule is built for it; a lower search threshold finds
     fewer of its pairs). ``nparts`` defaults to ``N / partition_rows``; ``margin`` and ``max_probes`` are the margin
-    rule's (``margin=1`` with ``max_probes >= nparts`` makes the search exact)."""
+    rule's (``margin=1`` with ``max_probes >= nparts`` makes the search exact). ``probe_store="copy"`` writes each
+    probe row's vector into the probed partition (self-contained partitions, sequential reads, ``1 + probe rows per
+    row`` vectors on disk); ``"ref"`` writes only where the row is stored (one vector per row on disk; a task then
+    also reads single rows of the neighbouring partitions' files)."""
     from tqdm.auto import tqdm
 
+    if probe_store not in ("copy", "ref"):
+        raise ValueError(f"probe_store must be 'copy' or 'ref', not {probe_store!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n, d = emb.shape
@@ -227,7 +252,9 @@ def build_partitions(emb, out_dir: str | Path, threshold: float, nparts: Optiona
     rows, prows = [0] * P, [0] * P
     buf: dict[int, list] = {}
     pbuf: dict[int, list] = {}
+    pending = [0] * P  # stored rows of each partition buffered for its next chunk
     buffered = 0
+    qnames = ("qids", "qhome", "qemb") if probe_store == "copy" else ("qids", "qhome", "qchunk", "qrow")
 
     def flush() -> None:
         nonlocal buffered
@@ -242,12 +269,12 @@ def build_partitions(emb, out_dir: str | Path, threshold: float, nparts: Optiona
         for pid in sorted(pbuf):
             pdir = out / "parts" / f"{pid:05d}"
             c, parts = pchunks[pid], pbuf[pid]
-            write_npy(pdir / f"{c:05d}.qids.npy", np.concatenate([p[0] for p in parts]))
-            write_npy(pdir / f"{c:05d}.qhome.npy", np.concatenate([p[1] for p in parts]))
-            write_npy(pdir / f"{c:05d}.qemb.npy", np.concatenate([p[2] for p in parts]))
+            for f, name in enumerate(qnames):
+                write_npy(pdir / f"{c:05d}.{name}.npy", np.concatenate([p[f] for p in parts]))
             pchunks[pid] += 1
         buf.clear()
         pbuf.clear()
+        pending[:] = [0] * P
         buffered = 0
 
     t1 = time.perf_counter()
@@ -257,13 +284,18 @@ def build_partitions(emb, out_dir: str | Path, threshold: float, nparts: Optiona
         probes = assign(x)
         gid = np.arange(lo, lo + len(x), dtype=np.int64)
         home = probes[:, 0]
+        where = np.empty((len(x), 2), np.int32)  # (chunk, row) of each row in its home partition's files
         for pid, r in _group_by(home):
             buf.setdefault(pid, []).append((gid[r], probes[r], x16[r]))
+            where[r, 0] = chunks[pid]
+            where[r, 1] = pending[pid] + np.arange(len(r))
+            pending[pid] += len(r)
             rows[pid] += len(r)
         pr, pc = np.nonzero(probes[:, 1:] >= 0)
         for pid, sel in _group_by(probes[pr, pc + 1]):
             r = pr[sel]  # ascending rows (np.nonzero is row-major, the grouping sort is stable)
-            pbuf.setdefault(pid, []).append((gid[r], home[r], x16[r]))
+            pbuf.setdefault(pid, []).append((gid[r], home[r], x16[r]) if probe_store == "copy"
+                                            else (gid[r], home[r], where[r, 0].copy(), where[r, 1].copy()))
             prows[pid] += len(r)
         buffered += len(x) + len(pr)
         if buffered >= max_buffer_rows:
@@ -272,7 +304,7 @@ def build_partitions(emb, out_dir: str | Path, threshold: float, nparts: Optiona
     manifest = {
         "format": FORMAT, "n": int(n), "dim": int(d), "nparts": int(P), "seed": int(seed),
         "threshold": float(threshold), "margin": float(margin), "max_probes": int(assign.max_probes),
-        "probe_rows": int(sum(prows)),
+        "probe_store": probe_store, "probe_rows": int(sum(prows)),
         "partitions": [{"id": p, "rows": int(rows[p]), "probe_rows": int(prows[p]), "chunks": int(chunks[p]),
                         "probe_chunks": int(pchunks[p])} for p in range(P)],
         "train_s": round(train_s, 3), "assign_write_s": round(time.perf_counter() - t1, 3),
