@@ -29,7 +29,7 @@ class DedupConfig(BaseModel):
     # partition_margin * sqrt(2 (1 - cosine_threshold)) * |c_home - c| of its home centroid's similarity (at most
     # partition_max_probes partitions in all); margin 1 with no cap is exact. Defaults: recall >= 0.99 at 1M
     # (benchmarks/results/partitioned.md).
-    partition_rows: int = Field(10_000, ge=1)
+    partition_rows: int = Field(5_000, ge=1)
     partition_margin: float = Field(0.05, ge=0.0)
     partition_max_probes: int = Field(16, ge=1)
     # probe rows written as vector copies into the probed partition (self-contained partitions, sequential reads)
