@@ -191,12 +191,17 @@ def run_size(n: int, args, tmp: Path) -> dict:
                                                            * float(rsec.sum() / sec.sum()), 1),
                       "same_pairs_as_copy": bool(np.array_equal(ri, i) and np.array_equal(rj, j)
                                                  and np.array_equal(rs, s))}
+        if full:
+            rec["ref"]["search_1core_s_measured"] = round(float(rsec.sum()), 1)
         print(f"[{n}] ref: {rec['ref']}", flush=True)
         shutil.rmtree(ref_dir, ignore_errors=True)
 
     # recall from the assignments (exact within partitions), on a uniform sample of query rows
     faiss.omp_set_num_threads(args.truth_threads)
-    queries = np.sort(rng.choice(n, size=min(args.recall_queries, n), replace=False))
+    # an independent stream: default_rng(seed).choice draws the k-means training sample, and two choices of
+    # nearby sizes from the same seed overlap (the 400-partition sample of 25,600 rows lay inside 30,000 queries)
+    qrng = np.random.default_rng([args.seed, 0x5EED])
+    queries = np.sort(qrng.choice(n, size=min(args.recall_queries, n), replace=False))
     t = time.perf_counter()
     truth = exact_pairs_of(x, queries, args.tau)
     truth = np.unique(np.sort(truth, axis=1), axis=0)  # unordered pairs with at least one sampled row
@@ -230,6 +235,64 @@ def run_size(n: int, args, tmp: Path) -> dict:
     return rec
 
 
+def render(res: dict) -> str:
+    """benchmarks/results/partitioned.md from the JSON results."""
+    r0 = res["sizes"][0]
+    m = res["machine"]
+    lines = [f"# Partitioned near-duplicate search: per-partition costs and recall ({res['date']})", "",
+             f"Machine: {m['cpu_model']} ({m['cpu_count']} cores visible, shared with other jobs); faiss "
+             f"{m['faiss_version']}; one thread per partition. Data: bench_dedup_scale's clustered 512-d float16 "
+             f"embeddings with 3 % planted near-duplicates; tau = {r0['tau']}. Each row stored once in its home "
+             f"partition (~{r0['target_rows']:,} stored rows each) and probing the partitions within margin "
+             f"{r0['margin']} x sqrt(2 (1 - tau)) x |c_home - c| (at most {r0['max_probes']}).", "",
+             "| N | partitions | stored rows/partition median (max) | probe rows per row | build s | disk B/vector | "
+             "searched | s per partition (mean) | search, 1 core, s | pairs found | recall (missed / pairs) | "
+             "old top-2 recall |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for r in res["sizes"]:
+        pr = r["part_rows"]
+        search = (f"{r['search_1core_s_measured']} measured" if "search_1core_s_measured" in r
+                  else f"{r['search_1core_s_extrapolated']} extrapolated")
+        lines.append(f"| {r['n']:,} | {r['nparts']} | {pr['median']:,} ({pr['max']:,}) | "
+                     f"{r['probe_rows']['per_row']} | {r['build_s']} | {r['disk_bytes_per_vector']} | "
+                     f"{r['searched_parts']} | {r['cost_fit']['seconds_per_partition_mean']} | {search} | "
+                     f"{format(r['pairs'], ',') if 'pairs' in r else '-'} | "
+                     f"{r['recall']} ({r['recall_missed']} / {r['recall_pairs']}) | {r['recall_old_top2']} |")
+    if any("ref" in r for r in res["sizes"]):
+        lines += ["", "The same partitions with probe rows stored by reference (`probe_store=\"ref\"`: one vector per "
+                  "row on disk, probe vectors gathered from the neighbouring partitions' files at search time):", "",
+                  "| N | build s | disk B/vector | s per partition (mean) | load s per partition, ref (copy) | "
+                  "search, 1 core, s | same pairs as copy |", "|---:|---:|---:|---:|---|---|---|"]
+        for r in res["sizes"]:
+            if "ref" in r:
+                f = r["ref"]
+                if "search_1core_s_measured" in f:
+                    rs = f"{f['search_1core_s_measured']} measured"
+                elif r["searched_parts"] == r["nparts"]:  # all partitions searched (older JSON): the wall time
+                    rs = f"{f['search_wall_s']} measured (wall)"
+                else:
+                    rs = f"{f['search_1core_s_extrapolated']} extrapolated"
+                lines.append(f"| {r['n']:,} | {f['build_s']} | {f['disk_bytes_per_vector']} | "
+                             f"{f['seconds_per_partition_mean']} | {f['load_s_mean']} ({f['copy_load_s_mean']}) | "
+                             f"{rs} | {f['same_pairs_as_copy']} |")
+    lines += ["", f"Recall: share of the exact pairs (cos >= tau) with at least one row in a uniform sample of "
+              f"{r0['recall_queries']:,} query rows (all rows when N is smaller), found by brute force over all N rows, "
+              "that the partitioning finds (the search inside a partition is exact, so these are exactly the pairs "
+              "returned; where the search ran in full, `recall_from_search` in the JSON confirms it). Old top-2: the "
+              "previous design (each row stored in its top-2 partitions of ~20k rows) on the same pairs.", "",
+              "Margin sweep (from the assignments, same pairs; work = sum over partitions of stored x (stored + "
+              "probe rows), per row):", "",
+              "| N | partitions | margin | recall | missed | probe rows per row | work per row |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["sizes"]:
+        for P, sw in r["sweep"].items():
+            for e in sw:
+                lines.append(f"| {r['n']:,} | {P} | {e['margin']} | {e['recall']} | {e['missed']} | "
+                             f"{e['probe_rows_per_row']} | {e['work_row_pairs'] / r['n']:,.0f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> int:
     from auditor.dedup.partitioned import DEFAULT_MARGIN, DEFAULT_MAX_PROBES, DEFAULT_ROWS
 
@@ -251,7 +314,13 @@ def main() -> int:
                     help="skip the probe_store='ref' build and search of the same partitions")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", type=Path, default=None)
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from benchmarks/results/partitioned.json")
     args = ap.parse_args()
+    if args.render:
+        md = render(json.loads((RESULTS / "partitioned.json").read_text(encoding="utf-8")))
+        (RESULTS / "partitioned.md").write_text(md, encoding="utf-8")
+        print(md)
+        return 0
 
     D = _dedup_bench()
     tmp = args.tmp or Path(tempfile.mkdtemp(prefix="bench_partitioned_"))
@@ -261,52 +330,9 @@ def main() -> int:
         res["sizes"].append(run_size(n, args, tmp))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "partitioned.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    m = res["machine"]
-    lines = [f"# Partitioned near-duplicate search: per-partition costs and recall ({res['date']})", "",
-             f"Machine: {m['cpu_model']} ({m['cpu_count']} cores visible, shared with other jobs); faiss "
-             f"{m['faiss_version']}; one thread per partition. Data: bench_dedup_scale's clustered 512-d float16 "
-             f"embeddings with 3 % planted near-duplicates; tau = {args.tau}. Each row stored once in its home "
-             f"partition (~{args.target_rows:,} stored rows each) and probing the partitions within margin "
-             f"{args.margin} x sqrt(2 (1 - tau)) x |c_home - c| (at most {args.max_probes}).", "",
-             "| N | partitions | stored rows/partition median (max) | probe rows per row | build s | disk B/vector | "
-             "searched | s per partition (mean) | search, 1 core, s | recall (missed / pairs) | old top-2 recall |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]
-    for r in res["sizes"]:
-        pr = r["part_rows"]
-        search = (f"{r['search_1core_s_measured']} measured" if "search_1core_s_measured" in r
-                  else f"{r['search_1core_s_extrapolated']} extrapolated")
-        lines.append(f"| {r['n']:,} | {r['nparts']} | {pr['median']:,} ({pr['max']:,}) | "
-                     f"{r['probe_rows']['per_row']} | {r['build_s']} | {r['disk_bytes_per_vector']} | "
-                     f"{r['searched_parts']} | {r['cost_fit']['seconds_per_partition_mean']} | {search} | "
-                     f"{r['recall']} ({r['recall_missed']} / {r['recall_pairs']}) | {r['recall_old_top2']} |")
-    if any("ref" in r for r in res["sizes"]):
-        lines += ["", "The same partitions with probe rows stored by reference (`probe_store=\"ref\"`: one vector per "
-                  "row on disk, probe vectors gathered from the neighbouring partitions' files at search time):", "",
-                  "| N | build s | disk B/vector | s per partition (mean) | load s per partition, ref (copy) | "
-                  "search, 1 core, s | same pairs as copy |", "|---:|---:|---:|---:|---|---|---|"]
-        for r in res["sizes"]:
-            if "ref" in r:
-                f = r["ref"]
-                lines.append(f"| {r['n']:,} | {f['build_s']} | {f['disk_bytes_per_vector']} | "
-                             f"{f['seconds_per_partition_mean']} | {f['load_s_mean']} ({f['copy_load_s_mean']}) | "
-                             f"{f['search_1core_s_extrapolated']} extrapolated | {f['same_pairs_as_copy']} |")
-    lines += ["", f"Recall: share of the exact pairs (cos >= tau) with at least one row in a uniform sample of "
-              f"{args.recall_queries:,} query rows (all rows when N is smaller), found by brute force over all N rows, "
-              "that the partitioning finds (the search inside a partition is exact, so these are exactly the pairs "
-              "returned; where the search ran in full, `recall_from_search` in the JSON confirms it). Old top-2: the "
-              "previous design (each row stored in its top-2 partitions of ~20k rows) on the same pairs.", "",
-              "Margin sweep (from the assignments, same pairs; work = sum over partitions of stored x (stored + "
-              "probe rows), per row):", "",
-              "| N | partitions | margin | recall | missed | probe rows per row | work per row |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in res["sizes"]:
-        for P, sw in r["sweep"].items():
-            for e in sw:
-                lines.append(f"| {r['n']:,} | {P} | {e['margin']} | {e['recall']} | {e['missed']} | "
-                             f"{e['probe_rows_per_row']} | {e['work_row_pairs'] / r['n']:,.0f} |")
-    lines.append("")
-    (RESULTS / "partitioned.md").write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    md = render(res)
+    (RESULTS / "partitioned.md").write_text(md, encoding="utf-8")
+    print(md)
     if args.tmp is None:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
