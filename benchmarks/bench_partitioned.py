@@ -258,6 +258,20 @@ def render(res: dict) -> str:
                      f"{r['searched_parts']} | {r['cost_fit']['seconds_per_partition_mean']} | {search} | "
                      f"{format(r['pairs'], ',') if 'pairs' in r else '-'} | "
                      f"{r['recall']} ({r['recall_missed']} / {r['recall_pairs']}) | {r['recall_old_top2']} |")
+    lines += ["", "Per-partition costs (min / median / max over the searched partitions; the fit is seconds = c x stored x "
+              "(stored + probe rows)):", "",
+              "| N | stored rows | probe rows | candidates | load s | seconds | c, s per row pair |",
+              "|---:|---|---|---|---|---|---:|"]
+    for r in res["sizes"]:
+        pp = r["per_partition"]
+
+        def mmm(key, fmt="{:,}"):
+            v = np.array([st[key] for st in pp])
+            return " / ".join(fmt.format(x) for x in (v.min(), np.median(v), v.max()))
+
+        lines.append(f"| {r['n']:,} | {mmm('rows', '{:,.0f}')} | {mmm('probe_rows', '{:,.0f}')} | "
+                     f"{mmm('candidates', '{:,.0f}')} | {mmm('load_s', '{:.3f}')} | {mmm('seconds', '{:.2f}')} | "
+                     f"{r['cost_fit']['c_seconds_per_row_pair']:.3g} |")
     if any("ref" in r for r in res["sizes"]):
         lines += ["", "The same partitions with probe rows stored by reference (`probe_store=\"ref\"`: one vector per "
                   "row on disk, probe vectors gathered from the neighbouring partitions' files at search time):", "",
