@@ -135,7 +135,8 @@ def main() -> None:
         bench_pil(files)  # warm the page cache
         res: dict[str, list[float]] = {"pil_decode": [], "imagehash_phash_dhash": [], "imagededup_phash": [],
                                        "auditor_workers0": [], "auditor_workers2": []}
-        stages = stage_costs(files)
+        runs = [stage_costs(files) for _ in range(args.repeat)]  # best of: the first pass builds caches
+        stages = {k: min(r[k] for r in runs) for k in runs[0]}
         for _ in range(args.repeat):
             res["pil_decode"].append(bench_pil(files))
             res["imagehash_phash_dhash"].append(bench_imagehash(files))
@@ -158,7 +159,7 @@ def main() -> None:
              "", "| what | img/s | vs PIL decode | vs imagededup PHash |", "|---|---:|---:|---:|"]
     for k in res:
         lines.append(f"| {k} | {ips[k]:.0f} | {ips[k] / ips['pil_decode']:.2f}x | {ips[k] / ips['imagededup_phash']:.2f}x |")
-    lines += ["", "Per-image steps, one process (ms/img):", "", "| step | ms |", "|---|---:|"]
+    lines += ["", f"Per-image steps, one process, best of {args.repeat} (ms/img):", "", "| step | ms |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in stages.items()]
     (rdir / "index.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
