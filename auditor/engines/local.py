@@ -95,9 +95,7 @@ def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
             time.sleep(interval)
             try:
                 os.kill(parent_pid, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:  # the pid now belongs to another user's process: ours is gone
+            except (ProcessLookupError, PermissionError):  # gone (or its pid reused by another user's process)
                 os._exit(0)
 
     threading.Thread(target=watch, name="auditor-parent-watch", daemon=True).start()

@@ -171,8 +171,6 @@ def _vertical_first_legacy(w: int, h: int, ow: int, oh: int) -> bool:
 
 
 _PASS_ORDERS = {"pillow>=13": _vertical_first_pillow13, "pillow<13": _vertical_first_legacy}
-_pass_order: Optional[str] = None
-_pass_order_checked = False
 
 
 @functools.lru_cache(maxsize=2048)
@@ -227,37 +225,25 @@ def _resize_blas(g: np.ndarray, w: int, h: int, ow: int, oh: int, vertical_first
     return out.astype(np.uint8)
 
 
+@functools.cache
 def blas_pass_order() -> Optional[str]:
     """Which known Pillow pass order the installed Pillow follows (``"pillow>=13"`` or ``"pillow<13"``), found
     once per process by comparing :func:`_resize_blas` with ``Image.resize`` on probe images whose result
     depends on the order; None when neither matches (then :func:`hash_thumbnails` uses Pillow itself)."""
-    global _pass_order, _pass_order_checked
-    if _pass_order_checked:
-        return _pass_order
     rng = np.random.default_rng(0)
     probes = []
     for w, h in ((40, 100), (95, 178), (300, 170), (21, 18), (64, 97), (7, 40)):
         g = np.sort(rng.integers(0, 256, (h, w), dtype=np.uint8), axis=0)
         g[:, ::3] = 255 - g[:, ::3]  # strong structure in both directions
         probes.append(g)
-    found = None
-    for name, rule in _PASS_ORDERS.items():
-        ok = True
-        for g in probes:
-            h, w = g.shape
-            im = Image.fromarray(g, mode="L")
-            for ow, oh in _THUMB_SIZES + ((50, 20),):
-                ref = np.asarray(im.resize((ow, oh), _LANCZOS))
-                if not np.array_equal(_resize_blas(g.astype(np.float64), w, h, ow, oh, rule(w, h, ow, oh)), ref):
-                    ok = False
-                    break
-            if not ok:
-                break
-        if ok:
-            found = name
-            break
-    _pass_order, _pass_order_checked = found, True
-    return found
+
+    def matches(rule) -> bool:
+        return all(np.array_equal(_resize_blas(g.astype(np.float64), g.shape[1], g.shape[0], ow, oh,
+                                               rule(g.shape[1], g.shape[0], ow, oh)),
+                                  np.asarray(Image.fromarray(g, mode="L").resize((ow, oh), _LANCZOS)))
+                   for g in probes for ow, oh in _THUMB_SIZES + ((50, 20),))
+
+    return next((name for name, rule in _PASS_ORDERS.items() if matches(rule)), None)
 
 
 def warm_up(sizes: Sequence[int] = (256, 224, 512)) -> None:
@@ -289,12 +275,15 @@ def phash_dhash(images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
     """``(phash, dhash)`` as two ``uint64 [n]`` arrays, bit-identical to
     ``int(str(imagehash.phash(im)), 16)`` and ``int(str(imagehash.dhash(im)), 16)``; pass images in their
     original mode (as ``Image.open`` / :func:`auditor.index.decode.open_image` return them)."""
-    if len(images) == 0:
+    return hashes_from_thumbnails([hash_thumbnails(im) for im in images])
+
+
+def hashes_from_thumbnails(thumbs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(phash, dhash)`` of a batch of :func:`hash_thumbnails` results, as two ``uint64 [n]`` arrays."""
+    if len(thumbs) == 0:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
-    thumbs = [hash_thumbnails(im) for im in images]
-    g32 = np.stack([t[0] for t in thumbs])
-    g98 = np.stack([t[1] for t in thumbs])
-    return phash_batch_gray(g32), dhash_batch_gray(g98)
+    return (phash_batch_gray(np.stack([t[0] for t in thumbs])),
+            dhash_batch_gray(np.stack([t[1] for t in thumbs])))
 
 
 def hash_to_hex(value) -> str:

@@ -85,7 +85,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     """Decode, hash and preprocess one chunk of samples (runs in a worker process). ``keep_bytes``: return the
     stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them)."""
     from .decode import DecodeError, open_image, sniff_format, to_rgb
-    from .hashing import bytes_sha256, dhash_batch_gray, hash_thumbnails, phash_batch_gray, pixel_sha256
+    from .hashing import bytes_sha256, hash_thumbnails, hashes_from_thumbnails, pixel_sha256
 
     dc = DecodeConfig.model_validate(decode_cfg)
     preprocess = _preprocess_fn(embedder_cfg)
@@ -134,12 +134,9 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             "nbytes": len(s.data),
             "caption_hash": caption_hash(caption),
         })
-    if thumbs:
-        ph = phash_batch_gray(np.stack([t[0] for t in thumbs]))
-        dh = dhash_batch_gray(np.stack([t[1] for t in thumbs]))
-        for r, p, d in zip(recs, ph, dh):
-            r["phash"] = int(p)
-            r["dhash"] = int(d)
+    for r, p, d in zip(recs, *hashes_from_thumbnails(thumbs)):
+        r["phash"] = int(p)
+        r["dhash"] = int(d)
     out.records = recs
     if preprocess is not None and arrays:
         out.pixels = np.stack(arrays)
