@@ -23,7 +23,7 @@ from . import files as _files  # noqa: F401  (registers the reader)
 from . import folder as _folder  # noqa: F401
 from . import parquet as _parquet  # noqa: F401
 from . import webdataset as _webdataset  # noqa: F401
-from .base import IMAGE_EXTS, READERS, DatasetReader, has_protocol, url_to_fs
+from .base import IMAGE_EXTS, READERS, DatasetReader, find_files, has_protocol, list_dir, url_to_fs
 from .parquet import find_image_column
 
 LAYOUTS = ("webdataset", "parquet", "files", "folder")
@@ -59,7 +59,7 @@ def detect_layout(root: str | os.PathLike) -> str:
         if path.endswith(".parquet"):
             return "parquet"
         raise ValueError(f"{root} is a file but neither a .tar nor a .parquet shard")
-    entries = fs.ls(path, detail=True)
+    entries = list_dir(fs, path)
     by_name = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
     file_names = sorted(n for n, e in by_name.items() if e["type"] != "directory")
     dir_names = sorted(n for n, e in by_name.items() if e["type"] == "directory")
@@ -74,7 +74,7 @@ def detect_layout(root: str | os.PathLike) -> str:
         return "files"
     if any(_parquet_has_images(fs, by_name[n]["name"]) for n in parquets[:3]):
         return "parquet"
-    for p in fs.find(path, withdirs=False):
+    for p in find_files(fs, path):
         rel = p[len(path.rstrip("/")) + 1:]
         if any(part.startswith(".") for part in rel.split("/")):
             continue

@@ -12,8 +12,8 @@ import posixpath
 from functools import cached_property
 from typing import Iterator, Optional
 
-from .base import IMAGE_EXTS, READ_ERROR, READERS, DatasetReader, Sample, ShardRef, clean_str, decode_text, \
-    has_protocol, url_to_fs
+from .base import IMAGE_EXTS, READ_ERROR, READERS, DatasetReader, Sample, ShardRef, cat_file, clean_str, \
+    decode_text, find_files, has_protocol, url_to_fs
 
 KEY_COLUMNS = ("key", "path", "file", "filename", "image", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "txt")
@@ -77,7 +77,7 @@ class FolderReader(DatasetReader):
         fs, root = self._fs()
         root = root.rstrip("/")
         images, allfiles = [], set()
-        for p in fs.find(root, withdirs=False):
+        for p in find_files(fs, root):
             rel = p[len(root) + 1:] if p.startswith(root + "/") else posixpath.relpath(p, root)
             if any(part.startswith(".") for part in rel.split("/")):
                 continue
@@ -128,14 +128,14 @@ class FolderReader(DatasetReader):
     def _sample(self, fs, root: str, shard_id: str, rel: str, sidecar: Optional[str]) -> Sample:
         path = posixpath.join(root, rel)
         try:
-            data = fs.cat_file(path)
+            data = cat_file(fs, path)
         except OSError as exc:
             return Sample(key=rel, shard=shard_id, data=None, status=READ_ERROR,
                           error=f"cannot read {rel}: {type(exc).__name__}: {exc}")
         caption, meta = None, {}
         if sidecar:
             try:
-                caption = decode_text(fs.cat_file(posixpath.join(root, sidecar)))
+                caption = decode_text(cat_file(fs, posixpath.join(root, sidecar)))
                 meta["caption_source"] = sidecar
             except OSError as exc:
                 meta["caption_error"] = f"{type(exc).__name__}: {exc}"
