@@ -104,7 +104,7 @@ class Guard:
 
         d = self.run_dir / "dedup"
         ids_p, ph_p, fa_p = d / "search_ids.parquet", d / "phash.npy", d / "embeddings.faiss"
-        table = self.store.table(columns=["key", "shard", "phash", "pixel_sha256", "sha256"])
+        table = self.store.table(columns=["key", "shard", "phash", "pixel_blake3", "sha256"])
         self.n_indexed = len(table)
         self.has_embeddings = (self.store.embedder.get("name") or "none") != "none" and int(
             self.store.embedder.get("dim") or 0) > 0

@@ -151,3 +151,80 @@ def test_imagededup_formats(shared_data):
     with pytest.raises(DecodeError) as ei:
         open_image(svg)
     assert ei.value.reason == "unknown_format"
+
+
+def _variants(photo: Image.Image) -> dict[str, bytes]:
+    """One real photo as JPEGs of every kind the fast path may or may not take."""
+    out = {}
+    for sub in ("4:4:4", "4:2:2", "4:2:0"):
+        for prog in (False, True):
+            buf = io.BytesIO()
+            photo.save(buf, "JPEG", quality=88, subsampling=sub, progressive=prog)
+            out[f"{sub}{'-prog' if prog else ''}"] = buf.getvalue()
+    for name, im in (("gray", photo.convert("L")), ("cmyk", photo.convert("CMYK")), ("odd-size", photo.crop((0, 0, 97, 61)))):
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+        out[name] = buf.getvalue()
+    return out
+
+
+def _assert_index_decode_is_pillows(data: bytes, name: str, max_pixels=CORPUS_MAX_PIXELS, max_bytes=BIG):
+    from auditor.index.decode import decode_for_index
+
+    try:
+        im = open_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    except DecodeError as e:
+        with pytest.raises(DecodeError) as ei:
+            decode_for_index(data, max_pixels=max_pixels, max_bytes=max_bytes)
+        assert str(ei.value) == str(e), name
+        return None
+    dec = decode_for_index(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    assert dec.rgb.dtype == np.uint8 and dec.rgb.flags.c_contiguous, name
+    assert np.array_equal(dec.rgb, np.asarray(to_rgb(im))), name
+    assert dec.gray.mode == "L" and np.array_equal(np.asarray(dec.gray), np.asarray(im.convert("L"))), name
+    return dec
+
+
+def test_index_decode_equals_pillow_everywhere(corpus, imagenet, kodak, shared_data):
+    """decode_for_index (libjpeg-turbo through simplejpeg for plain JPEGs) gives exactly Pillow's pixels, gray
+    image and errors: on the corrupt corpus, 1,000 ImageNet photos, CIFAR-10 photos, imagededup's files and every
+    JPEG kind (subsamplings, progressive, gray, CMYK, odd sizes)."""
+    from auditor.index.decode import fast_jpeg_kinds
+
+    kinds = fast_jpeg_kinds()
+    assert {("YCbCr", "420"), ("YCbCr", "422"), ("YCbCr", "444"), ("Gray", "Gray")} <= kinds, kinds
+    d, exp = corpus
+    for name in exp:
+        _assert_index_decode_is_pillows((d / name).read_bytes(), name)
+    for p in imagenet:
+        _assert_index_decode_is_pillows(p.read_bytes(), p.name)
+    cifar = sorted((shared_data / "photos" / "cifar10-test").rglob("*.jpg"))[::20]
+    assert len(cifar) >= 400
+    for p in cifar:
+        _assert_index_decode_is_pillows(p.read_bytes(), p.name)
+    for p in sorted((shared_data / "neardup" / "imagededup").rglob("*")):
+        if p.is_file() and p.suffix.lower() != ".json":
+            _assert_index_decode_is_pillows(p.read_bytes(), str(p))
+    with Image.open(kodak[0]) as photo:
+        for name, data in _variants(photo.convert("RGB")).items():
+            _assert_index_decode_is_pillows(data, name)
+            # a JPEG cut short or with garbage in its entropy-coded data: the fast path declines, Pillow decides
+            _assert_index_decode_is_pillows(data[: len(data) * 2 // 3], name + "-truncated")
+            broken = bytearray(data)
+            broken[len(data) // 2: len(data) // 2 + 16] = b"\xff\x00" * 8
+            _assert_index_decode_is_pillows(bytes(broken), name + "-garbage")
+    # limits: the fast path never decodes what the limits refuse (same errors as Pillow's path)
+    data = _variants(Image.new("RGB", (300, 200), (10, 200, 30)))["4:2:0"]
+    _assert_index_decode_is_pillows(data, "max_pixels", max_pixels=300 * 200 - 1)
+    _assert_index_decode_is_pillows(data, "max_bytes", max_bytes=len(data) - 1)
+
+
+def test_index_decode_without_simplejpeg(kodak, monkeypatch):
+    """Without simplejpeg every image takes Pillow's path, with the same result."""
+    from auditor.index import decode
+
+    monkeypatch.setattr(decode, "simplejpeg", None)
+    monkeypatch.setattr(decode, "fast_jpeg_kinds", lambda: frozenset())
+    with Image.open(kodak[1]) as photo:
+        for name, data in _variants(photo.convert("RGB")).items():
+            _assert_index_decode_is_pillows(data, name)

@@ -16,7 +16,7 @@ def _sig(n, phash=None, emb=None, area=None, keys=None, shards=None, sha=None, p
         key=np.array(keys or [f"k{i:03d}" for i in range(n)], dtype=object),
         shard=np.array(shards or ["00000"] * n, dtype=object),
         area=np.asarray(area if area is not None else [100] * n, dtype=np.int64),
-        sha256=sha, pixel_sha256=pix,
+        sha256=sha, pixel_blake3=pix,
         phash=None if phash is None else np.asarray(phash, dtype=np.uint64),
         dhash=None, emb=emb, phash_max_distance=t, cosine_threshold=tau)
 

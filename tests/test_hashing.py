@@ -15,7 +15,7 @@ from PIL import Image
 from auditor.index.decode import DecodeError, open_image
 from auditor.index.hashing import (
     _KRON, _bits_to_u64, bytes_sha256, dhash_batch_gray, hamming, hash_thumbnails, hash_to_hex, hex_to_hash,
-    phash_batch_gray, phash_dhash, pixel_sha256,
+    phash_batch_gray, phash_dhash, pixel_hash,
 )
 from corpus import CORPUS_MAX_PIXELS, make_corrupt_corpus
 
@@ -181,22 +181,22 @@ def _encode(im, fmt, **kw):
     return buf.getvalue()
 
 
-def test_pixel_sha256_is_container_independent(kodak):
+def test_pixel_hash_is_container_independent(kodak):
     im = Image.open(kodak[0]).convert("RGB").crop((0, 0, 200, 120))
     blobs = [_encode(im, "PNG"), _encode(im, "WEBP", lossless=True), _encode(im, "BMP"), _encode(im, "TIFF"),
              _encode(im, "PNG", optimize=True)]
     assert len({bytes_sha256(b) for b in blobs}) == len(blobs)
     from auditor.index.decode import decode_rgb
 
-    assert len({pixel_sha256(decode_rgb(b)) for b in blobs}) == 1
+    assert len({pixel_hash(decode_rgb(b)) for b in blobs}) == 1
     # any change of one pixel, or the same bytes in another shape, changes it
     changed = im.copy()
     changed.putpixel((3, 3), tuple((c + 1) % 256 for c in im.getpixel((3, 3))))
-    assert pixel_sha256(changed) != pixel_sha256(im)
+    assert pixel_hash(changed) != pixel_hash(im)
     raw = np.zeros((2, 3, 3), np.uint8)
-    assert pixel_sha256(Image.fromarray(raw)) != pixel_sha256(Image.fromarray(raw.reshape(3, 2, 3)))
+    assert pixel_hash(Image.fromarray(raw)) != pixel_hash(Image.fromarray(raw.reshape(3, 2, 3)))
     # lossy re-encoding is a different picture at pixel level
-    assert pixel_sha256(decode_rgb(_encode(im, "JPEG", quality=95))) != pixel_sha256(im)
+    assert pixel_hash(decode_rgb(_encode(im, "JPEG", quality=95))) != pixel_hash(im)
 
 
 def test_bytes_sha256():
@@ -249,3 +249,35 @@ def test_thumbnails_fall_back_to_pillow(kodak, monkeypatch):
     calls.clear()
     out = hashing.hash_thumbnails(im)
     assert len(calls) == 2 and all(np.array_equal(a, b) for a, b in zip(out, ref))
+
+
+def test_weight_tables_equal_the_c_library_sin(monkeypatch):
+    """The LANCZOS weight tables are computed with numpy's vectorised sin; every table equals the one computed
+    with the C library's sin (what Pillow calls) -- for every side up to 700 px and each thumbnail size -- and a
+    sin that is off by a few ulp (as a SIMD sin may be) still gives the same integers or falls back to libm."""
+    from auditor.index import hashing
+
+    def libm_table(n, o):
+        return hashing._coeffs_to_matrix(n, *hashing._resample_coeffs(n, o, hashing._libm_sin))
+
+    pairs = [(n, o) for n in range(1, 701) for o in (32, 9, 8)]
+    ref = {p: libm_table(*p) for p in pairs}
+    for p in pairs:
+        assert np.array_equal(hashing._resample_matrix(*p), ref[p]), p
+    rng = np.random.default_rng(1)
+
+    def noisy_sin(x):  # a few ulp of error
+        return np.sin(x) * (1.0 + rng.integers(-4, 5, size=np.shape(x)) * np.finfo(np.float64).eps)
+
+    fell_back = []
+    real = hashing._libm_sin
+
+    def spy(x):
+        fell_back.append(x.size)
+        return real(x)
+
+    monkeypatch.setattr(hashing, "_libm_sin", spy)
+    for n, o in pairs:
+        got = hashing._coeffs_to_matrix(n, *hashing._resample_coeffs.__wrapped__(n, o, noisy_sin))
+        assert np.array_equal(got, ref[(n, o)]), (n, o)
+    assert fell_back, "the tie margin never triggered: the fallback path is untested"

@@ -29,7 +29,7 @@ from .schema import AGAINST_SCHEMA, to_table
 
 log = logging.getLogger(__name__)
 
-_COLS = ["key", "shard", "sha256", "pixel_sha256", "phash", "dhash"]
+_COLS = ["key", "shard", "sha256", "pixel_blake3", "phash", "dhash"]
 
 
 def against_name(other_run: str | os.PathLike) -> str:
@@ -81,7 +81,7 @@ def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg=No
     if dcfg.exact_bytes:
         exact("sha256", "exact_bytes")
     if dcfg.exact_pixels:
-        exact("pixel_sha256", "exact_pixels")
+        exact("pixel_blake3", "exact_pixels")
     for col, t, reason in (("phash", dcfg.phash_max_distance if dcfg.phash else -1, "phash"),
                            ("dhash", dcfg.dhash_max_distance, "dhash")):
         if t < 0:

@@ -30,13 +30,13 @@ NO_REASON = len(REASONS)
 class Signals:
     """The per-row values the guard compares directly against a representative.
 
-    ``sha256`` / ``pixel_sha256`` are integer codes (equal code == equal hash; -1 = missing)."""
+    ``sha256`` / ``pixel_blake3`` are integer codes (equal code == equal hash; -1 = missing)."""
 
     key: np.ndarray                 # object array of str
     shard: np.ndarray               # object array of str
     area: np.ndarray                # int64 width*height
     sha256: Optional[np.ndarray]    # int64 codes or None (signal off)
-    pixel_sha256: Optional[np.ndarray]
+    pixel_blake3: Optional[np.ndarray]
     phash: Optional[np.ndarray]     # uint64 or None
     dhash: Optional[np.ndarray]
     emb: Optional[np.ndarray]       # [n, d] (float16/float32, L2-normalised) or None
@@ -93,9 +93,9 @@ def direct_links(sig: Signals, a: np.ndarray, b: np.ndarray, chunk: int = 65536
     if sig.sha256 is not None:
         c = sig.sha256[a]
         take(0, (c >= 0) & (c == sig.sha256[b]), 1.0)
-    if sig.pixel_sha256 is not None:
-        c = sig.pixel_sha256[a]
-        take(1, (c >= 0) & (c == sig.pixel_sha256[b]), 1.0)
+    if sig.pixel_blake3 is not None:
+        c = sig.pixel_blake3[a]
+        take(1, (c >= 0) & (c == sig.pixel_blake3[b]), 1.0)
     if sig.phash is not None:
         d = np.bitwise_count(np.bitwise_xor(sig.phash[a], sig.phash[b])).astype(np.int64)
         take(2, d <= sig.phash_max_distance, 1.0 - d / 64.0)

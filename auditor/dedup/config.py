@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class DedupConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # exact: identical stored bytes (sha256) / identical decoded RGB pixels (pixel_sha256)
+    # exact: identical stored bytes (sha256) / identical decoded RGB pixels (pixel_blake3)
     exact_bytes: bool = True
     exact_pixels: bool = True
     # perceptual: max Hamming distance between 64-bit pHashes (and dHashes) to call a pair duplicate

@@ -4,7 +4,7 @@ ranking in ``RUN_DIR/dedup``.
 Signals (each can be switched off in :class:`~auditor.dedup.config.DedupConfig`):
 
 * ``exact_bytes``  -- identical stored bytes (``sha256``);
-* ``exact_pixels`` -- identical decoded RGB pixels (``pixel_sha256``: the same picture as PNG and BMP);
+* ``exact_pixels`` -- identical decoded RGB pixels (``pixel_blake3``: the same picture as PNG and BMP);
 * ``phash`` / ``dhash`` -- 64-bit perceptual hashes within a Hamming distance;
 * ``embedding``    -- cosine similarity of the index's L2-normalised embeddings (skipped without an embedder).
 
@@ -64,7 +64,7 @@ STATE_VERSION = 2  # 2: generation files named by state.json (1: three files rep
 SIGNAL_CODE = {"phash": 2, "dhash": 3, "embedding": 4}
 
 MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
-_TABLE_COLUMNS = ["key", "shard", "caption", "sha256", "pixel_sha256", "phash", "dhash", "width", "height",
+_TABLE_COLUMNS = ["key", "shard", "caption", "sha256", "pixel_blake3", "phash", "dhash", "width", "height",
                   "caption_hash"]
 
 
@@ -80,7 +80,7 @@ def _dedup_cfg(cfg) -> tuple[DedupConfig, int]:
 
 def pixel_groups(table: pd.DataFrame) -> pd.Series:
     """The search unit of every row: its pixel hash (or byte hash, or shard/key when both are missing)."""
-    pix = table["pixel_sha256"].fillna("").astype(str)
+    pix = table["pixel_blake3"].fillna("").astype(str)
     byt = table["sha256"].fillna("").astype(str)
     own = "r:" + table["shard"].astype(str) + "/" + table["key"].astype(str)
     return pix.where(pix != "", ("b:" + byt).where(byt != "", own))
@@ -232,7 +232,7 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     eb = edges["b"].map(gindex).to_numpy(np.int64)
     ei, ej = [group_first[ea]], [group_first[eb]]
     sha_codes = group_codes(table["sha256"])
-    pix_codes = group_codes(table["pixel_sha256"])
+    pix_codes = group_codes(table["pixel_blake3"])
     if dcfg.exact_bytes:
         i, j = star_edges(sha_codes)
         ei.append(i), ej.append(j)
@@ -247,7 +247,7 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
         key=table["key"].to_numpy(object), shard=table["shard"].to_numpy(object),
         area=(table["width"].to_numpy(np.int64) * table["height"].to_numpy(np.int64)),
         sha256=sha_codes if dcfg.exact_bytes else None,
-        pixel_sha256=pix_codes if dcfg.exact_pixels else None,
+        pixel_blake3=pix_codes if dcfg.exact_pixels else None,
         phash=phash if dcfg.phash else None,
         dhash=dhash if dcfg.dhash_max_distance >= 0 else None,
         emb=emb_all,

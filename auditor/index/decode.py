@@ -28,11 +28,18 @@ Semantics (chosen so the index agrees with the tools the field already uses):
 
 from __future__ import annotations
 
+import functools
 import io
 import re
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile
+
+try:  # libjpeg-turbo without Pillow's per-image Python overhead (see decode_for_index)
+    import simplejpeg
+except ImportError:  # pragma: no cover - a declared dependency; the Pillow path covers everything without it
+    simplejpeg = None
 
 # Pillow format names handed to Image.open, keyed by what sniff_format detects.
 _PIL_FORMATS: dict[str, tuple[str, ...]] = {
@@ -200,3 +207,101 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
     """``to_rgb(open_image(data, ...))``."""
     return to_rgb(open_image(data, max_pixels=max_pixels, max_bytes=max_bytes))
+
+
+# ---- the index's decode: the same pixels, faster for the common JPEG -----------------------------------------
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """What the index hashes and embeds: ``rgb`` are :func:`to_rgb`'s pixels as ``uint8 [h, w, 3]`` (C order);
+    ``gray`` is ``Image.open(data).convert("L")`` -- the image imagehash resizes for pHash/dHash."""
+
+    rgb: np.ndarray
+    gray: Image.Image
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    def rgb_image(self) -> Image.Image:
+        return Image.fromarray(self.rgb)
+
+
+@functools.cache
+def fast_jpeg_kinds() -> frozenset:
+    """The JPEG kinds (``(colorspace, subsampling)`` as ``simplejpeg.decode_jpeg_header`` names them) for which
+    this process's simplejpeg decodes exactly the pixels this process's Pillow decodes, found once per process
+    on probe JPEGs that Pillow encodes (baseline and progressive, odd sizes that leave partial MCUs). Both wrap
+    libjpeg-turbo with the same default (accurate integer DCT, fancy upsampling); this check is what makes the
+    fast path safe even if their bundled libjpeg-turbo versions ever decode differently. Empty without
+    simplejpeg."""
+    if simplejpeg is None:
+        return frozenset()
+    rng = np.random.default_rng(0)
+    base = np.sort(rng.integers(0, 256, (47, 61, 3), dtype=np.uint8), axis=1)
+    base[::3] = 255 - base[::3]
+    kinds = set()
+    variants = [("RGB", sub, prog) for sub in (0, 1, 2) for prog in (False, True)] + [("L", -1, False), ("L", -1, True)]
+    failed = set()
+    for mode, sub, prog in variants:
+        im = Image.fromarray(base if mode == "RGB" else base[:, :, 0], mode=mode)
+        buf = io.BytesIO()
+        kw = {"subsampling": sub} if sub >= 0 else {}
+        im.save(buf, "JPEG", quality=87, progressive=prog, **kw)
+        data = buf.getvalue()
+        try:
+            _, _, cs, ss = simplejpeg.decode_jpeg_header(data)
+            fast = simplejpeg.decode_jpeg(data, "GRAY" if cs == "Gray" else "RGB", fastdct=False,
+                                          fastupsample=False, strict=True)
+        except Exception:  # noqa: BLE001 - any failure just disables the fast path for this kind
+            failed.add((mode, sub))
+            continue
+        ref = np.asarray(Image.open(io.BytesIO(data)))
+        if np.array_equal(fast.reshape(ref.shape), ref):
+            kinds.add((cs, ss))
+        else:
+            failed.add((cs, ss))
+    return frozenset(kinds - failed)
+
+
+def _decode_jpeg_fast(data: bytes, max_pixels: int, max_bytes: int):
+    """``uint8 [h, w, 3]`` (colour) or ``[h, w, 1]`` (gray) pixels of a plain JPEG through simplejpeg, or None
+    when this JPEG must go through Pillow: not a verified kind (CMYK/YCCK, Adobe RGB, 4:4:0, 12-bit, ...), over
+    a pixel limit (so the limit errors are Pillow's), or any libjpeg warning or error (strict mode; Pillow then
+    decides between decoding it, "truncated" and "corrupt")."""
+    if simplejpeg is None or len(data) > max_bytes or bytes(data[:3]) != b"\xff\xd8\xff" \
+            or ImageFile.LOAD_TRUNCATED_IMAGES:
+        return None
+    try:
+        h, w, cs, ss = simplejpeg.decode_jpeg_header(data)
+    except Exception:  # noqa: BLE001
+        return None
+    if (cs, ss) not in fast_jpeg_kinds() or w <= 0 or h <= 0 or w * h > max_pixels \
+            or (Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS):
+        return None
+    try:
+        return simplejpeg.decode_jpeg(data, "GRAY" if cs == "Gray" else "RGB", fastdct=False,
+                                      fastupsample=False, strict=True)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def decode_for_index(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     max_bytes: int = DEFAULT_MAX_BYTES) -> DecodedImage:
+    """The pixels the index hashes: exactly ``to_rgb(open_image(data))`` and ``open_image(data).convert("L")``,
+    with the same :class:`DecodeError` for bad input. Plain JPEGs (YCbCr or gray, the subsamplings
+    :func:`fast_jpeg_kinds` verified) skip Pillow's per-image Python work and are decoded by libjpeg-turbo
+    through simplejpeg: about 0.2 ms instead of 0.35 ms for a 256-px photo. Everything else is Pillow's."""
+    arr = _decode_jpeg_fast(data, max_pixels, max_bytes) if data else None
+    if arr is not None:
+        if arr.shape[2] == 1:
+            gray = Image.fromarray(arr[:, :, 0])
+            return DecodedImage(rgb=np.repeat(arr, 3, axis=2), gray=gray)
+        return DecodedImage(rgb=arr, gray=Image.fromarray(arr).convert("L"))
+    im = open_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    rgb = np.asarray(to_rgb(im))
+    return DecodedImage(rgb=rgb, gray=im.convert("L"))

@@ -35,11 +35,11 @@ from ..io.base import DatasetReader, Sample, ShardRef
 from ..utils import (ErrorRecord, caption_hash, errors_frame, is_utf8, package_versions, remove_temporary_files,
                      utf8_safe, write_json, write_npy, write_parquet)
 from .config import DecodeConfig, EmbedderConfig, IndexConfig
-from .store import INDEX_DIR, NOT_INDEXED_COLUMNS, SAMPLE_COLUMNS, SAMPLE_SCHEMA, SHARDS_DIR, IndexStore
+from .store import INDEX_DIR, INDEX_FORMAT_VERSION, NOT_INDEXED_COLUMNS, SAMPLE_COLUMNS, SAMPLE_SCHEMA, SHARDS_DIR, \
+    IndexStore
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT_VERSION = 1
 # config keys that do not change the outputs (so a resume may change them)
 _RUNTIME_KEYS = {"workers", "chunk_size", "progress", "engine", "ray_address"}
 _EMBEDDER_RUNTIME_KEYS = {"device", "batch_size"}
@@ -84,8 +84,8 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
                   keep_bytes: bool = False) -> ChunkResult:
     """Decode, hash and preprocess one chunk of samples (runs in a worker process). ``keep_bytes``: return the
     stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them)."""
-    from .decode import DecodeError, open_image, sniff_format, to_rgb
-    from .hashing import bytes_sha256, hash_thumbnails, hashes_from_thumbnails, pixel_sha256
+    from .decode import DecodeError, decode_for_index, sniff_format
+    from .hashing import bytes_sha256, gray_thumbnails, hashes_from_thumbnails, pixel_hash_array
 
     dc = DecodeConfig.model_validate(decode_cfg)
     preprocess = _preprocess_fn(embedder_cfg)
@@ -104,11 +104,10 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
                 out.errors.append(ErrorRecord(s.key, s.shard, "read", s.error or "no image bytes"))
             continue
         try:
-            im = open_image(s.data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
-            rgb = to_rgb(im)
-            arr = preprocess(rgb) if preprocess is not None else None
-            thumb = hash_thumbnails(im)  # two small arrays: the decoded image is not kept past this sample
-            pixel_hash = pixel_sha256(rgb)
+            dec = decode_for_index(s.data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
+            arr = preprocess(dec.rgb_image()) if preprocess is not None else None
+            thumb = gray_thumbnails(dec.gray)  # two small arrays: the decoded image is not kept past this sample
+            pixel_hash = pixel_hash_array(dec.rgb)
         except DecodeError as exc:
             out.errors.append(ErrorRecord(s.key, s.shard, "decode", str(exc)))
             continue
@@ -126,9 +125,9 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             "caption": caption,
             "url": url,
             "sha256": bytes_sha256(s.data),
-            "pixel_sha256": pixel_hash,
-            "width": rgb.width,
-            "height": rgb.height,
+            "pixel_blake3": pixel_hash,
+            "width": dec.width,
+            "height": dec.height,
             "format": sniff_format(s.data),
             "stored_ext": s.stored_ext,
             "nbytes": len(s.data),
@@ -337,6 +336,10 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg=None) 
         import json
 
         old = json.loads(info_path.read_text(encoding="utf-8"))
+        if old.get("format_version") != INDEX_FORMAT_VERSION:
+            raise IndexConfigMismatch(
+                f"{run_dir} holds an index in format {old.get('format_version')}, this auditor writes format "
+                f"{INDEX_FORMAT_VERSION}; it cannot resume it (pass a new --out to start over)")
         if old.get("config") != fingerprint:
             raise IndexConfigMismatch(
                 f"{run_dir} was indexed with a different index config; resume needs the same config "

@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+INDEX_FORMAT_VERSION = 2  # 2: the pixel hash is BLAKE3 (``pixel_blake3``); format 1 had ``pixel_sha256``
 INDEX_DIR = "index"
 SHARDS_DIR = "shards"
 
@@ -35,7 +36,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("caption", pa.string()),
     ("url", pa.string()),
     ("sha256", pa.string()),        # of the stored bytes
-    ("pixel_sha256", pa.string()),  # of the decoded RGB pixels (with the shape)
+    ("pixel_blake3", pa.string()),  # of the decoded RGB pixels (with the shape)
     ("phash", pa.uint64()),         # == int(str(imagehash.phash(img)), 16)
     ("dhash", pa.uint64()),         # == int(str(imagehash.dhash(img)), 16)
     ("width", pa.int32()),
@@ -50,6 +51,10 @@ SAMPLE_COLUMNS = [f.name for f in SAMPLE_SCHEMA]
 NOT_INDEXED_COLUMNS = ["key", "shard", "url", "caption", "status", "error"]
 
 
+class IndexFormatError(RuntimeError):
+    """The index was written by an auditor whose on-disk format this one does not read."""
+
+
 class IndexStore:
     """Read access to a finished (or partial) index in ``run_dir``."""
 
@@ -59,6 +64,10 @@ class IndexStore:
         self.shard_dir = self.dir / SHARDS_DIR
         if not (self.dir / "index.json").exists():
             raise FileNotFoundError(f"{self.run_dir} holds no index (no {INDEX_DIR}/index.json): run `auditor index` first")
+        fmt = self.info.get("format_version")
+        if fmt != INDEX_FORMAT_VERSION:
+            raise IndexFormatError(f"{self.dir} is in index format {fmt}; this auditor reads format "
+                                   f"{INDEX_FORMAT_VERSION}: index the dataset again into a new run folder")
 
     # --- metadata -----------------------------------------------------------------------------------
     @cached_property
