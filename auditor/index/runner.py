@@ -20,6 +20,7 @@ Bad samples never stop the run: each one lands in ``errors.parquet`` as (key, sh
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -291,6 +292,21 @@ def _embed_shard(acc: _ShardAccumulator, embedder, batch_size: int, gpu=None) ->
     return _apply_embeddings(acc, embedder.dim, parts)
 
 
+@functools.cache
+def _empty_table(kind: str) -> pa.Table:
+    frame = errors_frame([]) if kind == "errors" else pd.DataFrame(columns=NOT_INDEXED_COLUMNS).astype("string")
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _errors_table(errors: list[ErrorRecord]):
+    """The shard's errors as written (the usual empty one is built once: pandas costs ~2 ms a frame)."""
+    return errors_frame(errors) if errors else _empty_table("errors")
+
+
+def _not_indexed_table(rows: list[dict]):
+    return pd.DataFrame(rows, columns=NOT_INDEXED_COLUMNS).astype("string") if rows else _empty_table("not_indexed")
+
+
 def _finish_shard(acc: _ShardAccumulator, shard_dir: Path, embedder, batch_size: int,
                   extra_errors: list[ErrorRecord], gpu=None) -> dict:
     emb = acc.emb if acc.embedded else _embed_shard(acc, embedder, batch_size, gpu)
@@ -299,9 +315,8 @@ def _finish_shard(acc: _ShardAccumulator, shard_dir: Path, embedder, batch_size:
     write_parquet(shard_dir / f"{acc.shard}.parquet", table)
     if emb is not None:
         write_npy(shard_dir / f"{acc.shard}.emb.npy", emb)
-    write_parquet(shard_dir / f"{acc.shard}.errors.parquet", errors_frame(errors))
-    write_parquet(shard_dir / f"{acc.shard}.not_indexed.parquet",
-                  pd.DataFrame(acc.not_indexed, columns=NOT_INDEXED_COLUMNS).astype("string"))
+    write_parquet(shard_dir / f"{acc.shard}.errors.parquet", _errors_table(errors))
+    write_parquet(shard_dir / f"{acc.shard}.not_indexed.parquet", _not_indexed_table(acc.not_indexed))
     counts = {"indexed": len(acc.records), "errors": len(errors), "not_indexed": len(acc.not_indexed)}
     write_json(shard_dir / f"{acc.shard}.done", counts)  # the completion marker, always last
     return counts
@@ -411,12 +426,15 @@ def _finalize(run_dir: Path, all_shards: list[ShardRef], base_info: dict) -> Ind
             continue
         counts = json.loads(marker.read_text(encoding="utf-8"))
         per_shard.append({"id": sid, **counts})
-        errs.append(pd.read_parquet(shard_dir / f"{sid}.errors.parquet"))
-        skipped.append(pd.read_parquet(shard_dir / f"{sid}.not_indexed.parquet"))
+        if counts.get("errors", 1):  # the marker's counts: no need to read an empty table back
+            errs.append(pd.read_parquet(shard_dir / f"{sid}.errors.parquet"))
+        if counts.get("not_indexed", 1):
+            skipped.append(pd.read_parquet(shard_dir / f"{sid}.not_indexed.parquet"))
     err_df = pd.concat(errs, ignore_index=True) if errs else errors_frame([])
     skip_df = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=NOT_INDEXED_COLUMNS)
-    write_parquet(index_dir / "errors.parquet", err_df.astype(str) if len(err_df) else errors_frame([]))
-    write_parquet(index_dir / "not_indexed.parquet", skip_df.astype("string"))
+    write_parquet(index_dir / "errors.parquet", err_df.astype(str) if len(err_df) else _empty_table("errors"))
+    write_parquet(index_dir / "not_indexed.parquet", skip_df.astype("string") if len(skip_df)
+                  else _empty_table("not_indexed"))
     totals = {k: int(sum(s[k] for s in per_shard)) for k in ("indexed", "errors", "not_indexed")}
     info = dict(base_info)
     info.update({"shards": per_shard, "counts": {"shards": len(per_shard), **totals},
