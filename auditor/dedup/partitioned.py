@@ -106,9 +106,13 @@ class ProbeAssigner:
         # |c_i - c_j| for all pairs while that matrix is small; past it, only for the pairs a block needs
         self.cdist = self._cdist_matrix() if P <= CDIST_MATRIX_MAX else None
 
+    @staticmethod
+    def _dist(sq_a: np.ndarray, sq_b: np.ndarray, dots: np.ndarray) -> np.ndarray:
+        """Euclidean distances from squared norms and dot products (clipped at 0 against round-off), float32."""
+        return np.sqrt(np.maximum(sq_a + sq_b - 2.0 * dots, 0.0)).astype(np.float32)
+
     def _cdist_matrix(self) -> np.ndarray:
-        g = self.centroids @ self.centroids.T
-        return np.sqrt(np.maximum(self.sq[:, None] + self.sq[None, :] - 2.0 * g, 0.0)).astype(np.float32)
+        return self._dist(self.sq[:, None], self.sq[None, :], self.centroids @ self.centroids.T)
 
     def _cdist_pairs(self, h: np.ndarray, j: np.ndarray, chunk: int = 65_536) -> np.ndarray:
         P = len(self.centroids)
@@ -116,8 +120,7 @@ class ProbeAssigner:
         a, b = u // P, u % P
         dots = np.concatenate([np.einsum("ij,ij->i", self.centroids[a[lo:lo + chunk]], self.centroids[b[lo:lo + chunk]])
                                for lo in range(0, len(u), chunk)]) if len(u) else np.zeros(0, np.float32)
-        out = np.sqrt(np.maximum(self.sq[a] + self.sq[b] - 2.0 * dots, 0.0)).astype(np.float32)
-        return out[inv.reshape(-1)].reshape(h.shape)
+        return self._dist(self.sq[a], self.sq[b], dots)[inv.reshape(-1)].reshape(h.shape)
 
     def __call__(self, x) -> np.ndarray:
         S, I = self.quant.search(_f32(x), self.max_probes)
