@@ -1,6 +1,7 @@
 """``local`` engine: one machine. The main process streams fixed chunks to a process pool (decode + hashes +
-the embedder's CPU preprocessing), embeds each finished shard in fixed batches (CUDA when present) and writes it.
-With ``index.workers=0`` everything runs in-process."""
+the embedder's CPU preprocessing; a plain local folder's files are read by the workers, the main process only
+lists them), embeds each finished shard in fixed batches (CUDA when present) and writes it. With
+``index.workers=0`` everything runs in-process."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ class LocalEngine(IndexEngine):
         log.info("local engine: %d workers", workers)
         decode_cfg, emb_cfg, keep = job.decode_cfg, job.worker_embedder_cfg, job.keep_bytes
         read_errors: dict[str, list[ErrorRecord]] = {}
-        chunk_iter = _chunks(job.reader, job.shards, icfg.chunk_size, read_errors)
+        # pool workers read local image files themselves: the main process only lists them
+        chunk_iter = _chunks(job.reader, job.shards, icfg.chunk_size, read_errors, deferred=workers > 0)
         bar = tqdm(total=len(job.shards), unit="shard", desc="index", disable=not icfg.progress)
         nbar = tqdm(unit="img", desc="samples", disable=not icfg.progress, position=1, leave=False)
         acc: Optional[_ShardAccumulator] = None
@@ -113,11 +115,19 @@ def run_pool(chunks: Iterable[list[Sample]], workers: int, decode_cfg: dict, emb
     if os.name == "posix":  # workers fork from a server that already imported the pipeline: fast start-up
         ctx.set_forkserver_preload(["auditor.index._preload"])
     window: deque[Future] = deque()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+    try:
+        for _ in range(workers):  # start every worker now: their start-up overlaps reading the first chunks
+            pool.submit(os.getpid)
         for chunk in chunks:
             window.append(pool.submit(process_chunk, chunk, decode_cfg, emb_cfg, keep_bytes))
             if len(window) >= 2 * workers:
                 consume(window.popleft().result())
         while window:
             consume(window.popleft().result())
+    except BaseException:
+        pool.shutdown(wait=True)
+        raise
+    # every result is in: the idle workers exit on their own while the caller writes the last shard
+    pool.shutdown(wait=False)

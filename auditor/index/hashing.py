@@ -118,36 +118,11 @@ def _libm_sin(x: np.ndarray) -> np.ndarray:
     return np.fromiter(map(math.sin, x.ravel().tolist()), dtype=np.float64, count=x.size).reshape(x.shape)
 
 
-def _sinc(v: np.ndarray, sin) -> np.ndarray:
-    """Pillow's ``sinc_filter``: ``sin(pi x) / (pi x)``, 1 at 0, with every double operation in its order."""
-    x = v * math.pi
-    out = sin(x)
-    np.divide(out, x, out=out, where=x != 0.0)
-    out[x == 0.0] = 1.0
-    return out
-
-
 # A fixed-point weight is (int)(0.5 + |k| * 2**22) with sign; numpy's vectorised sin may differ from the C
 # library's in the last bits (SIMD implementations are accurate to a few ulp, not correctly rounded), which moves
 # |k| * 2**22 by < 1e-8. A table whose every 0.5 + |k| * 2**22 is further than this from an integer therefore
 # has the same integers with either sin; any other table is recomputed with math.sin.
 _FIXED_TIE_MARGIN = 1e-6
-
-
-def _fixed_weights(arg: np.ndarray, inside: np.ndarray, sin) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's normalised fixed-point weights for the tap arguments ``arg`` (``[rows, taps]``, zero outside
-    ``inside``), and per row the smallest distance of an unrounded weight to a rounding boundary."""
-    w = _sinc(arg, sin)
-    w *= _sinc(arg / 3.0, sin)
-    w[~inside] = 0.0
-    ww = np.cumsum(w, axis=1)[:, -1:]  # sequential, like ``ww += w`` (zeros past xmax add nothing)
-    k = np.divide(w, ww, out=w.copy(), where=ww != 0.0)
-    one = float(1 << _PRECISION_BITS)
-    fixed = np.trunc(np.where(k < 0, -0.5 + k * one, 0.5 + k * one))  # (int)(+-0.5 + k * 2**22)
-    u = 0.5 + np.abs(k) * one
-    d = np.abs(u - np.rint(u))
-    d[~inside] = 1.0
-    return fixed, d.min(axis=1, initial=1.0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -167,13 +142,23 @@ def _resample_coeffs(in_size: int, out_size: int, sin=np.sin) -> tuple[np.ndarra
     xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C's (int) truncates toward zero
     xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
     taps = np.arange(ksize, dtype=np.int64)
-    valid = taps[None, :] < xmax[:, None]
-    arg = ((taps[None, :] + xmin[:, None]) - center[:, None] + 0.5) * ss
+    valid = taps < xmax[:, None]
+    arg = ((taps + xmin[:, None]) - center[:, None] + 0.5) * ss
     inside = valid & (arg >= -3.0) & (arg < 3.0)
-    fixed, margin = _fixed_weights(arg, inside, sin)
-    if sin is not _libm_sin and margin.min() <= _FIXED_TIE_MARGIN:
-        return _resample_coeffs(in_size, out_size, _libm_sin)
+    # lanczos_filter(x) = sinc_filter(x) * sinc_filter(x / 3), sinc_filter(x) = sin(x * pi) / (x * pi), 1 at 0
+    x, x3 = arg * math.pi, (arg / 3.0) * math.pi
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = (sin(x) / x) * (sin(x3) / x3)
+    w[arg == 0.0] = 1.0
+    w[~inside] = 0.0
+    ww = np.cumsum(w, axis=1)[:, -1:]  # sequential, like ``ww += w`` (zeros past xmax add nothing)
+    k = np.divide(w, ww, out=w.copy(), where=ww != 0.0)
+    # normalize_coeffs_8bpc: (int)(+-0.5 + k * 2**22), i.e. sign(k) * trunc(0.5 + |k| * 2**22), exactly
+    u = np.abs(k) * float(1 << _PRECISION_BITS) + 0.5
+    fixed = np.copysign(np.trunc(u), k)
     fixed[~valid] = 0.0
+    if sin is not _libm_sin and np.abs(u - np.rint(u))[inside].min(initial=1.0) <= _FIXED_TIE_MARGIN:
+        return _resample_coeffs(in_size, out_size, _libm_sin)
     for a in (xmin, xmax, fixed):
         a.setflags(write=False)
     return xmin, xmax, fixed
@@ -185,11 +170,16 @@ def _resample_matrix(in_size: int, out_size: int) -> np.ndarray:
     return _coeffs_to_matrix(in_size, *_resample_coeffs(in_size, out_size))
 
 
-def _coeffs_to_matrix(in_size: int, xmin: np.ndarray, xmax: np.ndarray, fixed: np.ndarray) -> np.ndarray:
-    out_size = len(xmin)
-    m = np.zeros((in_size, out_size), dtype=np.float64)
-    rows, cols = np.nonzero(np.arange(fixed.shape[1])[None, :] < xmax[:, None])
-    m[xmin[rows] + cols, rows] = fixed[rows, cols]
+def _coeffs_to_matrix(in_size: int, xmin: np.ndarray, xmax: np.ndarray, fixed: np.ndarray,
+                      rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> np.ndarray:
+    """The coefficients as a ``float64 [in_size, out_size]`` matrix, or its block ``[rows[0]:rows[1],
+    cols[0]:cols[1]]`` (which must hold every weight of those columns)."""
+    lo, hi = rows or (0, in_size)
+    c0, c1 = cols or (0, len(xmin))
+    m = np.zeros((hi - lo, c1 - c0), dtype=np.float64)
+    for c, (a, n) in enumerate(zip(xmin[c0:c1].tolist(), xmax[c0:c1].tolist())):
+        m[a - lo:a - lo + n, c] = fixed[c0 + c, :n]
+    m.setflags(write=False)
     return m
 
 
@@ -219,15 +209,14 @@ def _band_blocks(in_size: int, out_size: int) -> tuple:
     """The weight matrix cut into column blocks of <= 8 outputs, each with only the input rows its outputs read:
     ``(lo, hi, c0, c1, weights[lo:hi, c0:c1])``. LANCZOS weights are a band (a 256 -> 32 pass reads 49 of 256
     inputs per output), so this skips most zero products; one dense block when banding saves little."""
-    xmin, xmax, fixed = _resample_coeffs(in_size, out_size)
-    end = xmin + xmax
+    coeffs = _resample_coeffs(in_size, out_size)
+    xmin, end = coeffs[0], coeffs[0] + coeffs[1]
     spans = [(c0, min(c0 + 8, out_size)) for c0 in range(0, out_size, 8)]
     bounds = [(int(xmin[c0:c1].min()), int(end[c0:c1].max())) for c0, c1 in spans]
-    m = _coeffs_to_matrix(in_size, xmin, xmax, fixed)
-    m.setflags(write=False)
     if sum((hi - lo) * (c1 - c0) for (lo, hi), (c0, c1) in zip(bounds, spans)) > 0.75 * in_size * out_size:
-        return ((0, in_size, 0, out_size, m),)
-    return tuple((lo, hi, c0, c1, np.ascontiguousarray(m[lo:hi, c0:c1])) for (lo, hi), (c0, c1) in zip(bounds, spans))
+        return ((0, in_size, 0, out_size, _coeffs_to_matrix(in_size, *coeffs)),)
+    return tuple((lo, hi, c0, c1, _coeffs_to_matrix(in_size, *coeffs, rows=(lo, hi), cols=(c0, c1)))
+                 for (lo, hi), (c0, c1) in zip(bounds, spans))
 
 
 def _pass_columns(g: np.ndarray, in_size: int, out_size: int) -> np.ndarray:

@@ -3,8 +3,8 @@
 Pipeline (``index.engine=local``, one machine; ``auditor/engines/local.py``)::
 
     main process: reader streams samples shard by shard, cut into fixed chunks of ``chunk_size``
-        -> process pool (``workers``): decode (bomb-safe) + sha256 + pixel hash + pHash/dHash (batched DCT)
-           + the embedder's CPU preprocessing
+        -> process pool (``workers``): [read a local folder's files] + decode (bomb-safe) + SHA-256 + BLAKE3
+           pixel hash + pHash/dHash (batched DCT) + the embedder's CPU preprocessing
         -> main process: batched embedding (CUDA when present), shard files written atomically, marker last.
 
 ``index.engine=ray`` (``auditor/engines/ray_engine.py``) runs the same per-chunk and per-batch functions of this
@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..io import open_dataset
-from ..io.base import DatasetReader, Sample, ShardRef
+from ..io.base import DatasetReader, Sample, ShardRef, read_deferred
 from ..utils import (ErrorRecord, caption_hash, errors_frame, is_utf8, package_versions, remove_temporary_files,
                      utf8_safe, write_json, write_npy, write_parquet)
 from .config import DecodeConfig, EmbedderConfig, IndexConfig
@@ -96,16 +96,17 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     for s in samples:
         if s.status == "__empty__":  # placeholder for a shard with no samples
             continue
-        if s.data is None:
+        data, read_error = read_deferred(s)  # a deferred sample's file is read here, in the worker
+        if data is None:
             if s.status not in ("success", "error"):
                 out.not_indexed.append({"key": s.key, "shard": s.shard, "url": utf8_safe(s.url),
                                         "caption": utf8_safe(s.caption), "status": utf8_safe(s.status),
                                         "error": utf8_safe(s.error)})
             else:
-                out.errors.append(ErrorRecord(s.key, s.shard, "read", s.error or "no image bytes"))
+                out.errors.append(ErrorRecord(s.key, s.shard, "read", read_error or "no image bytes"))
             continue
         try:
-            dec = decode_for_index(s.data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
+            dec = decode_for_index(data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
             arr = preprocess(dec.rgb_image()) if preprocess is not None else None
             thumb = gray_thumbnails(dec.gray)  # two small arrays: the decoded image is not kept past this sample
             pixel_hash = pixel_hash_array(dec.rgb)
@@ -119,19 +120,19 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
         arrays.append(arr)
         caption, url = utf8_safe(s.caption), utf8_safe(s.url)  # hostile JSON may hold lone surrogates
         if keep_bytes:
-            raw.append(s.data)
+            raw.append(data)
         recs.append({
             "key": s.key,
             "shard": s.shard,
             "caption": caption,
             "url": url,
-            "sha256": bytes_sha256(s.data),
+            "sha256": bytes_sha256(data),
             "pixel_blake3": pixel_hash,
             "width": dec.width,
             "height": dec.height,
-            "format": sniff_format(s.data),
+            "format": sniff_format(data),
             "stored_ext": s.stored_ext,
-            "nbytes": len(s.data),
+            "nbytes": len(data),
             "caption_hash": caption_hash(caption),
         })
     for r, p, d in zip(recs, *hashes_from_thumbnails(thumbs)):
@@ -167,15 +168,16 @@ def _check_out_dir(dataset: str, run_dir: Path) -> None:
 
 
 def _chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
-            errors_by_shard: dict[str, list[ErrorRecord]]) -> Iterator[list[Sample]]:
+            errors_by_shard: dict[str, list[ErrorRecord]], deferred: bool = False) -> Iterator[list[Sample]]:
     """Fixed-size chunks per shard (never spanning shards); an empty list marks an empty shard.
-    Duplicate keys within a shard are recorded as errors here (the first occurrence is indexed)."""
+    Duplicate keys within a shard are recorded as errors here (the first occurrence is indexed). ``deferred``:
+    local image files are left for the chunk's worker to read (``DatasetReader.read_shard_deferred``)."""
     for ref in shards:
         buf: list[Sample] = []
         seen: set[str] = set()
         emitted = False
         try:
-            for s in reader.read_shard(ref):
+            for s in (reader.read_shard_deferred(ref) if deferred else reader.read_shard(ref)):
                 if not is_utf8(s.key):  # a non-UTF-8 file/member name: no key the index can store and look up
                     errors_by_shard.setdefault(ref.id, []).append(
                         ErrorRecord(s.key, ref.id, "read", "key (file or tar member name) is not valid UTF-8; "

@@ -24,6 +24,19 @@ class Sample:
     error: Optional[str] = None   # img2dataset's error_message, or why the reader could not get the bytes
     stored_ext: Optional[str] = None  # the extension the bytes were stored under (jpg, png, webp, ...)
     meta: dict[str, Any] = field(default_factory=dict)
+    path: Optional[str] = None    # read_shard_deferred: a local file the consumer reads the bytes from (data None)
+
+
+def read_deferred(sample: Sample) -> tuple[Optional[bytes], Optional[str]]:
+    """``(bytes, None)`` of a sample, reading a deferred one's local file, or ``(None, error)`` -- the same error
+    text a reader reading the file itself records (``cannot read KEY: ...``)."""
+    if sample.data is not None or sample.path is None:
+        return sample.data, sample.error
+    try:
+        with open(sample.path, "rb") as fh:
+            return fh.read(), None
+    except OSError as exc:
+        return None, f"cannot read {sample.key}: {type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,12 @@ class DatasetReader:
 
     def read_shard(self, shard: ShardRef) -> Iterator[Sample]:
         raise NotImplementedError
+
+    def read_shard_deferred(self, shard: ShardRef) -> Iterator[Sample]:
+        """``read_shard``, except that a reader of local image files may leave a sample's ``data`` None and set
+        its ``path``, for the consumer to read with :func:`read_deferred` (the index's pool workers read their
+        own files instead of receiving the bytes from the main process). Default: ``read_shard``."""
+        return self.read_shard(shard)
 
     def get(self, shard: str, key: str) -> Sample:
         """Fetch one sample by shard id and key (used by probe/report to show training images)."""

@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import Iterator, Optional
 
 from .base import IMAGE_EXTS, READ_ERROR, READERS, DatasetReader, Sample, ShardRef, cat_file, clean_str, \
-    decode_text, find_files, has_protocol, url_to_fs
+    decode_text, find_files, has_protocol, is_local, url_to_fs
 
 KEY_COLUMNS = ("key", "path", "file", "filename", "image", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "txt")
@@ -125,13 +125,15 @@ class FolderReader(DatasetReader):
             return caps[rel]
         return caps.get(posixpath.basename(rel))
 
-    def _sample(self, fs, root: str, shard_id: str, rel: str, sidecar: Optional[str]) -> Sample:
+    def _sample(self, fs, root: str, shard_id: str, rel: str, sidecar: Optional[str], defer: bool = False) -> Sample:
         path = posixpath.join(root, rel)
-        try:
-            data = cat_file(fs, path)
-        except OSError as exc:
-            return Sample(key=rel, shard=shard_id, data=None, status=READ_ERROR,
-                          error=f"cannot read {rel}: {type(exc).__name__}: {exc}")
+        data = None
+        if not defer:
+            try:
+                data = cat_file(fs, path)
+            except OSError as exc:
+                return Sample(key=rel, shard=shard_id, data=None, status=READ_ERROR,
+                              error=f"cannot read {rel}: {type(exc).__name__}: {exc}")
         caption, meta = None, {}
         if sidecar:
             try:
@@ -144,13 +146,17 @@ class FolderReader(DatasetReader):
             if caption is not None:
                 meta["caption_source"] = "captions_file"
         return Sample(key=rel, shard=shard_id, data=data, caption=caption, status="success",
-                      stored_ext=image_ext(rel), meta=meta)
+                      stored_ext=image_ext(rel), meta=meta, path=path if defer else None)
 
-    def read_shard(self, shard: ShardRef) -> Iterator[Sample]:
+    def read_shard(self, shard: ShardRef, defer: bool = False) -> Iterator[Sample]:
         fs, root = self._fs()
         root = root.rstrip("/")
         for rel, sidecar in shard.extra:
-            yield self._sample(fs, root, shard.id, rel, sidecar or None)
+            yield self._sample(fs, root, shard.id, rel, sidecar or None, defer)
+
+    def read_shard_deferred(self, shard: ShardRef) -> Iterator[Sample]:
+        fs, _ = self._fs()
+        return self.read_shard(shard, defer=is_local(fs))
 
     def get(self, shard: str, key: str) -> Sample:
         fs, root = self._fs()
