@@ -438,3 +438,22 @@ def test_corpus_through_index_dedup_report_guard(layout, tmp_path, imagenet, kod
     # the input dataset was only read
     after = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file() and not p.is_symlink()}
     assert after == before
+
+
+def test_folder_read_by_workers_equals_folder_read_by_the_main_process(tmp_path, imagenet, kodak):
+    """With pool workers the local engine leaves a plain folder's files for the workers to read
+    (``read_shard_deferred``); the index -- every row, every error message (a dangling symlink, a non-UTF-8
+    name, the corrupt corpus) -- is byte-identical to the run that reads every file in the main process."""
+    from auditor.index.runner import run_index
+
+    data = tmp_path / "data"
+    build_folder(data, _real_photos(imagenet, kodak), tmp_path)
+    runs = {}
+    for workers in (0, 2):
+        run_index(data, tmp_path / f"run{workers}", corpus_config(workers=workers, chunk_size=4))
+        shards = tmp_path / f"run{workers}" / "index" / "shards"
+        runs[workers] = {p.name: p.read_bytes() for p in sorted(shards.iterdir())}
+    assert runs[0].keys() == runs[2].keys() and runs[0] == runs[2]
+    errors = pd.read_parquet(tmp_path / "run2" / "index" / "errors.parquet")
+    dangling = errors[errors["key"] == "dangling.jpg"]
+    assert len(dangling) == 1 and dangling["error"].iloc[0].startswith("cannot read dangling.jpg: FileNotFoundError")
