@@ -244,9 +244,8 @@ def fast_jpeg_kinds() -> frozenset:
     rng = np.random.default_rng(0)
     base = np.sort(rng.integers(0, 256, (47, 61, 3), dtype=np.uint8), axis=1)
     base[::3] = 255 - base[::3]
-    kinds = set()
+    kinds, failed = set(), set()
     variants = [("RGB", sub, prog) for sub in (0, 1, 2) for prog in (False, True)] + [("L", -1, False), ("L", -1, True)]
-    failed = set()
     for mode, sub, prog in variants:
         im = Image.fromarray(base if mode == "RGB" else base[:, :, 0], mode=mode)
         buf = io.BytesIO()
@@ -255,16 +254,16 @@ def fast_jpeg_kinds() -> frozenset:
         data = buf.getvalue()
         try:
             _, _, cs, ss = simplejpeg.decode_jpeg_header(data)
+        except Exception:  # noqa: BLE001 - a header simplejpeg cannot read never takes the fast path
+            continue
+        try:
             fast = simplejpeg.decode_jpeg(data, "GRAY" if cs == "Gray" else "RGB", fastdct=False,
                                           fastupsample=False, strict=True)
-        except Exception:  # noqa: BLE001 - any failure just disables the fast path for this kind
-            failed.add((mode, sub))
+        except Exception:  # noqa: BLE001 - any failure on a probe disables the fast path for its kind
+            failed.add((cs, ss))
             continue
         ref = np.asarray(Image.open(io.BytesIO(data)))
-        if np.array_equal(fast.reshape(ref.shape), ref):
-            kinds.add((cs, ss))
-        else:
-            failed.add((cs, ss))
+        (kinds if np.array_equal(fast.reshape(ref.shape), ref) else failed).add((cs, ss))
     return frozenset(kinds - failed)
 
 
