@@ -27,16 +27,21 @@ class Sample:
     path: Optional[str] = None    # read_shard_deferred: a local file the consumer reads the bytes from (data None)
 
 
+def read_error(name: str, exc: OSError) -> str:
+    """The error text recorded for a file a reader (or a worker, for a deferred sample) could not read."""
+    return f"cannot read {name}: {type(exc).__name__}: {exc}"
+
+
 def read_deferred(sample: Sample) -> tuple[Optional[bytes], Optional[str]]:
-    """``(bytes, None)`` of a sample, reading a deferred one's local file, or ``(None, error)`` -- the same error
-    text a reader reading the file itself records (``cannot read KEY: ...``)."""
+    """``(bytes, None)`` of a sample, reading a deferred one's local file, or ``(None, error)`` -- the same
+    :func:`read_error` text the folder reader records when it reads the file itself."""
     if sample.data is not None or sample.path is None:
         return sample.data, sample.error
     try:
         with open(sample.path, "rb") as fh:
             return fh.read(), None
     except OSError as exc:
-        return None, f"cannot read {sample.key}: {type(exc).__name__}: {exc}"
+        return None, read_error(sample.key, exc)
 
 
 @dataclass(frozen=True)

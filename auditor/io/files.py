@@ -6,8 +6,8 @@ from __future__ import annotations
 import posixpath
 from typing import Iterator, Optional
 
-from .base import IMAGE_EXTS, READ_ERROR, READERS, DatasetReader, Sample, ShardRef, cat_file, read_sidecar, \
-    split_key, to_url, url_to_fs
+from .base import IMAGE_EXTS, READ_ERROR, READERS, DatasetReader, Sample, ShardRef, cat_file, read_error, \
+    read_sidecar, split_key, to_url, url_to_fs
 from .webdataset import build_sample, extra_image_errors, failed_sample, sidecar_rows_by_key
 
 _WANTED = set(IMAGE_EXTS) | {"txt", "json"}
@@ -61,7 +61,7 @@ class FilesReader(DatasetReader):
                 members[ext] = cat_file(fs, p)
             except OSError as exc:
                 if ext in IMAGE_EXTS:
-                    return members, f"cannot read {p}: {type(exc).__name__}: {exc}"
+                    return members, read_error(p, exc)
         return members, None
 
     def read_shard(self, shard: ShardRef) -> Iterator[Sample]:

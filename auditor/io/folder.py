@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import Iterator, Optional
 
 from .base import IMAGE_EXTS, READ_ERROR, READERS, DatasetReader, Sample, ShardRef, cat_file, clean_str, \
-    decode_text, find_files, has_protocol, is_local, url_to_fs
+    decode_text, find_files, has_protocol, is_local, read_error, url_to_fs
 
 KEY_COLUMNS = ("key", "path", "file", "filename", "image", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "txt")
@@ -133,7 +133,7 @@ class FolderReader(DatasetReader):
                 data = cat_file(fs, path)
             except OSError as exc:
                 return Sample(key=rel, shard=shard_id, data=None, status=READ_ERROR,
-                              error=f"cannot read {rel}: {type(exc).__name__}: {exc}")
+                              error=read_error(rel, exc))
         caption, meta = None, {}
         if sidecar:
             try:
