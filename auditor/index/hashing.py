@@ -164,12 +164,6 @@ def _resample_coeffs(in_size: int, out_size: int, sin=np.sin) -> tuple[np.ndarra
     return xmin, xmax, fixed
 
 
-def _resample_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """``float64 [in_size, out_size]`` holding Pillow's fixed-point LANCZOS weights (integers) for resizing one
-    axis from ``in_size`` to ``out_size`` pixels (:func:`_resample_coeffs` as a matrix)."""
-    return _coeffs_to_matrix(in_size, *_resample_coeffs(in_size, out_size))
-
-
 def _coeffs_to_matrix(in_size: int, xmin: np.ndarray, xmax: np.ndarray, fixed: np.ndarray,
                       rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> np.ndarray:
     """The coefficients as a ``float64 [in_size, out_size]`` matrix, or its block ``[rows[0]:rows[1],
