@@ -92,7 +92,11 @@ def stage_costs(files: list[Path]) -> dict[str, float]:
         out[name] = (time.perf_counter() - t) * 1e3 / len(xs)
         return r
 
-    ims = timed("decode with Pillow (open_image + to_rgb)", lambda d: (lambda im: (im, to_rgb(im)))(open_image(d)), datas)
+    def pillow_decode(data: bytes):
+        im = open_image(data)
+        return im, to_rgb(im)
+
+    ims = timed("decode with Pillow (open_image + to_rgb)", pillow_decode, datas)
     decs = timed("decode, auditor (decode_for_index: libjpeg-turbo via simplejpeg + gray image)", decode_for_index,
                  datas)
     timed("SHA-256 of the stored bytes", bytes_sha256, datas)
