@@ -1,9 +1,15 @@
-"""``auditor`` command line: one sub-command per stage.
+"""auditor command line: one sub-command per stage.
 
-Every sub-command takes ``--config FILE`` (YAML over the defaults in configs/default.yaml) and repeatable
-``--set dotted.key=value`` overrides. Stage modules register their own sub-commands through a
-``register(subparsers)`` function listed in ``STAGE_CLIS``; a stage that fails to import (an optional
-dependency missing) is reported when its command is used, not at start-up.
+Every stage command (index, dedup, apply-manifest, probe, report, guard, lab, demo) takes ``--config FILE`` (YAML
+over the defaults in auditor/configs/default.yaml, or a shipped name such as carlini2023) and repeatable
+``--set dotted.key=value`` overrides; ``gate`` takes ``--policy FILE_OR_NAME``. Stage modules register their own
+sub-commands through a ``register(subparsers)`` function listed in ``STAGE_CLIS``; a stage that fails to import
+(an optional dependency missing) is reported when its command is used, not at start-up.
+
+Paths given on the command line are made absolute once, as they are read (the argparse ``type=`` helpers below),
+so nothing later depends on the current folder. A mistake prints one ``auditor: error: ...`` line: exit 2 for a
+bad argument or configuration (:class:`auditor.errors.UserError`), exit 1 for a runtime failure; ``-v`` adds the
+traceback.
 """
 
 from __future__ import annotations
@@ -11,9 +17,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+from pathlib import Path
 
 from . import __version__
+from .errors import UserError
 
 # module path -> the sub-commands it registers (kept here so `auditor --help` lists them without imports)
 STAGE_CLIS: dict[str, tuple[str, ...]] = {
@@ -26,23 +35,88 @@ STAGE_CLIS: dict[str, tuple[str, ...]] = {
     "auditor.lab.cli": ("lab", "demo"),
 }
 
+log = logging.getLogger("auditor")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``auditor: error: index: the following arguments are required: --out``,
+    exit 2 (sub-command parsers inherit it)."""
+
+    def error(self, message: str):
+        sub = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        where = f"{sub}: " if sub else ""
+        self.exit(2, f"auditor: error: {where}{' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
+# --- argparse type= helpers: every user path is made absolute here, once --------------------------------------
+
+def abs_path(value: str) -> str:
+    """A local path as an absolute one (``~`` expanded); nothing is checked yet."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty path")
+    return str(Path(value).expanduser().absolute())
+
+
+def dataset_path(value: str) -> str:
+    """A dataset root: fsspec URLs (``s3://...``) as given, ``file://`` and local paths made absolute."""
+    if "://" in value and not value.startswith("file://"):
+        return value
+    if value.startswith("file://"):
+        return "file://" + abs_path(value[len("file://"):])
+    return abs_path(value)
+
+
+def config_file(value: str) -> str:
+    """``--config`` / ``--policy``: an existing YAML file (made absolute) or the name of a shipped one."""
+    from .config import resolve_config_file
+
+    try:
+        return str(resolve_config_file(value))
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("bad configuration: ", "")) from None
+
+
+# --- checks the commands run before any work ---------------------------------------------------------------
+
+def require_dir(path: str | os.PathLike, what: str = "RUN_DIR") -> Path:
+    """``path`` must be an existing folder (a file or a missing path is a :class:`UserError`)."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what} {p} does not exist")
+    if not p.is_dir():
+        raise UserError(f"{what} {p} is a file; give a folder")
+    return p
+
+
+def writable_dir(path: str | os.PathLike, what: str = "--out", empty: bool = False) -> Path:
+    """``path`` may be created: it is missing or a folder (and, with ``empty``, an empty one)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p} is a file; give a folder")
+    if empty and p.is_dir() and any(p.iterdir()):
+        raise UserError(f"{what} {p} is not empty: pass a new or empty folder")
+    return p
+
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML config over the defaults (see configs/default.yaml)")
+    p.add_argument("--config", metavar="FILE", type=config_file,
+                   help="YAML config over the defaults: a path, or a shipped name (default, carlini2023)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set index.workers=4 (repeatable)")
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace, base: dict | None = None, top: dict | None = None):
+    """The AuditorConfig of ``--config`` and ``--set`` (over ``base``, under ``top``: a command's explicit
+    flags); a mistake is a one-line ConfigError."""
     from .config import load_config
 
-    return load_config(getattr(args, "config", None), getattr(args, "overrides", []) or [])
+    return load_config(getattr(args, "config", None), getattr(args, "overrides", []) or [], base=base, top=top)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="auditor", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = ArgumentParser(prog="auditor", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"auditor {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module, commands in STAGE_CLIS.items():
         try:
@@ -59,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _unavailable(exc: Exception) -> int:
-    print(f"auditor: this command needs a package that is not installed: {exc}", file=sys.stderr)
-    return 2
+    raise UserError(f"this command needs a package that is not installed: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,18 +146,49 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except OSError as exc:  # disk full, permission denied, a path that is not a folder, ...: one clear line
+    except KeyboardInterrupt:
+        print("auditor: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure is one line; -v adds the traceback
+        code = exit_code(exc)
         if args.verbose:
-            logging.getLogger("auditor").exception("%s failed", args.command)
-        print(f"auditor: error: {_one_line(exc)}", file=sys.stderr)
+            log.exception("%s failed", args.command)
+        hint = "" if code == 2 or args.verbose else " (auditor -v ... shows the traceback)"
+        print(f"auditor: error: {error_line(exc)}{hint}", file=sys.stderr)
+        return code
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 for the user's mistakes (bad arguments, configuration, missing inputs or weights), 1 for the rest."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, UserError):
+        return exc.exit_code
+    if isinstance(exc, (ValidationError, FileNotFoundError)):  # a missing input: run the stage before it
+        return 2
+    try:
+        from .index.embedders.base import EmbedderWeightsError
+    except ImportError:  # pragma: no cover - the index stage not importable
         return 1
+    return 2 if isinstance(exc, EmbedderWeightsError) else 1
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror and not str(exc).startswith("["):
-        text = f"{text} ({exc.strerror})"
-    return " ".join(text.split())
+def error_line(exc: BaseException, width: int = 1500) -> str:
+    """The exception as one line: user errors and OSErrors as their message, other failures with their type."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        from .config import validation_message
+
+        text = f"bad configuration: {validation_message(exc)}"
+    else:
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.errno is not None and exc.strerror and not text.startswith("["):
+            text = f"{text} ({exc.strerror})"
+        elif not isinstance(exc, (UserError, OSError)) and exit_code(exc) == 1:
+            text = f"{type(exc).__name__}: {text}"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 from xml.etree import ElementTree as ET
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skipped"
@@ -52,15 +51,14 @@ class Policy(BaseModel):
 
 
 def load_policy(path: str | Path) -> Policy:
-    p = Path(path)
-    data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: a policy must be a YAML mapping")
+    """The policy in a YAML file (or the shipped ``policy``); a mistake is a one-line ``ConfigError`` naming the
+    key, e.g. ``max_cluster_sise: unknown key (did you mean max_cluster_size?)``."""
+    from .config import read_yaml_mapping, validate_config
+
+    data = read_yaml_mapping(path, what="policy")
     if set(data) == {"policy"} and isinstance(data["policy"], dict):  # allow a top-level `policy:` key
         data = data["policy"]
-    return Policy.model_validate(data)
+    return validate_config(data, Policy)
 
 
 @dataclass
@@ -255,14 +253,31 @@ def markdown(results: list[RuleResult], run_name: str, code: int) -> str:
 
 
 def register(subparsers) -> None:
+    from .cli import abs_path
+
     p = subparsers.add_parser(
         "gate", help="check a run against a release policy (exit 0 pass, 1 fail, 2 could not evaluate)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--policy", required=True, metavar="POLICY.yaml", help="e.g. configs/policy.yaml")
-    p.add_argument("--junit", metavar="PATH", help="write JUnit XML (one testcase per rule)")
-    p.add_argument("--markdown", metavar="PATH", help="write the result table as markdown (for $GITHUB_STEP_SUMMARY)")
+        description=(__doc__.split("\n\n")[0] if __doc__ else "").replace("``", ""))
+    p.add_argument("run_dir", metavar="RUN_DIR", type=abs_path, help="run folder holding dedup/ (and probe/)")
+    p.add_argument("--policy", required=True, metavar="POLICY", type=_policy_arg,
+                   help="release policy: a YAML file, or the shipped name 'policy' (auditor/configs/policy.yaml)")
+    p.add_argument("--junit", metavar="PATH", type=abs_path, help="write JUnit XML (one testcase per rule)")
+    p.add_argument("--markdown", metavar="PATH", type=abs_path,
+                   help="write the result table as markdown (for $GITHUB_STEP_SUMMARY)")
     p.set_defaults(func=run)
+
+
+def _policy_arg(value: str) -> str:
+    """A shipped policy name (``policy``) becomes its file; anything else is a path, made absolute. A missing
+    file is reported by :func:`run` (exit 2, with the JUnit/markdown files written), not by argparse."""
+    from .cli import abs_path
+    from .config import CONFIG_DIR
+
+    if "/" not in value and "\\" not in value and not Path(value).exists():
+        stem = value[:-5] if value.endswith(".yaml") else value
+        if (CONFIG_DIR / f"{stem}.yaml").is_file():
+            return str(CONFIG_DIR / f"{stem}.yaml")
+    return abs_path(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -272,17 +287,21 @@ def run(args: argparse.Namespace) -> int:
     name = run_name(args.run_dir)
 
     def give_up(msg: str) -> int:
-        print(f"auditor gate: {msg}", file=sys.stderr)
+        print(f"auditor: error: gate: {' '.join(str(msg).split())}", file=sys.stderr)
         if args.junit:
             write_bytes(args.junit, junit_xml([], name, error=msg))
         if args.markdown:
             write_text(args.markdown, f"### auditor gate: could not evaluate ({name})\n\n{clean_text(msg, 500)}\n")
         return EXIT_ERROR
 
+    from .errors import ConfigError
+
+    if not Path(args.policy).is_file():
+        return give_up(f"policy file {args.policy} not found")
     try:
         policy = load_policy(args.policy)
-    except FileNotFoundError:
-        return give_up(f"policy file {args.policy} not found")
+    except ConfigError as exc:
+        return give_up(f"bad policy {args.policy}: {str(exc).replace('bad configuration: ', '')}")
     except Exception as exc:
         return give_up(f"bad policy {args.policy}: {exc}")
     try:

@@ -27,7 +27,6 @@ import argparse
 import io
 import json
 import logging
-import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
@@ -368,14 +367,14 @@ def make_server(guard: Guard, host: Optional[str] = None, port: Optional[int] = 
 
 
 def register(subparsers) -> None:
-    from .cli import add_config_options
+    from .cli import abs_path, add_config_options
 
     p = subparsers.add_parser(
         "guard", help="nearest training images (and a copy/near/ok verdict) for generated images; --serve for HTTP",
         description="Look generated images up in RUN_DIR's index (pHash, then the index's embedder) and print the "
                     "nearest training images with a copy / near / ok verdict. Thresholds: report.guard.*")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to check")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=abs_path, help="run folder holding index/")
+    p.add_argument("images", nargs="*", metavar="IMAGE", type=abs_path, help="image files to check")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument("--fail-on", choices=(COPY, NEAR, "never"), default=COPY,
                    help="exit 1 when an image is at least this close to a training image (default: copy)")
@@ -391,21 +390,17 @@ def run(args: argparse.Namespace) -> int:
     from .cli import config_from_args
     from .gate import clean_text
 
-    try:
-        cfg = config_from_args(args).report.guard
-    except Exception as exc:
-        print(f"auditor guard: bad configuration: {exc}", file=sys.stderr)
-        return 2
+    from .errors import UserError
+
+    cfg = config_from_args(args).report.guard  # a mistake: one "bad configuration" line, exit 2
     if not args.serve and not args.images:
-        print("auditor guard: give IMAGE files to check, or --serve", file=sys.stderr)
-        return 2
+        raise UserError("guard: give IMAGE files to check, or --serve")
     try:
         guard = Guard(args.run_dir, cfg, device=args.device)
         if args.serve:
             guard.warm_up()
     except Exception as exc:
-        print(f"auditor guard: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(f"guard: {exc}") from exc
     if args.serve:
         server = make_server(guard, args.host, args.port)
         host, port = server.server_address[:2]

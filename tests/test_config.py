@@ -1,4 +1,5 @@
-"""The one typed config: configs/*.yaml stay equal to / valid for the code, overrides parse, CLI lists stages."""
+"""The one typed config: the shipped auditor/configs/*.yaml stay equal to / valid for the code, overrides parse,
+mistakes are one-line ConfigErrors, the CLI lists stages."""
 
 from __future__ import annotations
 
@@ -8,14 +9,55 @@ import pytest
 import yaml
 
 from auditor.cli import build_parser, main
-from auditor.config import AuditorConfig, load_config, parse_overrides
+from auditor.config import CONFIG_DIR, AuditorConfig, load_config, parse_overrides, resolve_config_file
+from auditor.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = CONFIG_DIR  # shipped inside the package (auditor/configs); the top-level configs/ links to it
 
 
 def test_default_yaml_equals_code_defaults():
     data = yaml.safe_load((CONFIGS / "default.yaml").read_text(encoding="utf-8"))
-    assert data == AuditorConfig().model_dump(mode="json"), "regenerate configs/default.yaml from AuditorConfig()"
+    assert data == AuditorConfig().model_dump(mode="json"), \
+        "regenerate auditor/configs/default.yaml from AuditorConfig()"
+
+
+def test_configs_ship_inside_the_package_and_load_by_name(tmp_path, monkeypatch):
+    import auditor
+
+    assert CONFIGS.parent == Path(auditor.__file__).resolve().parent
+    assert {"default", "carlini2023", "policy"} <= {p.stem for p in CONFIGS.glob("*.yaml")}
+    monkeypatch.chdir(tmp_path)  # a name works from any folder
+    assert resolve_config_file("carlini2023") == CONFIGS / "carlini2023.yaml"
+    assert resolve_config_file("default.yaml") == CONFIGS / "default.yaml"
+    assert load_config("carlini2023").probe.confirm_generations == 500
+    mine = tmp_path / "carlini2023"  # a file of that name in the current folder wins over the shipped one
+    mine.write_text("seed: 7\n")
+    assert load_config("carlini2023").seed == 7
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_config_file("no-such-config")
+
+
+def test_config_mistakes_are_one_line_errors_naming_the_key(tmp_path):
+    cases = {
+        ("index.wrokers=4",): "index.wrokers: unknown key (did you mean index.workers?)",
+        ("dedup.phash_max_distanse=8",): "dedup.phash_max_distanse: unknown key (did you mean dedup.phash_max_distance?)",
+        ("index.embedder.nam=x",): "index.embedder.nam: unknown key (did you mean index.embedder.name?)",
+        ("index.workers=many",): "index.workers: Input should be a valid integer",
+        ("index.workers",): "--set expects dotted.key=value, got 'index.workers'",
+    }
+    for overrides, text in cases.items():
+        with pytest.raises(ConfigError) as e:
+            load_config(None, list(overrides))
+        msg = str(e.value)
+        assert msg.startswith("bad configuration: ") and text in msg and "\n" not in msg, msg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("index:\n  workers: [1\n  chunk_size: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+, column \d+: invalid YAML") as e:
+        load_config(bad)
+    assert "\n" not in str(e.value)
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_config(tmp_path / "list.yaml")
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "carlini2023.yaml"])

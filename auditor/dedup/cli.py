@@ -7,7 +7,7 @@ import json
 
 
 def register(subparsers) -> None:
-    from ..cli import add_config_options
+    from ..cli import abs_path, add_config_options
 
     p = subparsers.add_parser(
         "dedup", help="duplicate clusters, keep/drop manifest and memorization-risk ranking of an index",
@@ -15,8 +15,8 @@ def register(subparsers) -> None:
                     "RUN_DIR/dedup/{manifest,clusters,captions,risk}.parquet, keep/drop key lists and "
                     "summary.json. Incremental: shards added to the index since the last run are searched "
                     "against the rest; nothing else is searched again.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--against", action="append", default=[], metavar="OTHER_RUN",
+    p.add_argument("run_dir", metavar="RUN_DIR", type=abs_path, help="run folder holding index/ (writes dedup/)")
+    p.add_argument("--against", action="append", default=[], metavar="OTHER_RUN", type=abs_path,
                    help="also list the samples duplicating samples of another indexed run "
                         "(writes dedup/against_<name>.parquet; repeatable)")
     p.add_argument("--full", action="store_true", help="ignore the stored search state and search everything")
@@ -27,19 +27,25 @@ def register(subparsers) -> None:
         "apply-manifest", help="write the kept samples as a new img2dataset-style webdataset",
         description="Write the samples RUN_DIR/dedup/manifest.parquet keeps to OUT as webdataset shards "
                     "(keys, captions, urls kept). Never writes into the input dataset or RUN_DIR/index.")
-    a.add_argument("run_dir", metavar="RUN_DIR")
-    a.add_argument("--out", required=True, metavar="DIR")
+    a.add_argument("run_dir", metavar="RUN_DIR", type=abs_path, help="run folder holding index/ and dedup/")
+    a.add_argument("--out", required=True, metavar="DIR", type=abs_path,
+                   help="a new or empty folder for the webdataset shards")
     a.add_argument("--shard-size", type=int, default=10_000, help="samples per output shard (default 10000)")
     add_config_options(a)
     a.set_defaults(func=_apply)
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from ..cli import config_from_args
+    from ..cli import config_from_args, require_dir
+
+    cfg = config_from_args(args)
+    require_dir(args.run_dir)
+    for other in args.against:
+        require_dir(other, "--against")
+
     from .against import run_against
     from .runner import run_dedup
 
-    cfg = config_from_args(args)
     summary = run_dedup(args.run_dir, cfg, full=args.full)
     print(json.dumps({k: summary[k] for k in ("samples", "kept", "dropped", "duplicate_rate", "duplicate_clusters",
                                               "placeholder_clusters", "risk_rows")}, indent=2))
@@ -50,12 +56,17 @@ def _dedup(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from ..cli import config_from_args
-    from .apply import apply_manifest
+    from ..cli import config_from_args, require_dir, writable_dir
+    from ..errors import UserError
 
     cfg = config_from_args(args)
     if args.shard_size < 1:
-        raise SystemExit("--shard-size must be >= 1")
+        raise UserError("--shard-size must be >= 1")
+    require_dir(args.run_dir)
+    writable_dir(args.out, empty=True)
+
+    from .apply import apply_manifest
+
     summary = apply_manifest(args.run_dir, args.out, shard_size=args.shard_size, progress=cfg.dedup.progress)
     print(json.dumps(summary, indent=2))
     return 0 if summary["errors"] == 0 else 1

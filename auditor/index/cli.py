@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..cli import add_config_options, config_from_args
+from ..cli import abs_path, add_config_options, config_from_args, dataset_path, writable_dir
+from ..errors import UserError
 
 
 def register(sub) -> None:
@@ -13,14 +15,17 @@ def register(sub) -> None:
         description="Read an img2dataset output (webdataset, parquet, files) or a plain image folder, local or any "
                     "fsspec URL, and write RUN_DIR/index: per-shard tables of hashes, sizes and captions, float16 "
                     "embeddings, errors.parquet. A rerun skips completed shards.")
-    p.add_argument("dataset", help="dataset folder or fsspec URL (file://, s3://, ...)")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (never inside the dataset)")
+    p.add_argument("dataset", type=dataset_path,
+                   help="dataset folder (or one .tar/.parquet shard), or an fsspec URL (s3://, gs://, ...)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", type=abs_path,
+                   help="run folder (never inside the dataset)")
     p.add_argument("--layout", choices=["auto", "webdataset", "parquet", "files", "folder"],
                    help="dataset layout (default: detect)")
-    p.add_argument("--embedder", choices=["none", "open_clip", "sscd", "onnx"], help="embedding backend")
+    p.add_argument("--embedder", choices=["none", "copy", "open_clip", "sscd", "onnx"], help="embedding backend")
     p.add_argument("--model", help="open_clip model name (e.g. ViT-B-32)")
     p.add_argument("--pretrained", help="open_clip pretrained tag (e.g. laion2b_s34b_b79k)")
-    p.add_argument("--checkpoint", help="local weights: open_clip checkpoint, SSCD TorchScript or ONNX file")
+    p.add_argument("--checkpoint", type=abs_path,
+                   help="local weights: open_clip checkpoint, SSCD TorchScript or ONNX file")
     p.add_argument("--workers", type=int, help="decode/hash processes (0 = in-process, -1 = one per core)")
     p.add_argument("--engine", choices=["local", "ray"],
                    help="where the pipeline runs: local (default) or a Ray cluster (--set index.ray_address=auto)")
@@ -28,9 +33,29 @@ def register(sub) -> None:
     p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .runner import run_index
+def check_dataset(dataset: str) -> None:
+    """A local dataset must exist, and be a folder or one .tar / .parquet shard (URLs are checked by the reader)."""
+    if "://" in dataset and not dataset.startswith("file://"):
+        return
+    p = Path(dataset[len("file://"):] if dataset.startswith("file://") else dataset)
+    if not p.exists():
+        raise UserError(f"dataset {p} does not exist")
+    if p.is_file() and p.suffix not in (".tar", ".parquet"):
+        raise UserError(f"dataset {p} is a file; give the dataset folder (or one .tar / .parquet shard)")
 
+
+def check_out(dataset: str, out: str) -> None:
+    """RUN_DIR may be created (missing or a folder) and is never inside a local dataset."""
+    writable_dir(out)
+    if "://" in dataset and not dataset.startswith("file://"):
+        return
+    root = Path(dataset[len("file://"):] if dataset.startswith("file://") else dataset).resolve()
+    o = Path(out).resolve()
+    if o == root or root in o.parents:
+        raise UserError(f"--out {out} is inside the input dataset {root}: pass another --out")
+
+
+def _run(args: argparse.Namespace) -> int:
     flags = {"layout": "index.reader.layout", "embedder": "index.embedder.name", "model": "index.embedder.model",
              "pretrained": "index.embedder.pretrained", "checkpoint": "index.embedder.checkpoint",
              "workers": "index.workers", "engine": "index.engine"}
@@ -39,6 +64,14 @@ def _run(args: argparse.Namespace) -> int:
         if val is not None:
             args.overrides.append(f"{key}={val}")
     cfg = config_from_args(args)
+    check_dataset(args.dataset)
+    check_out(args.dataset, args.out)
+    ckpt = cfg.index.embedder.checkpoint
+    if cfg.index.embedder.name != "none" and ckpt and "://" not in str(ckpt) and not Path(ckpt).expanduser().exists():
+        raise UserError(f"{cfg.index.embedder.name} embedder: checkpoint file not found: {ckpt}")
+
+    from .runner import run_index
+
     store = run_index(args.dataset, args.out, cfg)
     c = store.info["counts"]
     print(f"indexed {c['indexed']} samples in {c['shards']} shards ({c['errors']} errors, "

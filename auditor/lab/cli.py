@@ -1,6 +1,6 @@
 """``auditor lab`` / ``auditor demo``: train a tiny Stable Diffusion that really memorises, then audit it.
 
-``auditor demo`` builds a planted dataset from scikit-image's bundled photos (duplicate groups copied 100, 30,
+auditor demo builds a planted dataset from scikit-image's bundled photos (duplicate groups copied 100, 30,
 10 and 3 times, plus singletons), downloads it with the real img2dataset CLI from a loopback server, trains the
 model on CPU in minutes, runs ``index``, ``dedup``, ``probe`` and ``report`` on it, and prints where the report
 is and which planted groups came back as copies, by copy count.
@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from ..cli import add_config_options
+from ..cli import abs_path, add_config_options
 
 
 def _lab_options(p: argparse.ArgumentParser, default_out: str) -> None:
-    p.add_argument("--out", default=default_out, help=f"output folder (default: ./{default_out})")
-    p.add_argument("--seed", type=int, help="lab seed")
+    # type= applies to the default too: the relative default is made absolute here, in the folder it is run from
+    p.add_argument("--out", default=default_out, type=abs_path, metavar="DIR",
+                   help=f"output folder (default: ./{default_out} in the current folder)")
+    p.add_argument("--seed", type=int, help="lab seed (lab.seed)")
     p.add_argument("--train-only", action="store_true", help="stop after training and the lab's quick check")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--results", metavar="DIR", help="also write <command>.json and <command>.md (timings, "
-                   "extraction tables) into DIR, e.g. benchmarks/results")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (lab.progress=false)")
+    p.add_argument("--results", metavar="DIR", type=abs_path, help="also write <command>.json and <command>.md "
+                   "(timings, extraction tables) into DIR, e.g. benchmarks/results")
     add_config_options(p)
 
 
@@ -41,35 +42,29 @@ def register(subparsers) -> None:
 
 def configs_from_args(args):
     """(LabConfig, AuditorConfig): the demo's stage settings under the user's --config / --set; the lab's own
-    settings are the config's ``lab`` section, with --out / --seed / --no-progress on top."""
-    import yaml
-
-    from ..config import AuditorConfig, _deep_merge, parse_overrides
+    settings are the config's ``lab`` section, with --out / --seed / --no-progress on top. A mistake is a
+    one-line ConfigError."""
+    from ..cli import config_from_args
     from .demo import DEMO_OVERRIDES
 
-    user: dict = {}
-    if args.config:
-        with open(args.config, encoding="utf-8") as fh:
-            user = yaml.safe_load(fh) or {}
-    user = _deep_merge(user, parse_overrides(args.overrides))
-    acfg = AuditorConfig.model_validate(_deep_merge(DEMO_OVERRIDES, user))
     lab = {"out_dir": args.out}
     if args.seed is not None:
         lab["seed"] = args.seed
     if args.no_progress:
         lab["progress"] = False
-    return acfg.lab.model_copy(update=lab), acfg
+    acfg = config_from_args(args, base=DEMO_OVERRIDES, top={"lab": lab})
+    return acfg.lab, acfg
 
 
 def main(args) -> int:
-    from .demo import run_lab
+    from ..cli import writable_dir
     from .train import format_table
 
-    try:
-        cfg, acfg = configs_from_args(args)
-    except Exception as exc:  # noqa: BLE001
-        print(f"auditor {args.lab_command}: bad configuration: {exc}", file=sys.stderr)
-        return 2
+    cfg, acfg = configs_from_args(args)
+    writable_dir(cfg.out_dir)
+
+    from .demo import run_lab
+
     summary = run_lab(cfg, acfg, stages=not args.train_only)
     print(f"\nauditor {args.lab_command}: finished in {summary['total_seconds']:.0f} s "
           f"(stages: {json.dumps(summary['stage_seconds'])})")
