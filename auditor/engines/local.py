@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import types
+from multiprocessing import context as mpc
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable, Optional
@@ -103,17 +106,74 @@ def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="auditor-parent-watch", daemon=True).start()
 
 
+class _BareMainProcess:
+    """Mixed into the context's Process class: the worker is started without the caller's ``__main__``.
+
+    spawn and forkserver workers normally re-run the parent's main script (as ``__mp_main__``) before they take
+    work, so a user script that calls ``run_index`` without ``if __name__ == "__main__":`` would index again in
+    every worker and kill the pool. The workers only run ``auditor`` functions, so they are started with a bare
+    ``__main__`` instead (custom backends must then live in an importable module, not in the script itself)."""
+
+    def start(self):
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to re-run
+        try:
+            super().start()
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+
+
+class _SpawnProcess(_BareMainProcess, mpc.SpawnProcess):
+    pass
+
+
+class _SpawnContext(mpc.SpawnContext):
+    Process = _SpawnProcess
+
+
+if hasattr(mpc, "ForkServerContext"):  # POSIX
+    class _ForkServerProcess(_BareMainProcess, mpc.ForkServerProcess):
+        pass
+
+    class _ForkServerContext(mpc.ForkServerContext):
+        Process = _ForkServerProcess
+
+
+def worker_context():
+    """The multiprocessing context of the index pool, kept off the caller's current folder and ``__main__``.
+
+    forkserver on POSIX: workers never inherit the main process's threads (torch/OpenMP, tqdm's monitor) and
+    fork from a server that already imported the pipeline (``auditor.index._preload``). The server is started by
+    ``python -c``, which puts the current folder first on ``sys.path`` (and CPython's forkserver ignores the
+    parent's ``sys.path``): started from a folder holding a directory named ``auditor`` it would import that
+    instead of the package. It is therefore started with ``PYTHONSAFEPATH=1`` (Python >= 3.11; on 3.10 nothing
+    is preloaded, and the workers import the package after taking the parent's ``sys.path``)."""
+    if os.name != "posix":
+        return _SpawnContext()
+    ctx = _ForkServerContext()
+    if sys.version_info >= (3, 11):
+        from multiprocessing import forkserver
+
+        ctx.set_forkserver_preload(["auditor.index._preload"])
+        saved = os.environ.get("PYTHONSAFEPATH")
+        os.environ["PYTHONSAFEPATH"] = "1"
+        try:
+            forkserver.ensure_running()  # started once per process; later pools reuse it
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONSAFEPATH", None)
+            else:
+                os.environ["PYTHONSAFEPATH"] = saved
+    return ctx
+
+
 def run_pool(chunks: Iterable[list[Sample]], workers: int, decode_cfg: dict, emb_cfg: Optional[dict],
              consume: Callable, keep_bytes: bool = False) -> None:
     """Bounded, in-order pipeline over a process pool (at most ``2 * workers`` chunks in flight)."""
-    import multiprocessing as mp
-
     from ..index.runner import process_chunk
 
-    # forkserver: workers never inherit the main process's threads (torch/OpenMP, tqdm's monitor)
-    ctx = mp.get_context("forkserver" if os.name == "posix" else "spawn")
-    if os.name == "posix":  # workers fork from a server that already imported the pipeline: fast start-up
-        ctx.set_forkserver_preload(["auditor.index._preload"])
+    ctx = worker_context()
     window: deque[Future] = deque()
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
                                initargs=(os.getpid(),))

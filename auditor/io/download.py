@@ -92,13 +92,13 @@ def img2dataset_command() -> list[str]:
 
 def _collect(items: Union[str, os.PathLike, Iterable[Item]]) -> list[tuple[Path, Optional[str]]]:
     if isinstance(items, (str, os.PathLike)):
-        root = Path(items)
+        root = Path(items).expanduser().absolute()
         out = []
         for p in sorted(q for q in root.rglob("*") if q.is_file() and q.suffix.lower().lstrip(".") in IMAGE_EXTS):
             side = p.with_suffix(".txt")
             out.append((p, side.read_text(encoding="utf-8", errors="replace") if side.exists() else p.stem))
         return out
-    return [(Path(p), c) for p, c in items]
+    return [(Path(p).expanduser().absolute(), c) for p, c in items]
 
 
 def serve_and_download(
@@ -125,11 +125,14 @@ def serve_and_download(
     ``image_size=None`` keeps the stored bytes as served (``disable_all_reencoding``: PNG/WebP files are
     then stored under the ``.jpg`` extension, as img2dataset does). The input parquet also carries a
     ``source`` column (the original file path), saved in the outputs with ``save_additional_columns``.
-    Returns ``out_dir``; it must not exist yet or be empty.
+    Returns ``out_dir`` as an absolute path (a relative one is taken from the current folder); it must not exist
+    yet or be empty.
     """
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
-    out = Path(out_dir)
+    # absolute: img2dataset runs with its working folder in a temporary directory, where a relative
+    # --output_folder would land (and be deleted with it)
+    out = Path(out_dir).expanduser().absolute()
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; img2dataset would skip or mix shards")
     entries = _collect(items)

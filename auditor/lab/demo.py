@@ -168,7 +168,7 @@ def run_lab(cfg: LabConfig, auditor_cfg=None, stages: bool = True) -> dict:
     """Build, download, train and (``stages=True``) audit. Returns the summary written to ``OUT/lab.json``."""
     from ..config import AuditorConfig
 
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out_dir).expanduser().absolute()  # a relative out dir is taken from the current folder, once
     _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     timer = _Timer()

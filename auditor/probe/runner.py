@@ -480,10 +480,12 @@ class ProbeRunner:
         if fp_path.exists():
             old = json.loads(fp_path.read_text(encoding="utf-8"))
             if old != fp:
-                raise ValueError(f"{self.out} was probed with a different config; resume needs the same config "
-                                 f"(delete {self.out} or use another run dir).\n was: {old}\n now: {fp}")
-        else:
-            write_json(fp_path, fp)
+                from ..errors import ConfigMismatch, differences
+
+                raise ConfigMismatch(f"{self.out} was probed with a different config; resume needs the same "
+                                     f"config (delete {self.out} or use another run dir); changed: "
+                                     + "; ".join(differences(old.get("config"), fp["config"], "probe")
+                                                 or differences(old, fp)))
         self.load_inputs()
         sel = self.selected()
         if self.generator is None:
@@ -494,6 +496,8 @@ class ProbeRunner:
             if wb is None and cfg.screen == "whitebox":
                 raise ValueError(f"screen=whitebox needs a model with a UNet; the {self.generator.name} "
                                  "generator has none")
+        if not fp_path.exists():  # only now: every input and the model are valid (a mistake must not lock the run)
+            write_json(fp_path, fp)
         risky = {caption_hash(c) for c in self.risk["caption"].fillna("")}
         cal = self.calibrate(wb, risky)
         self.tiled.delta = float(cal.get("tiled_l2_threshold", cfg.tiled_l2_threshold))
