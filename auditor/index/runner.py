@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ..errors import ConfigMismatch
 from ..io import open_dataset
 from ..io.base import DatasetReader, Sample, ShardRef, read_deferred
 from ..utils import (ErrorRecord, caption_hash, errors_frame, is_utf8, package_versions, remove_temporary_files,
@@ -46,7 +47,7 @@ _RUNTIME_KEYS = {"workers", "chunk_size", "progress", "engine", "ray_address"}
 _EMBEDDER_RUNTIME_KEYS = {"device", "batch_size"}
 
 
-class IndexConfigMismatch(RuntimeError):
+class IndexConfigMismatch(ConfigMismatch, RuntimeError):
     pass
 
 
@@ -358,9 +359,12 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg=None) 
                 f"{run_dir} holds an index in format {old.get('format_version')}, this auditor writes format "
                 f"{INDEX_FORMAT_VERSION}; it cannot resume it (pass a new --out to start over)")
         if old.get("config") != fingerprint:
+            from ..errors import differences
+
             raise IndexConfigMismatch(
                 f"{run_dir} was indexed with a different index config; resume needs the same config "
-                f"(pass a new --out to start over).\n was: {old.get('config')}\n now: {fingerprint}")
+                f"(pass a new --out to start over); changed: "
+                + "; ".join(differences(old.get("config"), fingerprint, "index")))
     all_shards = reader.shards()
     done = {p.name[: -len(".done")] for p in shard_dir.glob("*.done")}
     pending = [s for s in all_shards if s.id not in done]
