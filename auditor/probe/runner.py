@@ -271,7 +271,10 @@ class ProbeRunner:
         cal["captions"] = caps
         if wb is not None and cfg.whitebox_threshold is None:
             if caps:
-                scores, ev = wb.scores(caps, self.wb_seeds(), cfg.whitebox_steps, cfg.diffusers.batch_size)
+                with tqdm(total=len(caps), desc="probe: calibrate (white-box)", unit="caption",
+                          disable=not cfg.progress) as bar:
+                    scores, ev = wb.scores(caps, self.wb_seeds(), cfg.whitebox_steps, cfg.diffusers.batch_size,
+                                           progress=bar)
                 cal["unet_evals"] += ev
                 cal["whitebox_null"] = [float(s) for s in scores]
                 cal["whitebox_threshold"] = calibrate_threshold(scores, cfg.whitebox_fpr)
@@ -279,7 +282,7 @@ class ProbeRunner:
                 cal["note"] += "no non-risky captions to calibrate the white-box screen: every caption is flagged. "
         if wb is None and cfg.screen != "none" and cfg.consistency_threshold is None and caps:
             seeds = self.gen_seeds()[: cfg.screen_generations]
-            gens = self.generator.generate([(c, s) for c in caps for s in seeds])
+            gens = self.calibration_generations([(c, s) for c in caps for s in seeds], len(seeds), "consistency")
             cal["unet_evals"] += sum(g.unet_evals for g in gens)
             null = []
             for i in range(len(caps)):
@@ -319,7 +322,7 @@ class ProbeRunner:
         images = self.store.load_images([(sh, k) for _, k, sh in refs]) if self.store is not None else {}
         seeds = self.gen_seeds()[: self.cfg.reference_calibration_generations]
         items = [(c, s) for c, k, sh in refs if (sh, k) in images for s in seeds]
-        gens = self.generator.generate(items)
+        gens = self.calibration_generations(items, len(seeds), "reference")
         cal["unet_evals"] += sum(g.unet_evals for g in gens)
         by_cap = {c: images[(sh, k)] for c, k, sh in refs if (sh, k) in images}
         null = []
@@ -329,6 +332,20 @@ class ProbeRunner:
                 if np.isfinite(det.score):
                     null.append(float(det.score))
         return null
+
+    def calibration_generations(self, items: list[tuple[str, int]], per_caption: int, what: str) -> list:
+        """``generator.generate(items)`` (``per_caption`` seeds of each caption, in caption order) a few captions
+        a call, with a bar of captions done and UNet evaluations spent: on CPU this is minutes of silence
+        otherwise. An image depends only on (prompt, seed), not on the call it was made in."""
+        step = per_caption * max(1, -(-self.cfg.diffusers.batch_size // max(1, per_caption)))
+        gens: list = []
+        with tqdm(total=len(items) // max(1, per_caption), desc=f"probe: calibrate ({what})", unit="caption",
+                  disable=not self.cfg.progress) as bar:
+            for i in range(0, len(items), step):
+                gens += self.generator.generate(items[i:i + step])
+                bar.set_postfix(unet_evals=sum(g.unet_evals for g in gens), refresh=False)
+                bar.update(min(len(items), i + step) // max(1, per_caption) - bar.n)
+        return gens
 
     def gen_seeds(self) -> list[int]:
         return [self.cfg.seed + j for j in range(max(self.cfg.confirm_generations, self.cfg.screen_generations))]

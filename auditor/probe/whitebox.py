@@ -88,9 +88,21 @@ class WhiteBox:
 
     # --- score ------------------------------------------------------------------------------------------
     def scores(self, prompts: Sequence[str], seeds: Sequence[int], n_steps: int = 1,
-               batch_size: int = 8) -> tuple[np.ndarray, int]:
+               batch_size: int = 8, progress=None) -> tuple[np.ndarray, int]:
         """[len(prompts)] scores (mean over seeds and the first ``n_steps`` steps) and the UNet evaluations
-        spent. Latents for (prompt, seed) depend only on the seed, so every prompt sees the same noise."""
+        spent. Latents for (prompt, seed) depend only on the seed, so every prompt sees the same noise.
+
+        ``progress``: a tqdm bar counting prompts; after every batch it is advanced by the prompts whose seeds
+        are all scored, and its postfix shows the UNet evaluations spent (a calibration on CPU scores hundreds of
+        (prompt, seed) pairs: minutes).
+
+        Example:
+            ```python
+            from tqdm.auto import tqdm
+            with tqdm(total=len(captions), desc="probe: calibrate", unit="caption") as bar:
+                scores, evals = wb.scores(captions, seeds=[0, 1, 2, 3], progress=bar)
+            ```
+        """
         import torch
 
         pairs = [(i, s) for i in range(len(prompts)) for s in seeds]
@@ -100,6 +112,7 @@ class WhiteBox:
             self._empty = self.encode([""])
         cond_all = self.encode(list(prompts)) if prompts else None
         per_chunk = max(1, batch_size)
+        reported = 0
         for start in range(0, len(pairs), per_chunk):
             chunk = pairs[start:start + per_chunk]
             sched = self.new_scheduler()
@@ -123,4 +136,9 @@ class WhiteBox:
             steps_done = min(n_steps, len(sched.timesteps))
             for (i, _), v in zip(chunk, (acc / max(1, steps_done)).tolist()):
                 total[i] += v
+            if progress is not None:
+                done = (start + len(chunk)) // max(1, len(seeds))  # prompts with every seed scored
+                progress.set_postfix(unet_evals=evals, refresh=False)
+                progress.update(done - reported)
+                reported = done
         return total / max(1, len(seeds)), evals
