@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from auditor.dedup.risk import RISK_COLUMNS
+from auditor.index.hashing import hamming_dihedral
 from auditor.dedup.runner import MANIFEST_COLUMNS, run_dedup
 from test_dedup_support import (EMBEDDER, cc3m_captions, config, descriptor, index, output_bytes, planted,
                                 write_dataset)
@@ -41,7 +42,7 @@ def test_every_planted_group_is_one_cluster_and_nothing_else_merges(planted_run)
     found = {frozenset(g["key"]) for _, g in dup.groupby("cluster_id")}
     assert found == {frozenset(v) for v in groups.values()}
     expected_reason = {"exact_bytes": "exact_bytes", "exact_pixels": "exact_pixels", "reencode": "phash",
-                       "resize": "phash", "crop": "phash", "flip": "embedding"}
+                       "resize": "phash", "crop": "phash", "flip": "phash"}
     by_key = m.set_index("key")
     for name, keys in groups.items():
         rows = by_key.loc[sorted(keys)]
@@ -72,7 +73,10 @@ def test_similarity_to_representative_per_signal(planted_run):
                 assert sim == 1.0
             elif reason == "phash":
                 d = bin(int(a.phash) ^ int(b.phash)).count("1")
-                assert d <= 10 and sim == pytest.approx(1 - d / 64)
+                dt = int(hamming_dihedral(np.array([a.phash], np.uint64), np.array([a.phash_dihedral], np.uint64),
+                                          np.array([b.phash], np.uint64), np.array([b.phash_dihedral], np.uint64))[0])
+                linked = min(d if d <= 10 else 99, dt if dt <= 6 else 99)  # as stored, or after a flip/rotation
+                assert linked <= 10 and sim == pytest.approx(1 - linked / 64)
             else:
                 assert reason == "embedding"
                 assert sim == pytest.approx(float(emb[row_of[key]] @ emb[row_of[rep]]), abs=1e-5)
@@ -187,7 +191,12 @@ def test_signals_can_be_switched_off(planted_run, tmp_path):
     shutil.copytree(run / "index", other / "index")
     run_dedup(other, config(COS, "dedup.embedding=false"))
     m = _manifest(other).set_index("key")
-    assert m.loc["flip_mirror", "cluster_size"] == 1  # only the embedding joined the mirror image
+    # the hashes of the mirrored thumbnail join the mirror image without an embedding
+    assert m.loc["flip_mirror", "cluster_size"] == 2 and m.loc["flip_mirror", "reason"] == "phash"
+    assert m.loc["flip_mirror", "similarity_to_representative"] >= 1 - 6 / 64
+    run_dedup(other, config(COS, "dedup.embedding=false", "dedup.hash_dihedral_max_distance=-1"))
+    m = _manifest(other).set_index("key")
+    assert m.loc["flip_mirror", "cluster_size"] == 1  # as-stored hashes: a mirror image is 30+ bits away
     assert m.loc["reenc_q50", "cluster_size"] == 2
     assert not (other / "dedup" / "embeddings.faiss").exists()
     run_dedup(other, config(COS, "dedup.embedding=false", "dedup.phash=false", "dedup.exact_pixels=false"))
@@ -219,14 +228,18 @@ def test_chaining_guard_splits_a_real_blend_chain(tmp_path, imagenet):
     chained = _manifest(tmp_path / "run")
     assert chained.cluster_id.nunique() == 1
 
-    run_dedup(tmp_path / "run", config())
-    m = _manifest(tmp_path / "run").merge(t[["key", "phash"]], on="key")
-    assert m.cluster_id.nunique() > 1
-    for _, g in m.groupby("cluster_id"):
-        rep = g[g.is_representative]
-        assert len(rep) == 1
-        d = np.bitwise_count(g.phash.to_numpy(np.uint64) ^ np.uint64(rep.phash.iloc[0]))
-        assert d.max() <= 10  # every member is itself a near-duplicate of its representative
-        assert (g.similarity_to_representative.to_numpy() == 1 - d / 64).all()
+    for links in (0, 2, 3):  # the star rule, and admission through links into the cluster
+        run_dedup(tmp_path / "run", config(f"dedup.chain_min_links={links}"))
+        m = _manifest(tmp_path / "run").merge(t[["key", "phash"]], on="key")
+        assert m.cluster_id.nunique() > 1
+        ends = m.set_index("key").cluster_id
+        assert ends["blend_00"] != ends["blend_10"]  # the drift never joins the two photos
+        for _, g in m.groupby("cluster_id"):
+            rep = g[g.is_representative]
+            assert len(rep) == 1
+            d = np.bitwise_count(g.phash.to_numpy(np.uint64) ^ np.uint64(rep.phash.iloc[0]))
+            # every member is a near-duplicate of its representative, or within the looser end-to-end bound
+            assert d.max() <= (10 if links == 0 else 26)
+            assert (g.similarity_to_representative.to_numpy() == 1 - d / 64).all()
     summary = json.loads((tmp_path / "run" / "dedup" / "summary.json").read_text())
     assert summary["thresholds"]["chaining_guard"] is True

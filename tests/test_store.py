@@ -29,8 +29,9 @@ def test_load_images_matches_load_image_on_webdataset(imagenet, tmp_path, monkey
 
 
 def test_an_index_in_another_format_is_refused_not_misread(imagenet, tmp_path):
-    """Format 2 stores a BLAKE3 pixel hash where format 1 stored SHA-256: reading or resuming an index in another
-    format fails with a message that says what to do, instead of mixing the two."""
+    """Format 3 adds the flipped/rotated hashes, format 2 stored a BLAKE3 pixel hash where format 1 stored SHA-256:
+    reading or resuming an index in another format fails with a message that says what to do, instead of mixing
+    them."""
     import json
     import shutil
 
@@ -43,13 +44,14 @@ def test_an_index_in_another_format_is_refused_not_misread(imagenet, tmp_path):
         shutil.copy(p, data / p.name)
     cfg = AuditorConfig.model_validate({"index": {"workers": 0, "progress": False}})
     store = run_index(data, tmp_path / "run", cfg)
-    assert store.info["format_version"] == INDEX_FORMAT_VERSION == 2
+    assert store.info["format_version"] == INDEX_FORMAT_VERSION == 3
     assert set(store.table()["pixel_blake3"].str.len()) == {64}
     info_path = store.dir / "index.json"
     info = json.loads(info_path.read_text())
-    info["format_version"] = 1
-    info_path.write_text(json.dumps(info))
-    with pytest.raises(IndexFormatError, match="index the dataset again"):
-        IndexStore(tmp_path / "run")
+    for old in (2, 1):  # 2: no flipped/rotated hashes
+        info["format_version"] = old
+        info_path.write_text(json.dumps(info))
+        with pytest.raises(IndexFormatError, match=f"format {old}.*index the dataset again"):
+            IndexStore(tmp_path / "run")
     with pytest.raises(IndexConfigMismatch, match="format 1"):
         run_index(data, tmp_path / "run", cfg)

@@ -65,7 +65,7 @@ SIGNAL_CODE = {"phash": 2, "dhash": 3, "embedding": 4}
 
 MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
 _TABLE_COLUMNS = ["key", "shard", "caption", "sha256", "pixel_blake3", "phash", "dhash", "width", "height",
-                  "caption_hash"]
+                  "nbytes", "caption_hash"]
 
 
 def _dedup_cfg(cfg) -> tuple[DedupConfig, int]:
@@ -104,6 +104,8 @@ def search_fingerprint(store: IndexStore, dcfg: DedupConfig, seed: int, emb: boo
         "state_version": STATE_VERSION,
         "phash": dcfg.phash_max_distance if dcfg.phash else None,
         "dhash": dcfg.dhash_max_distance if dcfg.dhash_max_distance >= 0 else None,
+        "dihedral": dcfg.hash_dihedral_max_distance,
+        "dhash_confirm": dcfg.dhash_confirm_max_distance if dcfg.phash else None,
         "embedding": {"threshold": dcfg.cosine_threshold, "search": dcfg.search, "seed": seed,
                       "nlist": dcfg.nlist, "nprobe": dcfg.nprobe, "embedder": store.embedder} if emb else None,
     }
@@ -117,20 +119,43 @@ def search_options(dcfg: DedupConfig) -> dict:
     return {"nlist": dcfg.nlist, "nprobe": dcfg.nprobe, "threads": dcfg.search_threads}
 
 
-def _hamming_edges(values: np.ndarray, n_old: int, max_distance: int, progress: bool = False,
-                   threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (a, b) of pixel groups within ``max_distance``; with ``n_old`` > 0 only pairs involving a new
-    group (index >= n_old) are searched."""
-    from .search import hamming_cross_pairs, hamming_pairs
+def _hamming_edges(values: np.ndarray, variants: Optional[np.ndarray], n_old: int, max_distance: int,
+                   transformed_max_distance: int, progress: bool = False, threads: Optional[int] = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a, b) of pixel groups within ``max_distance`` (or ``transformed_max_distance`` after a flip or
+    rotation, when ``variants`` are given); with ``n_old`` > 0 only pairs involving a new group (index >= n_old)
+    are searched."""
+    from .search import hamming_cross_pairs, hamming_cross_pairs_dihedral, hamming_pairs, hamming_pairs_dihedral
 
     new = values[n_old:]
-    i, j, _ = hamming_pairs(new, max_distance, progress=progress, threads=threads)
+    if variants is None:
+        i, j, _ = hamming_pairs(new, max_distance, progress=progress, threads=threads)
+    else:
+        i, j, _ = hamming_pairs_dihedral(new, variants[n_old:], max_distance, transformed_max_distance,
+                                         progress=progress, threads=threads)
     a, b = [np.asarray(i, np.int64) + n_old], [np.asarray(j, np.int64) + n_old]
     if n_old and len(new):
-        qi, bj, _ = hamming_cross_pairs(new, values[:n_old], max_distance, progress=progress, threads=threads)
+        if variants is None:
+            qi, bj, _ = hamming_cross_pairs(new, values[:n_old], max_distance, progress=progress, threads=threads)
+        else:
+            qi, bj, _ = hamming_cross_pairs_dihedral(new, variants[n_old:], values[:n_old], variants[:n_old],
+                                                     max_distance, transformed_max_distance, progress=progress,
+                                                     threads=threads)
         a.append(np.asarray(qi, np.int64) + n_old)
         b.append(np.asarray(bj, np.int64))
     return np.concatenate(a), np.concatenate(b)
+
+
+def _dhash_confirmed(dhash: np.ndarray, variants: Optional[np.ndarray], a: np.ndarray, b: np.ndarray,
+                     max_distance: int) -> np.ndarray:
+    """Which pHash pairs (a, b) the dHash does not contradict (within ``max_distance`` as stored or after the
+    best flip/rotation); see ``dhash_confirm_max_distance`` in :class:`~auditor.dedup.config.DedupConfig`."""
+    from ..index.hashing import hamming_dihedral
+
+    d = np.bitwise_count(np.bitwise_xor(dhash[a], dhash[b])).astype(np.int64)
+    if variants is not None:
+        d = np.minimum(d, hamming_dihedral(dhash[a], variants[a], dhash[b], variants[b]))
+    return d <= max_distance
 
 
 def _embedding_edges(emb: np.ndarray, n_old: int, dcfg: DedupConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,14 +231,25 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     # --- search edges between pixel groups ------------------------------------------------------------
     phash = table["phash"].to_numpy(np.uint64)
     dhash = table["dhash"].to_numpy(np.uint64)
+    dih = dcfg.hash_dihedral_max_distance
+    confirm = dcfg.dhash_confirm_max_distance if dcfg.phash else -1
+    use_dhash = dcfg.dhash_max_distance >= 0
+    phash_v = store.hash_variants("phash_dihedral") if dcfg.phash and dih >= 0 else None
+    dhash_v = store.hash_variants("dhash_dihedral") if (use_dhash or confirm >= 0) and dih >= 0 else None
+    gv = (lambda v: None if v is None else v[group_first])  # noqa: E731 - per pixel group
     new_edges = []
     if dcfg.phash:
-        a, b = _hamming_edges(phash[group_first], n_old, dcfg.phash_max_distance, dcfg.progress,
-                              dcfg.search_threads)
+        a, b = _hamming_edges(phash[group_first], gv(phash_v), n_old, dcfg.phash_max_distance, dih,
+                              dcfg.progress, dcfg.search_threads)
+        if confirm >= 0 and len(a):
+            keep = _dhash_confirmed(dhash[group_first], gv(dhash_v), a, b, confirm)
+            log.info("dedup: %d of %d pHash pairs dropped: their dHashes differ by more than %d bits",
+                     int((~keep).sum()), len(a), confirm)
+            a, b = a[keep], b[keep]
         new_edges.append((a, b, SIGNAL_CODE["phash"]))
-    if dcfg.dhash_max_distance >= 0:
-        a, b = _hamming_edges(dhash[group_first], n_old, dcfg.dhash_max_distance, dcfg.progress,
-                              dcfg.search_threads)
+    if use_dhash:
+        a, b = _hamming_edges(dhash[group_first], gv(dhash_v), n_old, dcfg.dhash_max_distance, dih,
+                              dcfg.progress, dcfg.search_threads)
         new_edges.append((a, b, SIGNAL_CODE["dhash"]))
     group_emb = None
     if has_emb:
@@ -253,6 +289,12 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
         emb=emb_all,
         phash_max_distance=dcfg.phash_max_distance, dhash_max_distance=max(dcfg.dhash_max_distance, 0),
         cosine_threshold=dcfg.cosine_threshold,
+        nbytes=table["nbytes"].to_numpy(np.int64),
+        phash_dihedral=phash_v, dhash_dihedral=dhash_v if use_dhash else None, dihedral_max_distance=dih,
+        confirm_dhash=dhash if confirm >= 0 else None, confirm_dhash_dihedral=dhash_v,
+        dhash_confirm_max_distance=confirm,
+        chain_min_links=dcfg.chain_min_links, chain_max_distance=dcfg.chain_max_distance,
+        chain_confirm_cosine=dcfg.cosine_threshold - dcfg.chain_cosine_margin,
     )
     res = cluster(sig, edge_i, edge_j, guard=dcfg.chaining_guard)
     log.info("dedup: %d clusters after %d guard rounds (%d rows split off by the chaining guard)",

@@ -25,7 +25,9 @@ rows (rows converted from their stored dtype to float32, summed in float32 by nu
 Hashes (64-bit perceptual hashes as ``uint64``): ``hamming_pairs`` uses a faiss binary index
 (``IndexBinaryFlat`` range search, blocked over the upper triangle, or ``IndexBinaryMultiHash`` with enough
 tables and bit flips that the pigeonhole principle makes it exact, for large N). Distances are recomputed with
-``numpy.bitwise_count`` on the candidates.
+``numpy.bitwise_count`` on the candidates. ``hamming_pairs_dihedral`` also matches flips and 90-degree rotations:
+the 7 transformed hashes of every row (the index's ``phash_dihedral`` / ``dhash_dihedral``) are queried against
+the stored hashes, which costs 7 full (not upper-triangle) searches on top of the plain one.
 
 Thread count: faiss's OpenMP threads (``faiss.omp_set_num_threads``), taken from ``threads=`` when given,
 else left as they are (``OMP_NUM_THREADS`` or the core count).
@@ -52,6 +54,7 @@ _VERIFY_CHUNK = 262_144         # candidate pairs verified at a time
 
 __all__ = [
     "AUTO_FLAT_MAX", "embedding_pairs", "embedding_cross_pairs", "hamming_pairs", "hamming_cross_pairs",
+    "hamming_pairs_dihedral", "hamming_cross_pairs_dihedral",
     "build_search_index", "save_search_index", "load_search_index", "query_index", "resolve_method",
     "default_nlist", "default_nprobe", "faiss_threads",
 ]
@@ -520,6 +523,93 @@ def hamming_cross_pairs(query, base, max_distance: int, method: str = "auto", pr
     with faiss_threads(threads):
         ci, cj = _hamming_candidates(qb, bb, max_distance, False, progress, method)
     return _hamming_finish(_as_u64(query), _as_u64(base), ci, cj, len(bb), max_distance)
+
+
+def _as_variants(v, n: int) -> np.ndarray:
+    a = np.asarray(v)
+    if a.ndim != 2 or len(a) != n:
+        raise ValueError(f"transformed hashes must be [rows, transforms] with {n} rows, got shape {a.shape}")
+    return np.ascontiguousarray(a.astype(np.uint64))
+
+
+def _dihedral_finish(qh, qv, bh, bv, ci, cj, nb: int, max_distance: int, transformed_max_distance: int):
+    """Exact distances of the candidate pairs: (linked, distance) with the stored distance kept when within
+    ``max_distance``, else the best transformed one when within ``transformed_max_distance``."""
+    from ..index.hashing import hamming_dihedral
+
+    ci, cj = _sort_unique(ci, cj, nb)
+    if len(ci) == 0:
+        return _empty_pairs(np.int32)
+    d = _popcount_xor(qh[ci], bh[cj]).astype(np.int64)
+    dt = hamming_dihedral(qh[ci], qv[ci], bh[cj], bv[cj])
+    dist = np.minimum(np.where(d <= max_distance, d, 65), np.where(dt <= transformed_max_distance, dt, 65))
+    m = dist <= 64
+    return ci[m], cj[m], dist[m].astype(np.int32)
+
+
+def hamming_pairs_dihedral(hashes, transformed, max_distance: int, transformed_max_distance: int,
+                           method: str = "auto", progress: bool = False, threads: Optional[int] = None):
+    """Every pair ``i < j`` whose hashes are within ``max_distance`` as stored, or within
+    ``transformed_max_distance`` once one of the two is flipped or rotated: ``transformed[i, k]`` is the hash of
+    row ``i`` under transform ``k`` (``uint64 [n, 7]``; :data:`auditor.index.hashing.DIHEDRAL`), compared with
+    ``hashes[j]`` and ``transformed[j, k]`` with ``hashes[i]``. Returns ``(i, j, dist)`` sorted by ``(i, j)``, the
+    distance being the smallest that links.
+
+    Example:
+        >>> h = np.array([0b1111, 0b0000, 0xFF00], dtype=np.uint64)
+        >>> v = np.array([[0xF0000] * 7, [0] * 7, [0xFF00] * 7], dtype=np.uint64)  # row 0 mirrored is 0xF0000
+        >>> [x.tolist() for x in hamming_pairs_dihedral(h, v, 4, 0)]
+        [[0], [1], [4]]
+    """
+    if max_distance < 0 and transformed_max_distance < 0:
+        return _empty_pairs(np.int32)
+    hb = _hash_bytes(hashes)
+    n = len(hb)
+    if n < 2:
+        return _empty_pairs(np.int32)
+    h, v = _as_u64(hashes), _as_variants(transformed, n)
+    ci, cj = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    with faiss_threads(threads):
+        if max_distance >= 0:
+            i, j = _hamming_candidates(hb, hb, max_distance, True, progress, method)
+            ci.append(i), cj.append(j)
+        if transformed_max_distance >= 0:
+            for k in _tqdm(range(v.shape[1]), progress, desc="flip/rotation search", unit="transform"):
+                q, b = _hamming_candidates(_hash_bytes(v[:, k]), hb, transformed_max_distance, False, False, method)
+                keep = q != b
+                q, b = q[keep], b[keep]
+                ci.append(np.minimum(q, b)), cj.append(np.maximum(q, b))
+    return _dihedral_finish(h, v, h, v, np.concatenate(ci), np.concatenate(cj), n, max_distance,
+                            transformed_max_distance)
+
+
+def hamming_cross_pairs_dihedral(query, query_transformed, base, base_transformed, max_distance: int,
+                                 transformed_max_distance: int, method: str = "auto", progress: bool = False,
+                                 threads: Optional[int] = None):
+    """:func:`hamming_pairs_dihedral` between two sets: every (query, base) pair linked as stored or through a
+    flip/rotation of either side; ``(qi, bj, dist)`` sorted by ``(qi, bj)``. The union of the self pairs of two
+    sets and their cross pairs equals the self pairs of the union (the incremental dedup relies on it)."""
+    if max_distance < 0 and transformed_max_distance < 0:
+        return _empty_pairs(np.int32)
+    qb, bb = _hash_bytes(query), _hash_bytes(base)
+    if len(qb) == 0 or len(bb) == 0:
+        return _empty_pairs(np.int32)
+    qh, bh = _as_u64(query), _as_u64(base)
+    qv, bv = _as_variants(query_transformed, len(qh)), _as_variants(base_transformed, len(bh))
+    ci, cj = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    with faiss_threads(threads):
+        if max_distance >= 0:
+            i, j = _hamming_candidates(qb, bb, max_distance, False, progress, method)
+            ci.append(i), cj.append(j)
+        if transformed_max_distance >= 0:
+            for k in _tqdm(range(qv.shape[1]), progress, desc="flip/rotation search", unit="transform"):
+                i, j = _hamming_candidates(_hash_bytes(qv[:, k]), bb, transformed_max_distance, False, False, method)
+                ci.append(i), cj.append(j)
+                j2, i2 = _hamming_candidates(_hash_bytes(bv[:, k]), qb, transformed_max_distance, False, False,
+                                             method)
+                ci.append(i2), cj.append(j2)
+    return _dihedral_finish(qh, qv, bh, bv, np.concatenate(ci), np.concatenate(cj), len(bh), max_distance,
+                            transformed_max_distance)
 
 
 # --------------------------------------------------------------------------------------------------------------

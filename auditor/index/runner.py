@@ -87,7 +87,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     """Decode, hash and preprocess one chunk of samples (runs in a worker process). ``keep_bytes``: return the
     stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them)."""
     from .decode import DecodeError, decode_for_index, sniff_format
-    from .hashing import bytes_sha256, gray_thumbnails, hashes_from_thumbnails, pixel_hash_array
+    from .hashing import bytes_sha256, gray_thumbnails, hash_columns, pixel_hash_array
 
     dc = DecodeConfig.model_validate(decode_cfg)
     preprocess = _preprocess_fn(embedder_cfg)
@@ -136,9 +136,10 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             "nbytes": len(data),
             "caption_hash": caption_hash(caption),
         })
-    for r, p, d in zip(recs, *hashes_from_thumbnails(thumbs)):
-        r["phash"] = int(p)
-        r["dhash"] = int(d)
+    cols = hash_columns(thumbs)
+    for r, p, d, pv, dv in zip(recs, cols["phash"].tolist(), cols["dhash"].tolist(), cols["phash_dihedral"].tolist(),
+                               cols["dhash_dihedral"].tolist()):
+        r["phash"], r["dhash"], r["phash_dihedral"], r["dhash_dihedral"] = p, d, pv, dv
     out.records = recs
     if preprocess is not None and arrays:
         out.pixels = np.stack(arrays)

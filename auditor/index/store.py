@@ -25,7 +25,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-INDEX_FORMAT_VERSION = 2  # 2: the pixel hash is BLAKE3 (``pixel_blake3``); format 1 had ``pixel_sha256``
+# 3: ``phash_dihedral`` / ``dhash_dihedral`` (the hashes of the flipped and rotated thumbnail); 2: the pixel hash is
+# BLAKE3 (``pixel_blake3``); format 1 had ``pixel_sha256``
+INDEX_FORMAT_VERSION = 3
 INDEX_DIR = "index"
 SHARDS_DIR = "shards"
 
@@ -39,6 +41,9 @@ SAMPLE_SCHEMA = pa.schema([
     ("pixel_blake3", pa.string()),  # of the decoded RGB pixels (with the shape)
     ("phash", pa.uint64()),         # == int(str(imagehash.phash(img)), 16)
     ("dhash", pa.uint64()),         # == int(str(imagehash.dhash(img)), 16)
+    # the pHash / dHash of the 7 flips and 90-degree rotations of the image (auditor.index.hashing.DIHEDRAL order)
+    ("phash_dihedral", pa.list_(pa.uint64(), 7)),
+    ("dhash_dihedral", pa.list_(pa.uint64(), 7)),
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("format", pa.string()),        # detected from magic bytes: JPEG, PNG, WEBP, GIF, ...
@@ -47,6 +52,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("caption_hash", pa.string()),  # blake2b of the normalised caption ('' when empty)
 ])
 SAMPLE_COLUMNS = [f.name for f in SAMPLE_SCHEMA]
+HASH_VARIANT_COLUMNS = ("phash_dihedral", "dhash_dihedral")
 
 NOT_INDEXED_COLUMNS = ["key", "shard", "url", "caption", "status", "error"]
 
@@ -102,6 +108,24 @@ class IndexStore:
             df = pa.concat_tables(parts).to_pandas()
         df.insert(0, "row", np.arange(len(df), dtype=np.int64))
         return df
+
+    def hash_variants(self, column: str, shards: Optional[Iterable[str]] = None) -> np.ndarray:
+        """``uint64 [N, 7]``: the ``phash_dihedral`` or ``dhash_dihedral`` column of :meth:`table` as one matrix
+        (column k = the hash of the image under ``auditor.index.hashing.DIHEDRAL[k]``), read without pandas.
+
+        Example:
+            >>> store.hash_variants("phash_dihedral").shape  # doctest: +SKIP
+            (1000, 7)
+        """
+        if column not in HASH_VARIANT_COLUMNS:
+            raise ValueError(f"{column!r} is not a hash-variant column; use one of {HASH_VARIANT_COLUMNS}")
+        ids = list(shards) if shards is not None else self.shard_ids()
+        width = SAMPLE_SCHEMA.field(column).type.list_size
+        parts = []
+        for s in ids:
+            col = pq.read_table(self.shard_dir / f"{s}.parquet", columns=[column]).column(column).combine_chunks()
+            parts.append(col.flatten().to_numpy(zero_copy_only=False).astype(np.uint64).reshape(-1, width))
+        return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.uint64)
 
     def embeddings(self, shards: Optional[Iterable[str]] = None, mmap: bool = True) -> np.ndarray:
         """float16 [N, dim] L2-normalised embeddings, row-aligned with :meth:`table` (empty if no embedder)."""
