@@ -32,6 +32,16 @@ Outputs (``RUN_DIR/dedup``, written atomically, identical bytes for the same ind
   count, n_clusters (distinct image clusters carrying it: Somepalli et al. 2023's caption duplication);
 * ``risk.parquet``      the clusters to probe first (see :mod:`auditor.dedup.risk`);
 * ``keep_keys.txt`` / ``drop_keys.txt``  sorted ``shard/key`` lines;
+
+Key formats: ``key`` is the sample's key within its shard as the reader yields it (img2dataset's ``key``, e.g.
+``000000012``; for a plain folder the file's path relative to the root, ``/``-separated) and ``shard`` the shard id
+(img2dataset's ``00000``; a folder's chunk of sorted keys ``00000``, ``00001``, ...). A key is unique only within
+its shard, so the parquet tables carry the two columns and the text lists join them as ``shard/key`` (split at the
+first ``/``: shard ids never contain one). Example: ``00003/000031337`` is key ``000031337`` of shard ``00003``.
+
+Which copy is kept: the representative of each cluster, chosen as the largest pixel area, then the most stored bytes
+(at equal area the least-compressed copy: an original beats its JPEG q60 re-save), then the lowest
+``(key, shard)``.
 * ``summary.json``      counts, duplicate rate, cluster-size histogram, thresholds used;
 * ``search_ids.parquet`` + ``embeddings.faiss`` + ``phash.npy`` (+ ``dhash.npy``): the search index over
   one row per pixel group (row i of each = ``search_ids`` row i: pixel_group, shard, key), for the guard
