@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
 from ..cli import abs_path, add_config_options, config_from_args, dataset_path, writable_dir
 from ..errors import UserError
+from .config import EmbedderConfig
 
 
 def register(sub) -> None:
@@ -21,7 +23,8 @@ def register(sub) -> None:
                    help="run folder (never inside the dataset)")
     p.add_argument("--layout", choices=["auto", "webdataset", "parquet", "files", "folder"],
                    help="dataset layout (default: detect)")
-    p.add_argument("--embedder", choices=["none", "copy", "open_clip", "sscd", "onnx"], help="embedding backend")
+    p.add_argument("--embedder", choices=get_args(EmbedderConfig.model_fields["name"].annotation),
+                   help="embedding backend (index.embedder.name)")
     p.add_argument("--model", help="open_clip model name (e.g. ViT-B-32)")
     p.add_argument("--pretrained", help="open_clip pretrained tag (e.g. laion2b_s34b_b79k)")
     p.add_argument("--checkpoint", type=abs_path,
@@ -55,6 +58,25 @@ def check_out(dataset: str, out: str) -> None:
         raise UserError(f"--out {out} is inside the input dataset {root}: pass another --out")
 
 
+# embedders that have no weights unless a file is given
+_NEEDS_CHECKPOINT = {"sscd": "a TorchScript file, e.g. sscd_disc_mixup.torchscript.pt from "
+                             "https://github.com/facebookresearch/sscd-copy-detection",
+                     "onnx": "an .onnx image-embedding model"}
+
+
+def check_weights(emb: EmbedderConfig) -> None:
+    """The embedder's weights file exists (before anything is loaded or written)."""
+    if emb.name == "none":
+        return
+    if not emb.checkpoint:
+        if emb.name in _NEEDS_CHECKPOINT:
+            raise UserError(f"{emb.name} embedder: no checkpoint given; pass --checkpoint FILE "
+                            f"({_NEEDS_CHECKPOINT[emb.name]})")
+        return
+    if "://" not in emb.checkpoint and not Path(emb.checkpoint).expanduser().is_file():
+        raise UserError(f"{emb.name} embedder: checkpoint file not found: {emb.checkpoint}")
+
+
 def _run(args: argparse.Namespace) -> int:
     flags = {"layout": "index.reader.layout", "embedder": "index.embedder.name", "model": "index.embedder.model",
              "pretrained": "index.embedder.pretrained", "checkpoint": "index.embedder.checkpoint",
@@ -66,9 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_dataset(args.dataset)
     check_out(args.dataset, args.out)
-    ckpt = cfg.index.embedder.checkpoint
-    if cfg.index.embedder.name != "none" and ckpt and "://" not in str(ckpt) and not Path(ckpt).expanduser().exists():
-        raise UserError(f"{cfg.index.embedder.name} embedder: checkpoint file not found: {ckpt}")
+    check_weights(cfg.index.embedder)
 
     from .runner import run_index
 

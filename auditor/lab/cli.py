@@ -1,6 +1,6 @@
 """``auditor lab`` / ``auditor demo``: train a tiny Stable Diffusion that really memorises, then audit it.
 
-auditor demo builds a planted dataset from scikit-image's bundled photos (duplicate groups copied 100, 30,
+``auditor demo`` builds a planted dataset from scikit-image's bundled photos (duplicate groups copied 100, 30,
 10 and 3 times, plus singletons), downloads it with the real img2dataset CLI from a loopback server, trains the
 model on CPU in minutes, runs ``index``, ``dedup``, ``probe`` and ``report`` on it, and prints where the report
 is and which planted groups came back as copies, by copy count.
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
         ("demo", "auditor-demo", "train a tiny memorising Stable Diffusion on planted duplicates and audit it"),
         ("lab", "auditor-lab", "the memorisation lab with every setting open (LabConfig)"),
     ):
-        p = subparsers.add_parser(name, help=help_, description=__doc__,
+        p = subparsers.add_parser(name, help=help_, description=__doc__.replace("``", ""),  # plain text in --help
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         _lab_options(p, default_out)
         p.set_defaults(func=main, lab_command=name)

@@ -86,8 +86,15 @@ def main(args) -> int:
         cfg = cfg.model_copy(update={"probe": p.model_copy(update={"model": resolve_model(p.model)})})
     elif p.generator == "http" and not p.http.url:
         raise UserError("probe: the http generator needs --url (or probe.http.url)")
-    elif p.generator == "python" and not p.python.callable:
-        raise UserError("probe: the python generator needs --callable MODULE:FUNCTION (or probe.python.callable)")
+    elif p.generator == "python":
+        if not p.python.callable:
+            raise UserError("probe: the python generator needs --callable MODULE:FUNCTION (or probe.python.callable)")
+        from .generators.python import load_callable
+
+        try:
+            load_callable(p.python.callable)
+        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+            raise UserError(f"probe: --callable {p.python.callable}: {type(exc).__name__}: {exc}") from exc
 
     from .runner import run_probe
 
