@@ -228,9 +228,11 @@ def test_chaining_guard_splits_a_real_blend_chain(tmp_path, imagenet):
     chained = _manifest(tmp_path / "run")
     assert chained.cluster_id.nunique() == 1
 
-    for links in (0, 2, 3):  # the star rule, and admission through links into the cluster
+    largest = {}
+    for links in (0, 3, 5):  # the star rule, and admission through links into the cluster (5: the default)
         run_dedup(tmp_path / "run", config(f"dedup.chain_min_links={links}"))
         m = _manifest(tmp_path / "run").merge(t[["key", "phash"]], on="key")
+        largest[links] = int(m.cluster_size.max())
         assert m.cluster_id.nunique() > 1
         ends = m.set_index("key").cluster_id
         assert ends["blend_00"] != ends["blend_10"]  # the drift never joins the two photos
@@ -241,5 +243,6 @@ def test_chaining_guard_splits_a_real_blend_chain(tmp_path, imagenet):
             # every member is a near-duplicate of its representative, or within the looser end-to-end bound
             assert d.max() <= (10 if links == 0 else 26)
             assert (g.similarity_to_representative.to_numpy() == 1 - d / 64).all()
+    assert largest[5] <= largest[0], largest  # the default drifts no further than the star rule
     summary = json.loads((tmp_path / "run" / "dedup" / "summary.json").read_text())
     assert summary["thresholds"]["chaining_guard"] is True

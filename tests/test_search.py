@@ -248,6 +248,70 @@ def test_hamming_on_real_photo_hashes(imagenet, kodak):
     assert sum((k, n + k) in found for k in range(60)) >= 50
 
 
+def _brute_dihedral(qh, qv, bh, bv, maxd, maxt):
+    d = np.bitwise_count(qh[:, None] ^ bh[None, :]).astype(np.int64)
+    t = np.full_like(d, 64)
+    for k in range(qv.shape[1]):
+        t = np.minimum(t, np.bitwise_count(qv[:, k][:, None] ^ bh[None, :]))
+        t = np.minimum(t, np.bitwise_count(bv[:, k][None, :] ^ qh[:, None]))
+    return np.minimum(np.where(d <= maxd, d, 65), np.where(t <= maxt, t, 65))
+
+
+@pytest.mark.parametrize("method", ["flat", "multihash"])
+def test_hamming_pairs_dihedral_match_brute_force_and_split_like_the_incremental_dedup(method):
+    rng = np.random.default_rng(5)
+    h = _random_hashes(400, seed=5)
+    v = np.stack([_random_hashes(400, seed=10 + k) for k in range(7)], axis=1)
+    # plant transformed copies: row b's hash near row a's transform k (and unrelated otherwise)
+    for a, b in zip(range(0, 60), range(300, 360)):
+        h[b] = v[a, a % 7] ^ np.uint64(1 << int(rng.integers(64)))
+    linked = _brute_dihedral(h, v, h, v, 8, 4)
+    i, j, d = S.hamming_pairs_dihedral(h, v, 8, 4, method=method)
+    want = {(a, b) for a, b in zip(*np.nonzero(np.triu(linked <= 64, 1)))}
+    assert set(zip(i.tolist(), j.tolist())) == want and len(want) >= 60
+    np.testing.assert_array_equal(d, linked[i, j])
+    # self pairs of the union == self pairs of the parts + their cross pairs (what the incremental dedup relies on)
+    n_old = 250
+    i1, j1, d1 = S.hamming_pairs_dihedral(h[:n_old], v[:n_old], 8, 4, method=method)
+    i2, j2, d2 = S.hamming_pairs_dihedral(h[n_old:], v[n_old:], 8, 4, method=method)
+    qi, bj, d3 = S.hamming_cross_pairs_dihedral(h[n_old:], v[n_old:], h[:n_old], v[:n_old], 8, 4, method=method)
+    parts = {(int(a), int(b), int(x)) for a, b, x in zip(i1, j1, d1)}
+    parts |= {(int(a) + n_old, int(b) + n_old, int(x)) for a, b, x in zip(i2, j2, d2)}
+    parts |= {(int(b), int(a) + n_old, int(x)) for a, b, x in zip(qi, bj, d3)}
+    assert parts == {(int(a), int(b), int(x)) for a, b, x in zip(i, j, d)}
+    # transformed matching off: the plain search
+    i0, j0, _ = S.hamming_pairs_dihedral(h, v, 8, -1, method=method)
+    assert set(zip(i0.tolist(), j0.tolist())) == set(zip(*S.hamming_pairs(h, 8)[:2]))
+
+
+def test_hamming_pairs_dihedral_find_mirrored_and_rotated_photos(imagenet):
+    """Real photos and their mirrored / rotated JPEG re-saves: 30+ bits apart as stored, within 6 bits through the
+    index's transformed hashes."""
+    import io
+
+    from PIL import Image
+
+    from auditor.index.hashing import hash_columns, hash_thumbnails
+
+    if len(imagenet) < 40:
+        pytest.skip("needs 40 imagenet photos")
+    ims = [Image.open(p).convert("RGB") for p in imagenet[:40]]
+    copies = []
+    for k, im in enumerate(ims[:20]):
+        t = (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)[k % 3]
+        buf = io.BytesIO()
+        im.transpose(t).save(buf, "JPEG", quality=80)
+        copies.append(Image.open(io.BytesIO(buf.getvalue())))
+    c = hash_columns([hash_thumbnails(im) for im in ims + copies])
+    n = len(ims)
+    plain = set(zip(*S.hamming_pairs(c["phash"], 10)[:2]))
+    assert sum((k, n + k) in plain for k in range(20)) == 0
+    i, j, d = S.hamming_pairs_dihedral(c["phash"], c["phash_dihedral"], 10, 6)
+    found = set(zip(i.tolist(), j.tolist()))
+    assert all((k, n + k) in found for k in range(20))
+    assert {(a, b) for a, b in found if b < n} == {(a, b) for a, b in plain if b < n}  # no new pair of originals
+
+
 # ---------------------------------------------------------------- persistent index
 
 @pytest.mark.parametrize("method", ["flat", "ivf", "hnsw"])
