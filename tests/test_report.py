@@ -7,8 +7,10 @@ their documented layouts from that index, with real PNG generations.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -35,6 +37,9 @@ HOSTILE = [
 ]
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "table", "tr", "th", "td", "div",
                 "p", "img", "figure", "figcaption", "span", "bdi", "strong", "em", "pre", "br"}
+LOCAL_ROOTS = ("/work", "/tmp", "/home", "/root")
+DATA_URI = re.compile(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+")
+REPO = Path(__file__).resolve().parents[1]
 
 
 class _Collect(HTMLParser):
@@ -74,11 +79,14 @@ def _jpeg_copy(img: Image.Image, quality: int) -> Image.Image:
 
 def build_run(tmp: Path, kodak: list[Path], imagenet: list[Path], stages=("index", "dedup", "probe")) -> Path:
     """A real run folder: index of 6 Kodak photos + 2 JPEG re-encodes of kodak01 (captions = HOSTILE);
-    dedup outputs clustering the three copies; probe results with real generations."""
+    dedup outputs clustering the three copies; probe results with real generations (full-size copies of the
+    training photo, and 32-px unrelated photos with a 32-px evidence pair, as a small model makes them).
+    Absolute local paths are planted where real runs record them (index.json, provenance, error texts)."""
     from auditor.config import load_config
     from auditor.index.runner import run_index
 
-    ds = tmp / "dataset"
+    model_dir = (tmp / "models" / "sd-tiny-v1").resolve()
+    ds = tmp / "kodak-set"
     ds.mkdir()
     names = []
     for i, p in enumerate(kodak[:6]):
@@ -138,7 +146,8 @@ def build_run(tmp: Path, kodak: list[Path], imagenet: list[Path], stages=("index
             "representative_key": [cl.loc[min(c, len(cl) - 1), "representative_key"] for c in range(n)],
             "representative_shard": ["00000"] * n, "score": np.linspace(3.5, 1.0, n), "is_placeholder": [False] * n})
         write_parquet(d / "risk.parquet", risk)
-        write_json(d / "summary.json", {"duplicate_rate": 0.25, "n_samples": 8})
+        write_json(d / "summary.json", {"duplicate_rate": 0.25, "n_samples": 8,
+                                        "manifest": str((d / "manifest.parquet").resolve())})
 
     if "probe" in stages:
         p = run / "probe"
@@ -157,10 +166,15 @@ def build_run(tmp: Path, kodak: list[Path], imagenet: list[Path], stages=("index
         pair.paste(_jpeg_copy(base, 30).resize((256, 171)), (0, 0))
         pair.paste(base.resize((256, 171)), (264, 0))
         (p / "evidence" / "pair.png").write_bytes(_png(pair))
-        # not memorized: unrelated real photos (paths relative to RUN_DIR/probe are accepted too)
+        # the probe's own evidence layout at a small model's resolution: generation | 8 px | training, 32 px each
+        small = Image.new("RGB", (2 * 32 + 8, 32), (255, 255, 255))
+        small.paste(_jpeg_copy(base, 30).resize((32, 32)), (0, 0))
+        small.paste(base.resize((32, 32)), (40, 0))
+        (p / "evidence" / "exact_seed0_vs_kodak01.png").write_bytes(_png(small))
+        # not memorized: unrelated real photos at 32 px (paths relative to RUN_DIR/probe are accepted too)
         for seed in range(2):
             rel = f"generations/other_{seed}.png"
-            (p / rel).write_bytes(_png(Image.open(imagenet[seed]).convert("RGB")))
+            (p / rel).write_bytes(_png(Image.open(imagenet[seed]).convert("RGB").resize((32, 32))))
             gen_rows.append({"caption": HOSTILE[1], "variant": "original", "seed": seed, "path": rel,
                              "tiled_l2": 0.4, "copy_similarity": 0.2, "verdict": "none",
                              "best_key": kodak[1].name, "best_shard": "00000"})
@@ -176,7 +190,8 @@ def build_run(tmp: Path, kodak: list[Path], imagenet: list[Path], stages=("index
              "n_generations": 3, "unet_evals": 150, "whitebox_score": 4.2, "whitebox_flag": True,
              "max_copy_similarity": 0.98, "min_tiled_l2": 0.02, "largest_clique": 3, "verbatim_count": 3,
              "template_count": 0, "verdict": "verbatim", "best_key": kodak[0].name, "best_shard": "00000",
-             "best_distance": 0.02, "evidence": ["probe/evidence/pair.png"], "error": None},
+             "best_distance": 0.02, "evidence": ["probe/evidence/pair.png",
+                                                 "probe/evidence/exact_seed0_vs_kodak01.png"], "error": None},
             {"caption": HOSTILE[1], "variant": "original", "cluster_id": 1, "cluster_size": 1, "seeds": [0, 1],
              "n_generations": 3, "unet_evals": 100, "whitebox_score": 0.3, "whitebox_flag": False,
              "max_copy_similarity": 0.2, "min_tiled_l2": 0.4, "largest_clique": 1, "verbatim_count": 0,
@@ -186,11 +201,15 @@ def build_run(tmp: Path, kodak: list[Path], imagenet: list[Path], stages=("index
              "n_generations": 0, "unet_evals": 0, "whitebox_score": np.nan, "whitebox_flag": False,
              "max_copy_similarity": np.nan, "min_tiled_l2": np.nan, "largest_clique": 0, "verbatim_count": 0,
              "template_count": 0, "verdict": "error", "best_key": None, "best_shard": None,
-             "best_distance": np.nan, "evidence": [], "error": "<b>CUDA</b> out of memory"},
+             "best_distance": np.nan, "evidence": [],
+             "error": f"<b>CUDA</b> out of memory loading {model_dir}/unet/diffusion_pytorch_model.safetensors"},
         ])
         write_parquet(p / "results.parquet", res)
         write_json(p / "provenance.json", {"model": "tiny-test-model <script>", "seed": 0,
-                                           "started": "2024-01-01T00:00:00Z"})
+                                           "started": "2024-01-01T00:00:00Z",
+                                           "generator": {"generator": "diffusers", "model": str(model_dir),
+                                                         "model_folder": str(model_dir)},
+                                           "config": {"variants_file": str(tmp.resolve() / "variants.json")}})
     return run
 
 
@@ -357,3 +376,189 @@ def test_real_dedup_run(tmp_path, kodak, imagenet):
     assert sum(s.startswith("data:image/jpeg") for s in srcs) >= 3
     # the caption table comes from dedup/captions.parquet (with the clusters column)
     assert "image clusters" in text and HOSTILE[0] in text
+
+
+# --- judging by eye: display sizes, columns, title, no local paths ---------------------------------------------
+
+
+class _Tables(HTMLParser):
+    """Every <table> as rows of (tag, text) cells, and every <img> with its attributes, in document order."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tables: list[list[list[tuple[str, str]]]] = []
+        self.imgs: list[dict] = []
+        self.figcaptions: list[str] = []
+        self._cell = None
+        self._cap = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th") and self.tables:
+            self._cell = [tag, ""]
+        elif tag == "img":
+            self.imgs.append(dict(attrs))
+            if self._cell is not None:
+                self._cell[1] += "[img]"
+        elif tag == "figcaption":
+            self._cap = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append((self._cell[0], self._cell[1].strip()))
+            self._cell = None
+        elif tag == "figcaption" and self._cap is not None:
+            self.figcaptions.append(self._cap)
+            self._cap = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[1] += data
+        if self._cap is not None:
+            self._cap += data
+
+
+def tables_of(html: str) -> _Tables:
+    t = _Tables()
+    t.feed(html)
+    t.close()
+    return t
+
+
+def _decoded(src: str) -> Image.Image:
+    im = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    im.load()
+    return im
+
+
+def _img_by_alt(doc: _Tables, alt: str) -> int:
+    return next(i for i, a in enumerate(doc.imgs) if a.get("alt") == alt)
+
+
+def test_generations_shown_at_the_training_images_size(rendered):
+    """A 32-px generation is shown as large as the training thumbnail beside it, enlarged with nearest-neighbour
+    (every source pixel a uniform 5x5 block, and image-rendering: pixelated), with its native size noted."""
+    _, html = rendered
+    doc = tables_of(html)
+    i = _img_by_alt(doc, "other_0.png")
+    gen, train = doc.imgs[i], doc.imgs[i + 1]
+    assert train["alt"] == "kodak02.png"                      # the pair: generation, then its training image
+    assert int(gen["width"]) == int(train["width"]) == ReportConfig().thumbnail_px == 160
+    assert (int(gen["height"]), int(train["height"])) == (160, 107)
+    assert "px" in gen["class"].split() and "class" not in train  # only enlarged images are pixelated
+    assert "image-rendering: pixelated" in html
+    im = np.asarray(_decoded(gen["src"]).convert("RGB"))
+    assert im.shape == (160, 160, 3) and gen["src"].startswith("data:image/png")  # lossless: no JPEG blur
+    blocks = im.reshape(32, 5, 32, 5, 3)
+    assert (blocks == blocks[:, :1, :, :1, :]).all()          # nearest-neighbour, not smoothed
+    caps = " ".join(doc.figcaptions)
+    assert "32\u00d732 px, shown \u00d75" in caps               # native size noted under the generation
+    assert "768\u00d7512 px" in caps                           # and under the training image
+
+    # the probe's evidence pair (two 32-px halves) is enlarged so each half fills the same 160-px box
+    j = _img_by_alt(doc, "exact_seed0_vs_kodak01.png")
+    ev = doc.imgs[j]
+    assert (int(ev["width"]), int(ev["height"])) == (360, 160) and "px" in ev["class"].split()
+    assert "72\u00d732 px, shown \u00d75" in caps
+    # its caption is the short file name; the full path is in the title attribute, not broken mid-word
+    assert 'title="probe/evidence/exact_seed0_vs_kodak01.png"' in html
+    assert "overflow-wrap: anywhere" not in html.split("<style>")[1].split("figcaption")[0].split("figure")[-1]
+
+
+def _columns_with_values(table: list[list[tuple[str, str]]]) -> list[bool]:
+    head = table[0]
+    body = [r for r in table[1:] if r]
+    return [any(j < len(r) and r[j][1] not in ("", "\u2013") for r in body) for j in range(len(head))]
+
+
+def _column_tables(html: str) -> list[list[list[tuple[str, str]]]]:
+    """Tables with a header row (all th) and body rows: key/value tables (th beside td) are not column tables."""
+    return [t for t in tables_of(html).tables if len(t) > 1 and t[0] and all(c[0] == "th" for c in t[0])]
+
+
+def test_no_empty_columns(full_run, rendered, tmp_path):
+    _, html = rendered
+    for t in _column_tables(html):
+        assert all(_columns_with_values(t)), [c[1] for c in t[0]]
+    # a run without a white-box screen and without a copy descriptor (the demo's): those columns are left out
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(full_run, run)
+    res = pd.read_parquet(run / "probe" / "results.parquet")
+    res["whitebox_score"] = np.nan
+    res["max_copy_similarity"] = np.nan
+    write_parquet(run / "probe" / "results.parquet", res)
+    gens = pd.read_parquet(run / "probe" / "generations.parquet")
+    gens["copy_similarity"] = np.nan
+    write_parquet(run / "probe" / "generations.parquet", gens)
+    html2 = build_report(run, ReportConfig(progress=False), tmp_path / "o" / "report.html").read_text("utf-8")
+    heads = {c[1] for t in _column_tables(html2) for c in t[0]}
+    assert "white-box score" not in heads and "max copy sim" not in heads
+    assert {"duplicates", "min tiled L2", "closest training image"} <= heads
+    assert "copy sim" not in "".join(tables_of(html2).figcaptions)
+    for t in _column_tables(html2):
+        assert all(_columns_with_values(t)), [c[1] for c in t[0]]
+    # the caption table built from the index alone has no "image clusters" column (dedup did not count them)
+    assert "image clusters" not in heads
+
+
+def test_title_names_dataset_and_model(rendered):
+    path, html = rendered
+    title = re.search(r"<title>(.*?)</title>", html, re.S).group(1)
+    h1 = "".join(parse(html.split("<h1>", 1)[1].split("</h1>", 1)[0]).text)
+    for t in (title, h1):
+        assert "kodak-set" in t and "sd-tiny-v1" in t, t
+    summary = json.loads((path.parent / "summary.json").read_text())
+    assert summary["title"] == "dataset kodak-set, model sd-tiny-v1"
+    assert summary["index"]["dataset"] == "kodak-set" and summary["probe"]["model"] == "sd-tiny-v1"
+    md = (path.parent / "summary.md").read_text(encoding="utf-8")
+    assert md.splitlines()[0] == "## auditor report: dataset kodak-set, model sd-tiny-v1"
+
+
+def _local_paths(text: str, extra: tuple[str, ...] = ()) -> list[str]:
+    text = DATA_URI.sub("data:", text)  # base64 may spell "/tmp" by chance
+    return [r for r in LOCAL_ROOTS + extra if r in text]
+
+
+def test_outputs_hold_no_local_path(full_run, rendered):
+    """index.json, the probe provenance, the dedup summary and an error text of the run hold absolute paths;
+    none of them reaches report.html, summary.md or summary.json."""
+    path, _ = rendered
+    planted = (full_run / "index" / "index.json").read_text() + (full_run / "probe" / "provenance.json").read_text()
+    roots = (str(full_run.resolve()), str(full_run.resolve().parent.parent))
+    assert any(r in planted for r in roots)  # the inputs do hold them
+    for name in ("report.html", "summary.md", "summary.json"):
+        text = (path.parent / name).read_text(encoding="utf-8")
+        assert not _local_paths(text, roots), (name, _local_paths(text, roots))
+    summary = json.loads((path.parent / "summary.json").read_text())
+    assert summary["index"]["dataset_root"] == "kodak-set"
+    html = path.read_text(encoding="utf-8")
+    assert "sd-tiny-v1/unet/diffusion_pytorch_model.safetensors" in html  # the error keeps what it names
+    assert "Full report: report.html" in (path.parent / "summary.md").read_text(encoding="utf-8")
+
+
+def test_shipped_example_is_clean_and_current():
+    """reports/example/ is what a reader sees first: no local path of the machine it was made on, and made by
+    the current report (title naming the dataset and model, enlarged generations pixelated)."""
+    ex = REPO / "reports" / "example"
+    for name in ("summary.md", "summary.json", "report.html"):
+        text = (ex / name).read_text(encoding="utf-8")
+        assert not _local_paths(text), (name, _local_paths(text))
+    html = (ex / "report.html").read_text(encoding="utf-8")
+    title = re.search(r"<title>(.*?)</title>", html, re.S).group(1)
+    assert "dataset" in title and "model" in title and title != "auditor report: run"
+    assert 'class="px"' in html and "image-rendering: pixelated" in html
+    for t in _column_tables(html):
+        assert all(_columns_with_values(t)), [c[1] for c in t[0]]
+
+
+def test_log_count_ticks_are_integers():
+    from auditor.report.plots import log_count_ticks
+
+    assert log_count_ticks(148) == [1, 2, 5, 10, 20, 50, 100, 200]
+    assert log_count_ticks(100) == [1, 2, 5, 10, 20, 50, 100]
+    assert log_count_ticks(3_000_000) == [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000]

@@ -16,6 +16,8 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from .paths import PathScrubber, display_name
+
 EXTRACTED_VERDICTS = ("verbatim", "template")
 VERDICT_ORDER = {"verbatim": 0, "template": 1, "none": 2, "error": 3}
 
@@ -50,6 +52,56 @@ class RunData:
 
 def run_name(run_dir: str | Path) -> str:
     return Path(run_dir).resolve().name or "run"
+
+
+def dataset_root(data: RunData) -> Optional[str]:
+    if data.index is None:
+        return None
+    root = (data.index.info.get("dataset") or {}).get("root")
+    return str(root) if root else None
+
+
+def model_ref(data: RunData) -> tuple[Optional[str], Optional[str]]:
+    """(the probed model as recorded in probe/provenance.json, its local folder when it is one)."""
+    prov = data.provenance or {}
+    g = prov.get("generator")
+    if not isinstance(g, dict):  # a hand-written provenance: {"model": ...}
+        g = {"model": prov.get("model")}
+    folder = g.get("model_folder")
+    model = g.get("model") or g.get("callable") or g.get("url")
+    return (str(model) if model else None), (str(folder) if folder else None)
+
+
+def _label(path: Optional[str], run_dir: Path, local: bool) -> Optional[str]:
+    """A short name for a dataset or model: the folder's name, with its parent's when it sits beside the run
+    folder (``auditor-demo/dataset`` for the demo's ``auditor-demo/{dataset,run}``); a hub id as it is."""
+    if not path:
+        return None
+    name = display_name(path)
+    if local:
+        try:
+            p, r = Path(path).resolve(), run_dir.resolve()
+            if p.parent == r.parent and p.parent.name:
+                return f"{p.parent.name}/{p.name}"
+        except (OSError, RuntimeError):
+            pass
+    return name
+
+
+def labels(data: RunData) -> dict:
+    """``dataset``, ``model`` (short names, no local path) and the report ``title`` naming both."""
+    root = dataset_root(data)
+    model, folder = model_ref(data)
+    ds = _label(root, data.run_dir, root is not None and "://" not in root)
+    md = _label(folder, data.run_dir, True) if folder else (display_name(model) if model else None)
+    parts = ([f"dataset {ds}"] if ds else []) + ([f"model {md}"] if md else [])
+    return {"dataset": ds, "model": md, "title": ", ".join(parts) if parts else f"run {data.name}"}
+
+
+def scrubber(data: RunData) -> PathScrubber:
+    """Rewrites the run's local paths for display (see :mod:`auditor.report.paths`)."""
+    model, folder = model_ref(data)
+    return PathScrubber(data.run_dir, [dataset_root(data), folder, model])
 
 
 def _read_parquet(data: RunData, path: Path, required: list[str]) -> Optional[pd.DataFrame]:
@@ -219,7 +271,10 @@ def extracted_captions(results: pd.DataFrame, verdicts=EXTRACTED_VERDICTS) -> li
 
 def summarize(data: RunData, max_caption_chars: int = 300) -> dict:
     """The numbers every consumer shares (written as summary.json next to the report)."""
-    out: dict[str, Any] = {"run": data.name, "missing": sorted(data.missing), "problems": list(data.problems)}
+    scrub = scrubber(data)
+    names = labels(data)
+    out: dict[str, Any] = {"run": data.name, "title": names["title"], "missing": sorted(data.missing),
+                           "problems": [scrub.text(p) for p in data.problems]}
     stages = {}
     stages["index"] = "ok" if data.index is not None else ("unreadable" if any(p.startswith("index") for p in data.problems) else "missing")
     dedup_ok = data.manifest is not None or data.clusters is not None
@@ -231,13 +286,14 @@ def summarize(data: RunData, max_caption_chars: int = 300) -> dict:
         info = data.index.info
         ds = info.get("dataset") or {}
         out["index"] = {
-            "dataset_root": ds.get("root"),
+            "dataset": names["dataset"],
+            "dataset_root": scrub.path(ds.get("root")),
             "layout": ds.get("layout"),
             "n_shards": len(data.index.shard_ids()),
             "n_indexed": int(len(data.index_table)) if data.index_table is not None else None,
             "n_errors": int(len(data.index.errors())),
             "n_not_indexed": int(len(data.index.not_indexed())),
-            "embedder": data.index.embedder,
+            "embedder": scrub.obj(data.index.embedder),
         }
         if data.index_table is not None:
             ch = data.index_table["caption_hash"].fillna("").astype(str)
@@ -271,6 +327,7 @@ def summarize(data: RunData, max_caption_chars: int = 300) -> dict:
         n_gen = rows["n_generations"].fillna(0).astype(int).sum() if "n_generations" in rows else 0
         extracted = rows[rows["verdict"].isin(EXTRACTED_VERDICTS)]
         out["probe"] = {
+            "model": names["model"],
             "n_results": int(len(rows)),
             "n_captions": int(rows["caption"].nunique()),
             "n_generations": int(n_gen),
