@@ -51,7 +51,7 @@ def _assert_unit_rows(v, n, dim):
 
 
 def test_registry_names():
-    assert set(EMBEDDERS.names()) == {"none", "open_clip", "sscd", "onnx"}
+    assert set(EMBEDDERS.names()) == {"none", "copy", "open_clip", "sscd", "onnx"}
 
 
 def test_none_embedder():

@@ -1,4 +1,5 @@
-"""Image embedders for the index: ``none``, ``open_clip``, ``sscd`` (TorchScript), ``onnx`` (onnxruntime).
+"""Image embedders for the index: ``none``, ``copy`` (the shipped copy descriptor), ``open_clip``, ``sscd``
+(TorchScript), ``onnx`` (onnxruntime).
 
 ``build_embedder(cfg)`` loads the model (main process); ``build_preprocess(cfg)`` gives the weight-free,
 picklable ``PIL RGB -> float16 [C, H, W]`` callable the index workers run (None for ``none``).
@@ -9,6 +10,7 @@ from __future__ import annotations
 from ..config import EmbedderConfig
 from .base import EMBEDDERS, Embedder, EmbedderWeightsError, OpenClipPreprocess, ResizeNormalize, l2_normalize
 from . import none as _none  # noqa: F401  (registers)
+from . import copy as _copy  # noqa: F401
 from . import onnxrt as _onnxrt  # noqa: F401
 from . import openclip as _openclip  # noqa: F401
 from . import sscd as _sscd  # noqa: F401
