@@ -1,6 +1,6 @@
 """``auditor gate RUN_DIR --policy POLICY.yaml [--junit PATH] [--markdown PATH]``: a release gate for CI.
 
-Each policy key is one rule, evaluated on the run folder's dedup and probe outputs (see ``configs/policy.yaml``):
+Each policy key is one rule, evaluated on the run folder's dedup and probe outputs (see the shipped ``auditor/configs/policy.yaml``, ``--policy policy``):
 
 * ``max_extracted_captions`` -- distinct prompts whose probe verdict is in ``extracted_verdicts`` (default
   verbatim and template; any prompt variant counts);

@@ -125,12 +125,25 @@ def test_demo_refuses_the_package_folder():
 @pytest.mark.slow
 @pytest.mark.network_loopback
 def test_full_demo_extracts_the_most_duplicated_images(tmp_path):
-    """The whole demo (planted dataset -> img2dataset -> train -> index -> dedup -> probe -> report): the most
-    duplicated group comes back as a copy, singletons do not (Carlini et al. 2023's shape)."""
-    from auditor.cli import main
+    """The README's command exactly as a user types it, ``auditor demo`` (the console script, no arguments) from a
+    fresh folder that is not the checkout: planted dataset -> img2dataset -> train -> index -> dedup -> probe ->
+    report in ./auditor-demo. The most duplicated group comes back as a copy, singletons do not (Carlini et al.
+    2023's shape)."""
+    import os
+    import subprocess
+    import sys
 
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    script = Path(sys.executable).parent / "auditor"
+    if not script.exists():
+        pytest.skip(f"the auditor console script is not installed beside {sys.executable}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([str(script), "demo"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=3600)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    out = tmp_path / "auditor-demo"
+    assert "auditor probe verdicts by planted copy count" in proc.stdout
+    assert f"Report: {out / 'report.html'}" in proc.stdout
     summary = json.loads((out / "lab.json").read_text())
     quick = {r["copy_count"]: r for r in summary["quick_eval"]["by_copy_count"]}
     top = max(quick)
@@ -139,5 +152,5 @@ def test_full_demo_extracts_the_most_duplicated_images(tmp_path):
     probe = {r["copy_count"]: r for r in summary["probe_by_copy_count"]}
     assert probe[top]["extracted"] >= 1
     assert probe.get(1, {"extracted": 0})["extracted"] == 0
-    assert Path(summary["report"]).is_file()
+    assert Path(summary["report"]).is_file() and Path(summary["report"]).parent == out
     assert (out / "dataset").is_dir() and any((out / "dataset").glob("*.tar"))
