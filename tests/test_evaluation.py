@@ -12,9 +12,10 @@ from PIL import Image
 
 from auditor.evaluation import metrics as M
 from auditor.evaluation.benchmark_set import (
-    GROUND_TRUTH, IMAGES_DIR, TRANSFORMS, build_benchmark_set, default_sources, imagededup_folder_ground_truth,
-    load_benchmark_set, load_imagededup_ground_truth,
+    GROUND_TRUTH, IMAGES_DIR, build_benchmark_set, default_sources, imagededup_folder_ground_truth,
+    load_benchmark_set, load_imagededup_ground_truth, small_sources,
 )
+from auditor.evaluation.transforms import SMALL_TRANSFORMS, TRANSFORMS
 
 # ------------------------------------------------------------------ metrics
 
@@ -88,7 +89,7 @@ def small_set(tmp_path_factory, shared_data):
     if len(sources) < 20:
         pytest.skip("not enough real photos")
     # imagenet photos only: small and fast
-    sources = [s for s in sources if s.suffix == ".jpg"]
+    sources = [s for s in sources if s.parent.name == "imagenet-256"]
     a = tmp_path_factory.mktemp("bench_a")
     b = tmp_path_factory.mktemp("bench_b")
     gta = build_benchmark_set(a, sources, n_originals=4, n_distractors=3, seed=7)
@@ -116,7 +117,7 @@ def test_benchmark_ground_truth_matches_files(small_set, shared_data):
     roles = [im["role"] for im in gt["images"]]
     assert roles.count("original") == 4 and roles.count("distractor") == 3
     assert roles.count("copy") == 4 * len(TRANSFORMS)
-    src_dir = shared_data / "photos" / "imagenet-256"
+    src_dir = shared_data / "photos"  # sources are named <folder>/<file>
     by_file = {im["file"]: im for im in gt["images"]}
     for g in gt["groups"]:
         orig = by_file[g[0]]
@@ -146,10 +147,24 @@ def test_benchmark_ground_truth_matches_files(small_set, shared_data):
                 assert size == (256, 256) and fmt == "JPEG"
             elif t == "rotate":
                 assert 2 <= abs(p["degrees"]) <= 10 and size == (W, H)
-            elif t == "hflip":
+            elif t == "crop25":
+                x0, y0, x1, y1 = p["box"]
+                assert p["area_removed"] == 0.25 and size == (x1 - x0, y1 - y0)
+                assert 0.73 <= (size[0] * size[1]) / (W * H) <= 0.77
+            elif t in ("hflip", "rotate90"):
                 with Image.open(a / IMAGES_DIR / g[0]) as o, Image.open(a / IMAGES_DIR / f) as im:
-                    flipped = np.asarray(o.convert("RGB"))[:, ::-1]
-                    np.testing.assert_array_equal(np.asarray(im.convert("RGB")), flipped)
+                    px = np.asarray(o.convert("RGB"))
+                    want = px[:, ::-1] if t == "hflip" else np.rot90(px, k=1 if p["degrees"] == 90 else 3)
+                    np.testing.assert_array_equal(np.asarray(im.convert("RGB")), want)
+            elif t == "pad":
+                l, tp, r, b = p["pad"]
+                assert size == (W + l + r, H + tp + b) and min(p["pad"]) >= 1
+                with Image.open(a / IMAGES_DIR / g[0]) as o, Image.open(a / IMAGES_DIR / f) as im:
+                    inner = np.asarray(im.convert("RGB"))[tp:tp + H, l:l + W]
+                    np.testing.assert_array_equal(inner, np.asarray(o.convert("RGB")))
+                    assert tuple(np.asarray(im.convert("RGB"))[0, 0]) == tuple(p["colour"])
+            elif t == "badge":
+                assert size == (W, H) and 0.10 * min(W, H) - 1 <= p["side_px"] <= 0.22 * min(W, H)
     for im in gt["images"]:
         if im["role"] == "distractor":
             assert _sha(a / IMAGES_DIR / im["file"]) == _sha(src_dir / im["source"])
@@ -164,6 +179,89 @@ def test_benchmark_set_refuses_bad_arguments(tmp_path, shared_data):
         build_benchmark_set(tmp_path / "x", sources, n_originals=1, n_distractors=0, transforms=["nope"])
     with pytest.raises(ValueError):
         build_benchmark_set(sources[0].parent / "sub", sources, n_originals=1, n_distractors=0)
+    tiny = shared_data / "photos" / "tiny-imagenet-200" / "x.jpg"  # the descriptor's training photos: refused
+    with pytest.raises(ValueError, match="training photos"):
+        build_benchmark_set(tmp_path / "x", sources + [tiny], n_originals=1, n_distractors=0)
+
+
+def test_small_image_part(tmp_path, shared_data):
+    small = small_sources(shared_data)
+    if len(small) < 100:
+        pytest.skip("cifar10-test photos absent")
+    photos = [s for s in default_sources(shared_data) if s.parent.name == "imagenet-256"]
+    gt = build_benchmark_set(tmp_path, photos, n_originals=1, n_distractors=1, transforms=["jpeg"], seed=3,
+                             small_sources=small, n_small_originals=5, n_small_distractors=7)
+    assert gt["errors"] == []
+    by_file = {im["file"]: im for im in gt["images"]}
+    small_groups = [g for g in gt["groups"] if g[0].startswith("s")]
+    assert len(small_groups) == 5 and all(len(g) == 1 + len(SMALL_TRANSFORMS) for g in small_groups)
+    assert sum(1 for f in by_file if f.startswith("sd")) == 7
+    for g in small_groups:
+        with Image.open(tmp_path / IMAGES_DIR / g[0]) as o:
+            W, H = o.size
+            orig = np.asarray(o.convert("RGB"))
+        assert (W, H) == (32, 32)
+        for f in g[1:]:
+            c = by_file[f]
+            with Image.open(tmp_path / IMAGES_DIR / f) as im:
+                size, px = im.size, np.asarray(im.convert("RGB"))
+            if c["transform"] in ("small_crop", "small_crop_jpeg", "small_crop_resize"):
+                x0, y0, x1, y1 = c["params"]["box"]
+                assert 1 <= W - (x1 - x0) <= 2 and 1 <= H - (y1 - y0) <= 2
+                want = (W, H) if c["transform"] == "small_crop_resize" else (x1 - x0, y1 - y0)
+                assert size == want
+                if c["transform"] == "small_crop":  # lossless: the very pixels of the original
+                    np.testing.assert_array_equal(px, orig[y0:y1, x0:x1])
+            else:
+                assert size == (W, H)
+
+
+# ------------------------------------------------------------------ method scores
+
+
+def _hand_set():
+    from auditor.evaluation.run import EvalSet
+
+    # group A: a0 (original), a1 (jpeg), a2 (hflip); group B: b0, b1 (jpeg); x: a distractor
+    files = ["a0", "a1", "a2", "b0", "b1", "x"]
+    tr = {"a1": "jpeg", "a2": "hflip", "b1": "jpeg"}
+    orig = {"a1": "a0", "a2": "a0", "b1": "b0"}
+    return EvalSet(files, ".", [["a0", "a1", "a2"], ["b0", "b1"]], tr, orig)
+
+
+def test_cluster_report_hand_case():
+    from auditor.evaluation.methods import cluster_report
+
+    es = _hand_set()
+    # clusters {a0, a1, x}, {b0, b1}; a2 alone: pairs a0a1 (tp) a0x a1x (fp) b0b1 (tp)
+    r = cluster_report(es, np.array([0, 0, -1, 1, 1, 0]))
+    assert (r["n_pred"], r["tp"], r["fp"]) == (4, 2, 2) and r["precision"] == pytest.approx(0.5, abs=1e-4)
+    assert r["pair_recall"] == pytest.approx(2 / 4, abs=1e-4)           # a0a1 b0b1 of a0a1 a0a2 a1a2 b0b1
+    assert r["copy_recall"] == pytest.approx(2 / 3, abs=1e-4)           # a1 and b1 found, a2 not
+    assert r["per_transform"] == {"hflip": 0.0, "jpeg": 1.0}
+    assert cluster_report(es, np.full(6, -1))["precision"] == 1.0
+
+
+def test_sweep_report_hand_case():
+    from auditor.evaluation.methods import best_row, sweep_report
+
+    es = _hand_set()
+    n = es.n
+    key = {f: k for k, f in enumerate(es.files)}
+    pairs = [("a0", "a1", 2), ("b0", "b1", 4), ("a1", "a2", 9), ("a0", "x", 6), ("a0", "a2", 12)]
+    keys = np.array([min(key[a], key[b]) * n + max(key[a], key[b]) for a, b, _ in pairs])
+    d = np.array([x for *_, x in pairs], float)
+    rep = sweep_report(es, keys, d, False, [2, 4, 6, 9, 12])
+    rows = {r["threshold"]: r for r in rep["sweep"]}
+    assert rows[4]["precision"] == 1.0 and rows[4]["copy_recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert rows[6]["fp"] == 1 and rows[6]["precision"] == pytest.approx(2 / 3, abs=1e-4)
+    # a1a2 is a true copy-to-copy pair: pair recall rises, copy recall does not
+    assert rows[9]["pair_recall"] == pytest.approx(3 / 4, abs=1e-4)
+    assert rows[9]["copy_recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert rows[12]["copy_recall"] == 1.0 and rows[12]["per_transform"]["hflip"] == 1.0
+    assert rep["best"]["threshold"] == 4                        # the best row at precision 0.99
+    assert best_row(rep["sweep"], 0.5)["threshold"] == 12
+    assert best_row([{"precision": 0.5, "tp": 1, "copy_recall": 1.0, "fp": 1}], 0.99) is None
 
 
 # ------------------------------------------------------------------ imagededup ground truth
@@ -183,7 +281,7 @@ def test_imagededup_ground_truth_loader(shared_data):
     # imagededup's own "incorrect retrievals" file scores below 1 against it
     wrong = load_imagededup_ground_truth(ev / "incorrect_retrievals.json")
     m = M.pair_metrics(M.pairs_from_mapping(wrong), truth)
-    assert m["tp"] == 4 and m["fp"] == 2 and m["recall"] == pytest.approx(4 / 6)
+    assert m["tp"] == 4 and m["fp"] == 2 and m["recall"] == pytest.approx(4 / 6, abs=1e-4)
     right = load_imagededup_ground_truth(ev / "all_correct_retrievals.json")
     assert M.pair_metrics(M.pairs_from_mapping(right), truth)["f1"] == 1.0
 
@@ -233,7 +331,7 @@ def test_evaluate_auditor_on_small_set(small_set):
     res2 = evaluate_auditor(es, embeddings=emb, max_distance=16)  # cos >= 0.5 <=> hamming <= 16
     # cosine of +-1 vectors = 1 - 2 * hamming / 64: the same ranking as pHash
     assert res2["embedding"]["recall_at_precision"]["0.95"]["recall"] == pytest.approx(
-        res2["phash"]["recall_at_precision"]["0.95"]["recall"])
+        res2["phash"]["recall_at_precision"]["0.95"]["recall"], abs=1e-4)
 
 
 def test_evaluate_on_imagededup_folder(shared_data):
@@ -258,3 +356,78 @@ def test_imagededup_comparison_runs(small_set):
     assert ph["n_encoded"] == es.n
     row = next(r for r in ph["sweep"] if r["threshold"] == 10)
     assert row["per_transform_recall"]["jpeg"] == 1.0
+
+
+# ------------------------------------------------------------------ the accuracy benchmark, --quick
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, shared_data):
+    import importlib.util
+    from pathlib import Path
+
+    if len(small_sources(shared_data)) < 100:
+        pytest.skip("cifar10-test photos absent")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dedup_accuracy.py"
+    spec = importlib.util.spec_from_file_location("bench_dedup_accuracy", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    work, out = tmp_path_factory.mktemp("acc_work"), tmp_path_factory.mktemp("acc_out")
+    assert mod.main(["--quick", "--shared-data", str(shared_data), "--work", str(work), "--out", str(out)]) == 0
+    return json.loads((out / "dedup_accuracy.json").read_text()), out, work
+
+
+def test_quick_benchmark_methods_and_files(quick_run):
+    res, out, work = quick_run
+    md = (out / "dedup_accuracy.md").read_text()
+    assert "Held-out" in md and "tiny-imagenet-200" in md and "## Recall at pair precision" in md
+    assert res["build"]["errors"] == []
+    ts = set(res["transforms"])
+    assert set(TRANSFORMS) | set(SMALL_TRANSFORMS) == ts
+    m = res["methods"]
+    for name in ("auditor default", "auditor hash-only", "auditor pHash", "auditor dHash"):
+        assert name in m, name
+    # every method is scored over the same copies
+    assert res["n_copies"] == 6 * len(TRANSFORMS) + 4 * len(SMALL_TRANSFORMS)
+    assert set(res["targets"]) >= {"precision >= 0.99", "overall recall >= 0.90", "hflip >= 0.80"}
+    # the set never holds a training photo of the descriptor
+    gt = load_benchmark_set(work / "set")
+    assert not any("tiny-imagenet" in im["source"] for im in gt["images"])
+
+
+def test_quick_benchmark_real_behaviour(quick_run):
+    res, *_ = quick_run
+    m = res["methods"]
+    d = m["auditor default"]
+    # the default finds every re-encoded, resized and colour-jittered copy, with no false pair
+    assert d["precision"] == 1.0 and d["fp"] == 0
+    for t in ("jpeg", "resize", "jitter", "small_jpeg"):
+        assert d["per_transform"][t] == 1.0, t
+    # the stored pHash is no flip or quarter-turn invariant: no mirrored / rotated copy within 10 bits
+    ph = next(r for r in res["reports"]["auditor pHash"]["sweep"] if r["threshold"] == 10)
+    assert ph["per_transform"]["hflip"] == 0.0 and ph["per_transform"]["rotate90"] == 0.0
+    # hash-only matching over flips and 90-degree rotations (index phash_dihedral, dedup
+    # hash_dihedral_max_distance) finds every mirrored and rotated copy
+    h = m["auditor hash-only"]
+    assert h["per_transform"]["hflip"] == 1.0 and h["per_transform"]["rotate90"] == 1.0
+    # a swept method's recall never falls as its threshold loosens
+    for name, rep in res["reports"].items():
+        if "sweep" in rep:
+            rec = [r["copy_recall"] for r in rep["sweep"]]
+            hib = name.startswith("descriptor")
+            assert rec == sorted(rec, reverse=hib), name
+
+
+def test_imagededup_pairs_by_faiss_equal_its_own_search(quick_run):
+    pytest.importorskip("imagededup")
+    from auditor.evaluation.methods import imagededup_sweep
+    from auditor.evaluation.run import EvalSet
+
+    res, out, work = quick_run
+    es = EvalSet.from_benchmark(work / "set")
+    own = imagededup_sweep(es, "DHash", 16, search="imagededup")
+    fast = imagededup_sweep(es, "DHash", 16, search="faiss")
+    assert own["n_encoded"] == es.n
+    strip = [{k: v for k, v in r.items()} for r in own["sweep"]]
+    assert strip == fast["sweep"]
+    assert res["methods"]["imagededup DHash"]["per_transform"]["jpeg"] == 1.0

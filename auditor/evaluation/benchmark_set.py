@@ -1,14 +1,11 @@
 """A near-duplicate benchmark built by code from real photos, and a loader for imagededup's ground truth.
 
 ``build_benchmark_set`` picks ``n_originals`` photos (deterministically for a seed), writes a byte copy of each,
-one transformed copy per transform in :data:`TRANSFORMS` (parameters drawn per copy from the seeded generator),
-and keeps ``n_distractors`` further photos untouched as negatives. The transforms are the ways a training image
-reappears on the web and in scraped datasets:
-
-``jpeg`` re-encode at quality 30-95 | ``resize`` to 30-80 % of the side | ``crop`` 5-30 % of the area off
-(off-centre) | ``hflip`` | ``rotate`` 2-10 degrees | ``text`` caption / watermark overlay | ``jitter`` brightness,
-contrast, saturation +-15-40 % | ``border`` and ``center_crop``: img2dataset's own resizer (``resize_mode``
-border / center_crop to 256 px, its cv2 area/lanczos resampling and JPEG q95) | ``combo`` crop + resize + JPEG.
+one transformed copy per transform in :data:`~auditor.evaluation.transforms.TRANSFORMS` (parameters drawn per copy
+from a generator seeded by (seed, original, transform)), and keeps ``n_distractors`` further photos untouched as
+negatives. A second, small-image part does the same for 32-px thumbnails (``small_sources``, e.g. CIFAR-10 test
+photos) with :data:`~auditor.evaluation.transforms.SMALL_TRANSFORMS` (1-2 px crops, JPEG). Both parts share one
+folder, so every image is a negative for every other group.
 
 Layout of the output folder::
 
@@ -16,7 +13,15 @@ Layout of the output folder::
     ground_truth.json           every image with role, source and transform parameters; the duplicate groups;
                                 the imagededup-style mapping {file: [duplicates]}
 
-Everything is deterministic for (sources, n_originals, n_distractors, seed).
+Everything is deterministic for (sources, counts, transforms, seed).
+
+Example::
+
+    from auditor.evaluation.benchmark_set import build_benchmark_set, default_sources, small_sources
+    gt = build_benchmark_set("/tmp/bench", default_sources("../shared/data"), n_originals=300,
+                             n_distractors=700, small_sources=small_sources("../shared/data"),
+                             n_small_originals=200, n_small_distractors=3000)
+    gt["duplicates"]["g00000_orig.jpg"]   # ['g00000_badge.png', 'g00000_border.jpg', ...]
 """
 
 from __future__ import annotations
@@ -24,175 +29,121 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+from PIL import Image
 
 from ..utils import write_bytes, write_json
+from .transforms import SMALL_TRANSFORMS, TRANSFORMS
 
 GROUND_TRUTH = "ground_truth.json"
 IMAGES_DIR = "images"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-FORMAT_VERSION = 1
-
-
-def _png(im: Image.Image) -> tuple[bytes, str]:
-    buf = io.BytesIO()
-    im.save(buf, "PNG", optimize=False, compress_level=6)
-    return buf.getvalue(), "png"
-
-
-def _jpeg(im: Image.Image, quality: int) -> tuple[bytes, str]:
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, "JPEG", quality=int(quality))
-    return buf.getvalue(), "jpg"
-
-
-def t_jpeg(im, rng):
-    q = int(rng.integers(30, 96))
-    return _jpeg(im, q), {"quality": q}
-
-
-def t_resize(im, rng):
-    f = float(rng.uniform(0.3, 0.8))
-    w, h = max(8, round(im.width * f)), max(8, round(im.height * f))
-    return _png(im.resize((w, h), Image.Resampling.BICUBIC)), {"scale": round(f, 4), "size": [w, h]}
-
-
-def t_crop(im, rng):
-    area = float(rng.uniform(0.05, 0.30))  # share of the area removed
-    keep = np.sqrt(1.0 - area)
-    w, h = max(8, round(im.width * keep)), max(8, round(im.height * keep))
-    x0 = int(rng.integers(0, im.width - w + 1))
-    y0 = int(rng.integers(0, im.height - h + 1))
-    return _png(im.crop((x0, y0, x0 + w, y0 + h))), {"area_removed": round(area, 4), "box": [x0, y0, x0 + w, y0 + h]}
-
-
-def t_hflip(im, rng):
-    return _png(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), {}
-
-
-def t_rotate(im, rng):
-    a = float(rng.uniform(2, 10)) * (1 if rng.random() < 0.5 else -1)
-    fill = (0, 0, 0) if rng.random() < 0.5 else (255, 255, 255)
-    return _png(im.rotate(a, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=fill)), \
-        {"degrees": round(a, 3), "fill": list(fill)}
-
-
-_WORDS = ("stock photo", "© 2023 all rights reserved", "sample", "www.example.com", "preview",
-          "best price", "FOR SALE", "shutterstock", "copyright", "my holiday")
-
-
-def t_text(im, rng):
-    im = im.convert("RGBA")
-    layer = Image.new("RGBA", im.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    size = max(10, int(min(im.size) * float(rng.uniform(0.06, 0.14))))
-    font = ImageFont.load_default(size=size)
-    text = _WORDS[int(rng.integers(0, len(_WORDS)))]
-    alpha = int(rng.integers(110, 230))
-    colour = (255, 255, 255) if rng.random() < 0.6 else (0, 0, 0)
-    tiled = bool(rng.random() < 0.4)  # a tiled watermark, else one caption line
-    if tiled:
-        step_y = size * 3
-        step_x = int(draw.textlength(text, font=font)) + size * 2
-        for r, y in enumerate(range(0, im.height, step_y)):
-            for x in range(-(r % 2) * step_x // 2, im.width, step_x):
-                draw.text((x, y), text, font=font, fill=colour + (alpha // 2,))
-    else:
-        x = int(rng.integers(0, max(1, im.width // 3)))
-        y = int(rng.integers(im.height // 2, max(im.height // 2 + 1, im.height - size - 2)))
-        draw.text((x, y), text, font=font, fill=colour + (alpha,), stroke_width=1,
-                  stroke_fill=(0, 0, 0, alpha) if colour[0] else (255, 255, 255, alpha))
-    out = Image.alpha_composite(im, layer).convert("RGB")
-    return _png(out), {"text": text, "font_px": size, "alpha": alpha, "tiled": tiled}
-
-
-def t_jitter(im, rng):
-    im = im.convert("RGB")
-    params = {}
-    for name, enh in (("brightness", ImageEnhance.Brightness), ("contrast", ImageEnhance.Contrast),
-                      ("saturation", ImageEnhance.Color)):
-        f = float(rng.uniform(0.15, 0.40)) * (1 if rng.random() < 0.5 else -1) + 1.0
-        im = enh(im).enhance(f)
-        params[name] = round(f, 4)
-    return _png(im), params
-
-
-def _img2dataset(im, mode: str, size: int = 256):
-    from img2dataset.resizer import Resizer
-
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, "PNG")
-    buf.seek(0)
-    resizer = Resizer(image_size=size, resize_mode=mode, resize_only_if_bigger=False, encode_format="jpg",
-                      encode_quality=95)
-    data, w, h, *_rest, err = resizer(buf)
-    if err is not None:
-        raise RuntimeError(f"img2dataset resizer failed: {err}")
-    return (data, "jpg"), {"resize_mode": mode, "image_size": size, "size": [int(w), int(h)]}
-
-
-def t_border(im, rng):
-    return _img2dataset(im, "border")
-
-
-def t_center_crop(im, rng):
-    return _img2dataset(im, "center_crop")
-
-
-def t_combo(im, rng):
-    (data, _), pc = t_crop(im, rng)
-    with Image.open(io.BytesIO(data)) as c:
-        c = c.convert("RGB")
-        f = float(rng.uniform(0.4, 0.9))
-        c = c.resize((max(8, round(c.width * f)), max(8, round(c.height * f))), Image.Resampling.BILINEAR)
-    q = int(rng.integers(40, 90))
-    return _jpeg(c, q), {"crop": pc, "scale": round(f, 4), "quality": q}
-
-
-TRANSFORMS: dict[str, Callable] = {
-    "jpeg": t_jpeg,
-    "resize": t_resize,
-    "crop": t_crop,
-    "hflip": t_hflip,
-    "rotate": t_rotate,
-    "text": t_text,
-    "jitter": t_jitter,
-    "border": t_border,
-    "center_crop": t_center_crop,
-    "combo": t_combo,
-}
+FORMAT_VERSION = 2
+# the photos the shipped copy descriptor is trained on: never a benchmark image
+TRAINING_PHOTOS = "tiny-imagenet-200"
 
 
 def default_sources(shared_data: str | Path) -> list[Path]:
-    """The real photos of ``../shared/data``: imagenet-256 JPEGs and the Kodak PNGs, sorted."""
-    root = Path(shared_data) / "photos"
-    return sorted((root / "imagenet-256").glob("*.jpg")) + sorted((root / "kodak").glob("*.png"))
+    """The real photos of ``../shared/data`` the benchmark draws originals and distractors from: imagenet-256
+    JPEGs, the Kodak PNGs and imagededup's UKBench base images, sorted (never the descriptor's training photos)."""
+    root = Path(shared_data)
+    return (sorted((root / "photos" / "imagenet-256").glob("*.jpg")) + sorted((root / "photos" / "kodak").glob("*.png"))
+            + sorted((root / "neardup" / "imagededup" / "base_images").glob("*.jpg")))
+
+
+def small_sources(shared_data: str | Path) -> list[Path]:
+    """The 32-px photos of ``../shared/data/photos/cifar10-test/<class>/``, sorted."""
+    return sorted((Path(shared_data) / "photos" / "cifar10-test").glob("*/*.jpg"))
+
+
+def _source_name(p: Path) -> str:
+    return f"{p.parent.name}/{p.name}"
+
+
+def _tid(name: str) -> int:
+    return zlib.crc32(name.encode())  # a stable id: adding a transform changes no other copy
+
+
+def _pick(sources: list[Path], n_orig: int, n_dis: int, rng) -> tuple[list[int], list[int]]:
+    if n_orig + n_dis > len(sources):
+        raise ValueError(f"{n_orig} originals + {n_dis} distractors > {len(sources)} sources")
+    pick = rng.permutation(len(sources))[: n_orig + n_dis]
+    return sorted(pick[:n_orig].tolist()), sorted(pick[n_orig:].tolist())
+
+
+def _write_part(img_dir: Path, sources: list[Path], originals: list[int], distractors: list[int],
+                names: list[str], table: dict, prefix: str, seed: int, part: int, progress: bool,
+                images: list, groups: list, errors: list) -> None:
+    from tqdm.auto import tqdm
+
+    it = tqdm(originals, desc=f"benchmark set ({prefix})", unit="photo", disable=not progress)
+    for k, si in enumerate(it):
+        src = sources[si]
+        gid = f"{prefix}{k:05d}"
+        orig_name = f"{gid}_orig{src.suffix.lower()}"
+        data = src.read_bytes()
+        write_bytes(img_dir / orig_name, data)
+        images.append({"file": orig_name, "group": gid, "role": "original", "source": _source_name(src),
+                       "transform": None, "params": {}})
+        group = [orig_name]
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            for t in names:
+                trng = np.random.default_rng([seed, part, k, _tid(t)])
+                try:
+                    (blob, ext), params = table[t](im, trng)
+                except Exception as exc:  # recorded, never fatal
+                    errors.append({"key": f"{gid}_{t}", "shard": _source_name(src), "stage": "benchmark_set",
+                                   "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+                name = f"{gid}_{t}.{ext}"
+                write_bytes(img_dir / name, blob)
+                images.append({"file": name, "group": gid, "role": "copy", "source": _source_name(src),
+                               "transform": t, "params": params})
+                group.append(name)
+        groups.append(group)
+    for k, si in enumerate(distractors):
+        src = sources[si]
+        name = f"{prefix}d{k:05d}{src.suffix.lower()}"
+        shutil.copyfile(src, img_dir / name)
+        images.append({"file": name, "group": None, "role": "distractor", "source": _source_name(src),
+                       "transform": None, "params": {}})
+
+
+def _names(given: Optional[Iterable[str]], table: dict) -> list[str]:
+    names = list(given) if given is not None else list(table)
+    unknown = [t for t in names if t not in table]
+    if unknown:
+        raise ValueError(f"unknown transforms {unknown}; known: {sorted(table)}")
+    return names
 
 
 def build_benchmark_set(out_dir: str | Path, sources: Sequence[str | Path], n_originals: int = 200,
                         n_distractors: int = 200, transforms: Optional[Iterable[str]] = None, seed: int = 0,
-                        progress: bool = False) -> dict:
+                        progress: bool = False, small_sources: Sequence[str | Path] = (),
+                        n_small_originals: int = 0, n_small_distractors: int = 0,
+                        small_transforms: Optional[Iterable[str]] = None) -> dict:
     """Write the benchmark to ``out_dir`` (which must not be inside a source folder) and return its ground
-    truth (also written to ``out_dir/ground_truth.json``)."""
+    truth (also written to ``out_dir/ground_truth.json``). Photo groups are ``g00000...`` (distractors
+    ``gd00000...``), 32-px groups ``s00000...`` (distractors ``sd00000...``)."""
     out = Path(out_dir)
     sources = sorted(Path(s) for s in sources)
-    names = list(transforms) if transforms is not None else list(TRANSFORMS)
-    unknown = [t for t in names if t not in TRANSFORMS]
-    if unknown:
-        raise ValueError(f"unknown transforms {unknown}; known: {sorted(TRANSFORMS)}")
-    src_dirs = {s.parent.resolve() for s in sources}
+    small = sorted(Path(s) for s in small_sources)
+    names = _names(transforms, TRANSFORMS)
+    small_names = _names(small_transforms, SMALL_TRANSFORMS)
+    every = sources + small
+    if any(TRAINING_PHOTOS in p.parts for p in every):
+        raise ValueError(f"the benchmark must not use the descriptor's training photos ({TRAINING_PHOTOS})")
+    src_dirs = {s.parent.resolve() for s in every}
     if out.resolve() in src_dirs or any(d in out.resolve().parents for d in src_dirs):
         raise ValueError("the benchmark folder must not be inside a source folder")
-    if n_originals + n_distractors > len(sources):
-        raise ValueError(f"{n_originals} originals + {n_distractors} distractors > {len(sources)} sources")
     rng = np.random.default_rng(seed)
-    pick = rng.permutation(len(sources))[: n_originals + n_distractors]
-    originals = sorted(pick[:n_originals].tolist())
-    distractors = sorted(pick[n_originals:].tolist())
+    originals, distractors = _pick(sources, n_originals, n_distractors, rng)
+    s_orig, s_dis = _pick(small, n_small_originals, n_small_distractors, rng)
 
     img_dir = out / IMAGES_DIR
     if img_dir.exists():
@@ -201,49 +152,20 @@ def build_benchmark_set(out_dir: str | Path, sources: Sequence[str | Path], n_or
     images: list[dict] = []
     groups: list[list[str]] = []
     errors: list[dict] = []
-
-    from tqdm.auto import tqdm
-
-    it = tqdm(originals, desc="benchmark set", unit="photo", disable=not progress)
-    for k, si in enumerate(it):
-        src = sources[si]
-        gid = f"g{k:05d}"
-        orig_name = f"{gid}_orig{src.suffix.lower()}"
-        data = src.read_bytes()
-        write_bytes(img_dir / orig_name, data)
-        images.append({"file": orig_name, "group": gid, "role": "original", "source": src.name,
-                       "transform": None, "params": {}})
-        group = [orig_name]
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            for t in names:
-                # one generator per (seed, original, transform): adding a transform changes no other copy
-                trng = np.random.default_rng([seed, k, sorted(TRANSFORMS).index(t)])
-                try:
-                    (blob, ext), params = TRANSFORMS[t](im, trng)
-                except Exception as exc:  # recorded, never fatal
-                    errors.append({"key": f"{gid}_{t}", "shard": src.name, "stage": "benchmark_set",
-                                   "error": f"{type(exc).__name__}: {exc}"})
-                    continue
-                name = f"{gid}_{t}.{ext}"
-                write_bytes(img_dir / name, blob)
-                images.append({"file": name, "group": gid, "role": "copy", "source": src.name, "transform": t,
-                               "params": params})
-                group.append(name)
-        groups.append(group)
-    for k, si in enumerate(distractors):
-        src = sources[si]
-        name = f"d{k:05d}{src.suffix.lower()}"
-        shutil.copyfile(src, img_dir / name)
-        images.append({"file": name, "group": None, "role": "distractor", "source": src.name, "transform": None,
-                       "params": {}})
+    _write_part(img_dir, sources, originals, distractors, names, TRANSFORMS, "g", seed, 0, progress,
+                images, groups, errors)
+    if s_orig or s_dis:
+        _write_part(img_dir, small, s_orig, s_dis, small_names, SMALL_TRANSFORMS, "s", seed, 1, progress,
+                    images, groups, errors)
     mapping = {f: sorted(x for x in g if x != f) for g in groups for f in g}
     gt = {
         "format_version": FORMAT_VERSION,
         "seed": seed,
         "n_originals": n_originals,
         "n_distractors": n_distractors,
-        "transforms": names,
+        "n_small_originals": n_small_originals,
+        "n_small_distractors": n_small_distractors,
+        "transforms": names + (small_names if s_orig else []),
         "images": images,
         "groups": groups,
         "duplicates": mapping,

@@ -46,6 +46,11 @@ class EvalSet:
         self.pos = {f: k for k, f in enumerate(self.files)}
         pairs = M.pairs_from_clusters([[self.pos[f] for f in g if f in self.pos] for g in groups])
         self.true_keys = np.array(sorted(a * self.n + b for a, b in pairs), dtype=np.int64)
+        self.group_of = np.full(self.n, -1, dtype=np.int64)  # the group of each file (-1: a negative)
+        for k, g in enumerate(groups):
+            for f in g:
+                if f in self.pos:
+                    self.group_of[self.pos[f]] = k
         # per transform: keys of (original, copy) pairs
         self.by_transform: dict[str, np.ndarray] = {}
         if transform_of and original_of:
