@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from auditor.dedup.risk import RISK_COLUMNS
-from auditor.index.hashing import hamming_dihedral
+from auditor.index.dihedral import hamming_dihedral
 from auditor.dedup.runner import MANIFEST_COLUMNS, run_dedup
 from test_dedup_support import (EMBEDDER, cc3m_captions, config, descriptor, index, output_bytes, planted,
                                 write_dataset)

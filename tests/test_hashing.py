@@ -14,7 +14,7 @@ from PIL import Image
 
 from auditor.index.decode import DecodeError, open_image
 from auditor.index.hashing import (
-    _KRON, _bits_to_u64, bytes_sha256, dhash_batch_gray, hamming, hash_thumbnails, hash_to_hex, hex_to_hash,
+    PHASH_DCT, _bits_to_u64, bytes_sha256, dhash_batch_gray, hamming, hash_thumbnails, hash_to_hex, hex_to_hash,
     phash_batch_gray, phash_dhash, pixel_hash,
 )
 from corpus import CORPUS_MAX_PIXELS, make_corrupt_corpus
@@ -71,7 +71,7 @@ def test_flat_images_need_and_get_the_exact_fallback():
     alone gets different bits than scipy's FFT; the fallback reproduces imagehash exactly."""
     imgs = [Image.new("L", (50, 40), v) for v in (1, 128, 255)]
     g = np.stack([hash_thumbnails(im)[0] for im in imgs])
-    coef = g.reshape(len(g), -1).astype(np.float64) @ _KRON
+    coef = g.reshape(len(g), -1).astype(np.float64) @ PHASH_DCT
     naive = _bits_to_u64(coef > np.median(coef, axis=1, keepdims=True))
     rp, _ = ref_hashes(imgs)
     assert not np.array_equal(naive, rp)
@@ -286,8 +286,8 @@ def test_weight_tables_equal_the_c_library_sin(monkeypatch):
 def test_dihedral_hashes_are_the_hashes_of_the_transformed_thumbnail():
     """phash_dihedral / dhash_dihedral from one DCT (sign changes, transposes) == the hashes of the transformed
     thumbnails, for every transform, including flat thumbnails that take the exact fallback."""
-    from auditor.index.hashing import (DIHEDRAL, dhash_dihedral_batch, dhash_thumbnail_8x9, dihedral_view,
-                                       phash_dihedral_batch)
+    from auditor.index.dihedral import (DIHEDRAL, dhash_dihedral_batch, dhash_thumbnail_8x9, dihedral_view,
+                                        phash_dihedral_batch)
 
     rng = np.random.default_rng(3)
     g32 = rng.integers(0, 256, (30, 32, 32), dtype=np.uint8)
@@ -312,7 +312,7 @@ def test_dihedral_hashes_match_imagehash_of_transformed_photos(imagenet):
     """On real photos the stored transformed hashes are those imagehash gives the flipped/rotated photo: exactly
     for the flips and 180 degrees, within a few bits for the 90-degree rotations (Pillow's resampling of the
     rotated image is not exactly the rotated thumbnail)."""
-    from auditor.index.hashing import DIHEDRAL, hash_columns
+    from auditor.index.dihedral import DIHEDRAL, hash_columns
 
     ims = [Image.open(p).convert("RGB") for p in imagenet[:60]]
     if len(ims) < 20:

@@ -291,7 +291,8 @@ def test_hamming_pairs_dihedral_find_mirrored_and_rotated_photos(imagenet):
 
     from PIL import Image
 
-    from auditor.index.hashing import hash_columns, hash_thumbnails
+    from auditor.index.dihedral import hash_columns
+    from auditor.index.hashing import hash_thumbnails
 
     if len(imagenet) < 40:
         pytest.skip("needs 40 imagenet photos")

@@ -36,7 +36,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..index.hashing import hamming_dihedral
+from ..index.dihedral import hamming_dihedral
 
 # reasons, strongest first; the code is the index in this tuple
 REASONS = ("exact_bytes", "exact_pixels", "phash", "dhash", "embedding")

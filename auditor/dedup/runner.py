@@ -160,7 +160,7 @@ def _dhash_confirmed(dhash: np.ndarray, variants: Optional[np.ndarray], a: np.nd
                      max_distance: int) -> np.ndarray:
     """Which pHash pairs (a, b) the dHash does not contradict (within ``max_distance`` as stored or after the
     best flip/rotation); see ``dhash_confirm_max_distance`` in :class:`~auditor.dedup.config.DedupConfig`."""
-    from ..index.hashing import hamming_dihedral
+    from ..index.dihedral import hamming_dihedral
 
     d = np.bitwise_count(np.bitwise_xor(dhash[a], dhash[b])).astype(np.int64)
     if variants is not None:

@@ -535,7 +535,7 @@ def _as_variants(v, n: int) -> np.ndarray:
 def _dihedral_finish(qh, qv, bh, bv, ci, cj, nb: int, max_distance: int, transformed_max_distance: int):
     """Exact distances of the candidate pairs: (linked, distance) with the stored distance kept when within
     ``max_distance``, else the best transformed one when within ``transformed_max_distance``."""
-    from ..index.hashing import hamming_dihedral
+    from ..index.dihedral import hamming_dihedral
 
     ci, cj = _sort_unique(ci, cj, nb)
     if len(ci) == 0:
@@ -551,7 +551,7 @@ def hamming_pairs_dihedral(hashes, transformed, max_distance: int, transformed_m
                            method: str = "auto", progress: bool = False, threads: Optional[int] = None):
     """Every pair ``i < j`` whose hashes are within ``max_distance`` as stored, or within
     ``transformed_max_distance`` once one of the two is flipped or rotated: ``transformed[i, k]`` is the hash of
-    row ``i`` under transform ``k`` (``uint64 [n, 7]``; :data:`auditor.index.hashing.DIHEDRAL`), compared with
+    row ``i`` under transform ``k`` (``uint64 [n, 7]``; :data:`auditor.index.dihedral.DIHEDRAL`), compared with
     ``hashes[j]`` and ``transformed[j, k]`` with ``hashes[i]``. Returns ``(i, j, dist)`` sorted by ``(i, j)``, the
     distance being the smallest that links.
 

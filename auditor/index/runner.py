@@ -87,7 +87,8 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     """Decode, hash and preprocess one chunk of samples (runs in a worker process). ``keep_bytes``: return the
     stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them)."""
     from .decode import DecodeError, decode_for_index, sniff_format
-    from .hashing import bytes_sha256, gray_thumbnails, hash_columns, pixel_hash_array
+    from .dihedral import hash_columns
+    from .hashing import bytes_sha256, gray_thumbnails, pixel_hash_array
 
     dc = DecodeConfig.model_validate(decode_cfg)
     preprocess = _preprocess_fn(embedder_cfg)

@@ -41,7 +41,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("pixel_blake3", pa.string()),  # of the decoded RGB pixels (with the shape)
     ("phash", pa.uint64()),         # == int(str(imagehash.phash(img)), 16)
     ("dhash", pa.uint64()),         # == int(str(imagehash.dhash(img)), 16)
-    # the pHash / dHash of the 7 flips and 90-degree rotations of the image (auditor.index.hashing.DIHEDRAL order)
+    # the pHash / dHash of the 7 flips and 90-degree rotations of the image (auditor.index.dihedral.DIHEDRAL order)
     ("phash_dihedral", pa.list_(pa.uint64(), 7)),
     ("dhash_dihedral", pa.list_(pa.uint64(), 7)),
     ("width", pa.int32()),
@@ -111,7 +111,7 @@ class IndexStore:
 
     def hash_variants(self, column: str, shards: Optional[Iterable[str]] = None) -> np.ndarray:
         """``uint64 [N, 7]``: the ``phash_dihedral`` or ``dhash_dihedral`` column of :meth:`table` as one matrix
-        (column k = the hash of the image under ``auditor.index.hashing.DIHEDRAL[k]``), read without pandas.
+        (column k = the hash of the image under ``auditor.index.dihedral.DIHEDRAL[k]``), read without pandas.
 
         Example:
             >>> store.hash_variants("phash_dihedral").shape  # doctest: +SKIP
