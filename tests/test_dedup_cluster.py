@@ -99,3 +99,28 @@ def test_property_every_member_is_a_direct_duplicate_of_its_rep(vals, t, shuffle
     # the result does not depend on the edge order
     again = cluster(_sig(len(h), phash=h, t=t), j[::-1], i[::-1])
     assert (again.rep_row == res.rep_row).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2**14 - 1), min_size=2, max_size=40), st.integers(1, 4), st.integers(1, 4))
+def test_property_admission_through_links_stays_within_the_end_to_end_bound(vals, t, k):
+    """With chain_min_links=k: every member is directly within t of its representative, or within the end-to-end
+    bound and linked to at least k other members of its cluster; clusters still refine the components."""
+    h = np.asarray(vals, dtype=np.uint64)
+    d = np.bitwise_count(h[:, None] ^ h[None, :]).astype(np.int64)
+    i, j = np.nonzero(np.triu(d <= t, 1))
+    sig = _sig(len(h), phash=h, t=t)
+    sig.chain_min_links, sig.chain_max_distance = k, 2 * t
+    res = cluster(sig, i, j)
+    n = len(h)
+    to_rep = d[np.arange(n), res.rep_row]
+    assert (to_rep <= 2 * t).all()
+    adj = np.zeros((n, n), dtype=bool)
+    adj[i, j] = adj[j, i] = True
+    same = res.label[:, None] == res.label[None, :]
+    far = to_rep > t
+    assert ((adj & same).sum(axis=1)[far] >= k).all()
+    _, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
+    assert (comp[res.rep_row] == comp).all()
+    for lab in np.unique(res.label):
+        assert len(set(res.rep_row[res.label == lab].tolist())) == 1
