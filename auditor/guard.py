@@ -139,11 +139,14 @@ class Guard:
             from .dedup.search import build_search_index, load_search_index
 
             if self._faiss_path is not None:
+                log.info("guard: loading %s", self._faiss_path)
                 self._faiss = load_search_index(self._faiss_path)
                 if self._faiss.ntotal != len(self.keys):
                     raise GuardSetupError(f"{self._faiss_path} has {self._faiss.ntotal} rows, "
                                           f"search_ids.parquet {len(self.keys)}")
-            else:
+            else:  # one faiss call: minutes for millions of rows, so say so first
+                log.info("guard: building a search index over %d embeddings (no current dedup/embeddings.faiss)",
+                         len(self.keys))
                 self._faiss = build_search_index(self.store.embeddings(), method="auto")
         return self._faiss
 

@@ -107,7 +107,7 @@ def fetch_training_images(store, wanted: Iterable[tuple[str, str]], progress: bo
         by_shard[shard].add(key)
 
     if type(reader).get is not DatasetReader.get:  # the layout has random access: use it
-        for shard, key in tqdm(wanted, desc="report: training images", disable=not progress):
+        for shard, key in tqdm(wanted, desc="report: training images", unit="image", disable=not progress):
             try:
                 s = reader.get(shard, key)
                 out[(shard, key)] = s.data if s.data is not None else KeyError(f"{key}: no image bytes")

@@ -215,6 +215,9 @@ def _results(data: RunData, cfg: ReportConfig, rows: pd.DataFrame, images: Image
 
 
 def build_context(data: RunData, cfg: ReportConfig) -> dict:
+    log.info("report: summary, tables and plots (%s)", ", ".join(
+        k for k, v in (("index", data.index), ("dedup", data.manifest), ("probe", data.results)) if v is not None)
+        or "no stage outputs")
     summary = summarize(data, cfg.max_caption_chars)
     scrub = scrubber(data)
     names = labels(data)
@@ -310,9 +313,11 @@ def build_report(run_dir: str | Path, cfg: Optional[ReportConfig] = None, out: O
         ```
     """
     cfg = cfg or ReportConfig()
+    log.info("report: reading %s", run_dir)
     data = load_run(run_dir)
     out = Path(out) if out is not None else default_out(run_dir, cfg)
     ctx = build_context(data, cfg)
+    log.info("report: writing %s", out)
     write_text(out, render_html(ctx))
     write_json(out.parent / "summary.json", ctx["summary"])
     write_text(out.parent / "summary.md", render_markdown(ctx["summary"], report_name=out.name))
