@@ -22,6 +22,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from common import cpu_model  # noqa: E402
 
 from auditor.evaluation.accuracy import DESCRIPTOR, run_accuracy  # noqa: E402
-from auditor.evaluation.benchmark_set import build_benchmark_set, default_sources, small_sources  # noqa: E402
+from auditor.evaluation.benchmark_set import (  # noqa: E402
+    FORMAT_VERSION, build_benchmark_set, default_sources, small_sources,
+)
 from auditor.evaluation.transforms import TARGET_GROUPS  # noqa: E402
 from auditor.utils import package_versions, write_json, write_text  # noqa: E402
 
@@ -124,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--small-distractors", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="folder for the set and the run folders (default: a temporary one)")
+    ap.add_argument("--reuse-set", action="store_true", help="keep --work's set when built with the same arguments")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for the auditor runs (repeatable), as `auditor --set`")
     ap.add_argument("--descriptor", default=DESCRIPTOR, help="embedder name of the copy descriptor")
@@ -152,11 +156,21 @@ def main(argv=None) -> int:
         print(f"auditor: error: the real photos are missing under {args.shared_data}/photos", file=sys.stderr)
         return 2
     n_dis = len(photos) - sizes["originals"] if sizes["distractors"] < 0 else sizes["distractors"]
-    gt = build_benchmark_set(work / "set", photos, n_originals=sizes["originals"], n_distractors=n_dis,
-                             seed=args.seed, progress=True, small_sources=small,
-                             n_small_originals=sizes["small_originals"],
-                             n_small_distractors=sizes["small_distractors"])
+    want = {"seed": args.seed, "n_originals": sizes["originals"], "n_distractors": n_dis,
+            "n_small_originals": sizes["small_originals"], "n_small_distractors": sizes["small_distractors"]}
+    gt_path = work / "set" / "ground_truth.json"
+    old = json.loads(gt_path.read_text(encoding="utf-8")) if args.reuse_set and gt_path.exists() else {}
+    if old and all(old.get(k) == v for k, v in want.items()) and old.get("format_version") == FORMAT_VERSION:
+        gt = old  # the same set (it is deterministic for these arguments)
+        print(f"reusing the set in {work / 'set'}")
+    else:
+        gt = build_benchmark_set(work / "set", photos, n_originals=sizes["originals"], n_distractors=n_dis,
+                                 seed=args.seed, progress=True, small_sources=small,
+                                 n_small_originals=sizes["small_originals"],
+                                 n_small_distractors=sizes["small_distractors"])
     t_build = time.perf_counter() - t0
+    if (work / "runs").exists():
+        shutil.rmtree(work / "runs")  # an earlier run's index would be resumed
     res = run_accuracy(work / "set", work / "runs", overrides=args.overrides, descriptor=args.descriptor,
                        imagededup=not args.no_imagededup, imagededup_search=args.imagededup_search)
     from auditor.evaluation.transforms import SMALL_TRANSFORMS, TRANSFORMS

@@ -7,6 +7,7 @@ imagededup not installed):
 - ``auditor default``: ``run_index`` + ``run_dedup`` with the default config (plus the caller's overrides), as
   ``auditor index DIR --out RUN && auditor dedup RUN`` runs them;
 - ``auditor hash-only``: the same with ``index.embedder.name=none`` (``--embedder none``);
+- ``auditor --embedder copy``: the same with the descriptor, when it is not the default yet;
 - ``descriptor``: the copy descriptor's cosine alone (the index's embeddings, threshold swept);
 - ``auditor pHash`` / ``auditor dHash`` (and their flip/rotation-invariant matching when the index stores the
   transformed hashes): the hash-only index's hashes, threshold swept;
@@ -110,6 +111,8 @@ def run_accuracy(set_dir: str | Path, work_dir: str | Path, overrides: Iterable[
 
     es = EvalSet.from_benchmark(set_dir)
     work = Path(work_dir)
+    if work.exists() and any(work.iterdir()):  # run folders of an earlier run would be resumed, not rebuilt
+        raise ValueError(f"{work} is not empty: give an empty or new folder for the run folders")
     res: dict = {"n_images": es.n, "n_true_pairs": int(len(es.true_keys)),
                  "n_copies": int(sum(len(v) for v in es.by_transform.values())),
                  "transforms": sorted(es.by_transform), "target_precision": M.TARGET_PRECISION,
@@ -158,12 +161,18 @@ def run_accuracy(set_dir: str | Path, work_dir: str | Path, overrides: Iterable[
         t0 = time.perf_counter()
         emb_dir = work / "default"
         try:
-            if default_emb != descriptor:
+            if default_emb != descriptor:  # the index + dedup a user gets with --embedder <descriptor>
                 emb_dir = work / "descriptor"
-                M.pipeline_labels(es, emb_dir, _cfg(list(overrides) + [f"index.embedder.name={descriptor}"]))
+                labels, info = M.pipeline_labels(es, emb_dir,
+                                                 _cfg(list(overrides) + [f"index.embedder.name={descriptor}"]))
         except Exception as exc:  # weights not shipped yet, a bad override: the row is skipped, the run goes on
             note(f"'{name}' skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         else:
+            if default_emb != descriptor:
+                rep = M.cluster_report(es, labels)
+                rep["run"] = info
+                add(f"auditor --embedder {descriptor}", rep, "clusters", time.perf_counter() - t0)
+                t0 = time.perf_counter()
             emb = M.index_embeddings(es, emb_dir)
             add(name, M.embedding_sweep(es, emb), "sweep", time.perf_counter() - t0)
 
