@@ -55,6 +55,13 @@ def _thr(x):
     return "–" if x is None else (f"{int(x)}" if float(x).is_integer() else f"{x:.2f}")
 
 
+def _order(names) -> list:
+    """auditor as a user runs it, the descriptor, auditor's hash signals, imagededup (JSON keys come back sorted)."""
+    first = ("auditor default", "auditor hash-only", "auditor --embedder", "descriptor", "auditor pHash",
+             "auditor dHash", "imagededup PHash", "imagededup DHash")
+    return sorted(names, key=lambda n: (next((k for k, p in enumerate(first) if n.startswith(p)), 99), n))
+
+
 def render_md(res: dict) -> str:
     tr = res["transforms"]
     b = res["build"]
@@ -78,7 +85,8 @@ def render_md(res: dict) -> str:
     L += ["", "## Recall at pair precision ≥ 0.99", "",
           "| method | threshold | pair precision | copy recall | pair recall | " + " | ".join(groups) + " | time (s) |",
           "|---|---:|---:|---:|---:|" + "---:|" * len(groups) + "---:|"]
-    for name, m in res["methods"].items():
+    for name in _order(res["methods"]):
+        m = res["methods"][name]
         reach = "" if m["reaches_precision"] or m["kind"] != "sweep" else " (0.99 not reached)"
         L.append(f"| {name}{reach} | {_thr(m['threshold'])} | {_f(m['precision'])} | **{_f(m['copy_recall'])}** | "
                  f"{_f(m['pair_recall'])} | " + " | ".join(_f(m["groups"].get(g), 2) for g in groups)
@@ -86,12 +94,14 @@ def render_md(res: dict) -> str:
     L += ["", "Time (s): " + ", ".join(f"{k} {v}" for k, v in res["time_s"].items())
           + f"; building the set {b['time_s']}."]
     L += ["", "## Copy recall per transform", "", "| method | " + " | ".join(tr) + " |", "|---|" + "---:|" * len(tr)]
-    for name, m in res["methods"].items():
+    for name in _order(res["methods"]):
+        m = res["methods"][name]
         L.append(f"| {name} | " + " | ".join(_f(m["per_transform"].get(t), 2) for t in tr) + " |")
     L += ["", "## Targets (auditor default)", "", "| target | measured | met |", "|---|---:|---|"]
     for k, v in res["targets"].items():
         L.append(f"| {k} | {_f(v['value'])} | {'yes' if v['met'] else '**no**'} |")
-    for name, rep in res["reports"].items():
+    for name in _order(res["reports"]):
+        rep = res["reports"][name]
         if "sweep" not in rep:
             continue
         rows = rep["sweep"]
