@@ -176,17 +176,15 @@ def test_shipped_configs_by_name_from_any_folder(user, deduped):
 
 
 def test_help_texts_have_no_rest_markup_and_every_option_is_explained(user):
-    top = auditor("--help", cwd=user, check_rc=0).stdout
-    assert "``" not in top
+    import argparse
+
+    from auditor.cli import build_parser
+
+    assert "``" not in auditor("--help", cwd=user, check_rc=0).stdout
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
     for command in ("index", "dedup", "apply-manifest", "probe", "report", "gate", "guard", "lab", "demo"):
-        text = auditor(command, "--help", cwd=user, check_rc=0).stdout
-        assert "``" not in text, command
-        import argparse
-
-        from auditor.cli import build_parser
-
-        sub = build_parser()._subparsers._group_actions[0].choices[command]  # noqa: SLF001
-        for action in sub._actions:  # noqa: SLF001
+        assert "``" not in auditor(command, "--help", cwd=user, check_rc=0).stdout, command
+        for action in commands[command]._actions:  # noqa: SLF001
             if not isinstance(action, argparse._HelpAction):  # noqa: SLF001
                 assert action.help, f"auditor {command}: {action.option_strings or action.dest} has no help"
 
