@@ -85,7 +85,7 @@ def test_probe_rule_finds_pairs_across_a_partition_boundary(photo_pairs, tmp_pat
 
 def test_probe_assigner_without_the_centroid_distance_matrix(monkeypatch):
     """Past CDIST_MATRIX_MAX centroids (200k at LAION scale) the distances are computed per needed pair."""
-    import auditor.dedup.partitioned as part
+    import auditor.dedup.search.partition_build as part
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 64)).astype(np.float32)

@@ -1,4 +1,5 @@
-"""auditor.dedup.search: exact agreement with numpy brute force (embeddings and Hamming), determinism, edge cases."""
+"""auditor.dedup.search: exact agreement with numpy brute force (embeddings and Hamming), determinism, edge cases;
+the strategy registry is the config's list of methods; the one blocked range-search helper."""
 
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ def test_determinism():
 @pytest.mark.parametrize("n", [0, 1])
 def test_empty_and_single_row(n):
     x = np.ones((n, 8), dtype=np.float32) / np.sqrt(8)
-    for method in ("auto", "flat", "ivf", "hnsw"):
+    for method in S.method_names():
         i, j, s = S.embedding_pairs(x, 0.5, method=method)
         assert len(i) == len(j) == len(s) == 0 and i.dtype == np.int64 and s.dtype == np.float32
     qi, bj, s = S.embedding_cross_pairs(x, np.ones((3, 8), np.float32) / np.sqrt(8), 0.5)
@@ -158,6 +159,55 @@ def test_bad_inputs():
         S.embedding_pairs(np.eye(4, dtype=np.float32), 0.5, method="lsh")
     with pytest.raises(ValueError):
         S.embedding_cross_pairs(np.eye(4, dtype=np.float32), np.eye(3, dtype=np.float32), 0.5)
+
+
+def test_config_search_choices_are_the_registry():
+    from typing import get_args
+
+    from auditor.dedup.config import DedupConfig
+
+    assert list(get_args(DedupConfig.model_fields["search"].annotation)) == S.method_names()
+    assert S.method_names() == ["auto", "flat", "hnsw", "ivf", "partitioned"]
+    for name in S.SEARCH_METHODS.names():  # every strategy can pair, cross-pair and build a lookup index
+        st = S.pick_strategy(10, name)
+        assert all(callable(getattr(st, f)) for f in ("self_candidates", "cross_candidates", "build_index"))
+    assert S.resolve_method(S.AUTO_FLAT_MAX - 1, "auto") == "flat" and S.resolve_method(S.AUTO_FLAT_MAX, "auto") == "ivf"
+
+
+@pytest.mark.parametrize("block", [7, 64, 5000])
+def test_blocked_range_search_is_every_pair_once(block):
+    import faiss
+
+    from auditor.dedup.search.common import blocked_range_search
+
+    x = _clustered(700, 16, 10, 0.5, seed=21)
+    want, sim = _brute_pairs(x, 0.8)
+    i, j = blocked_range_search(lambda: faiss.IndexFlatIP(16), x, x, 0.8, block=block, self_join=True)
+    assert len(set(zip(i.tolist(), j.tolist()))) == len(i)  # each pair once
+    _assert_same(set(zip(i.tolist(), j.tolist())), {p for p in want}, sim, 0.8)
+    q = x[:50]
+    qi, bj = blocked_range_search(lambda: faiss.IndexFlatIP(16), x, q, 0.8, block=block)
+    wantx, simx = _brute_cross(q, x, 0.8)
+    _assert_same(set(zip(qi.tolist(), bj.tolist())), wantx, simx, 0.8)
+
+
+def test_partitioned_method_exact_with_the_full_margin_and_near_duplicates_with_the_default():
+    x = _clustered(3000, 48, 30, 0.5, seed=1)
+    want, sim = _brute_pairs(x, 0.9)
+    exact = {"partition_rows": 300, "partition_margin": 1.0, "partition_max_probes": 1000}
+    i, j, s = S.embedding_pairs(x, 0.9, method="partitioned", **exact)
+    _check_output(i, j, s)
+    _assert_same(set(zip(i.tolist(), j.tolist())), want, sim, 0.9)
+    np.testing.assert_array_equal(s, S.embedding_pairs(x, 0.9, method="flat")[2])
+    ii, jj, _ = S.embedding_pairs(x, 0.9, method="partitioned", partition_rows=300)  # default margin rule
+    got = set(zip(ii.tolist(), jj.tolist()))
+    assert got <= set(zip(i.tolist(), j.tolist())) and len(got) / len(want) >= 0.97
+    q, b = x[:800], x[800:]
+    wantx, simx = _brute_cross(q, b, 0.9)
+    qi, bj, _ = S.embedding_cross_pairs(q, b, 0.9, method="partitioned", **exact)
+    _check_output(qi, bj, _, self_join=False)
+    _assert_same(set(zip(qi.tolist(), bj.tolist())), wantx, simx, 0.9)
+    assert len(wantx) > 50
 
 
 # ---------------------------------------------------------------- Hamming

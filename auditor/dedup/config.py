@@ -30,10 +30,12 @@ class DedupConfig(BaseModel):
     # copies <= 13, ImageNet JPEG q30 / 1/4 resize / jitter / text <= 7, 3 % crops <= 12, 1-2 px crops of
     # 32-px photos 99th percentile 18 (max 21; such a copy stays linked through the other copies).
     dhash_confirm_max_distance: int = Field(20, ge=-1, le=64)
-    # embedding: min cosine similarity; search method chosen by size unless forced
+    # embedding: min cosine similarity; search method chosen by size unless forced: the names of
+    # auditor.dedup.search.SEARCH_METHODS, one strategy file each (a test keeps this Literal equal to them);
+    # partitioned = the on-disk partitions below, built in a temporary folder
     embedding: bool = True
     cosine_threshold: float = Field(0.9, gt=-1.0, le=1.0)
-    search: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    search: Literal["auto", "flat", "hnsw", "ivf", "partitioned"] = "auto"
     nlist: Optional[int] = Field(None, ge=1)   # ivf lists; None = 2 sqrt(N)
     nprobe: Optional[int] = Field(None, ge=1)  # ivf lists probed per row; None = 8 (recall 0.9955 at 1M, BENCHMARKS.md)
     search_threads: Optional[int] = Field(None, ge=1)  # faiss threads; None = faiss's default
