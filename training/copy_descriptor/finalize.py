@@ -24,6 +24,21 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 WEIGHTS = os.path.join(REPO, "auditor", "index", "embedders", "weights")
 
 
+KEYS1 = ("config", "steps_done", "total_steps", "train_seconds", "wall_seconds", "stopped_by", "augment_p",
+         "schedule_refits", "measured_steps_per_s")
+
+
+def stage1(info: dict):
+    """The run a stage started from (``train.py --init DIR/last.pt``), from the train_info.json beside it."""
+    if not info.get("init"):
+        return None
+    f = os.path.join(os.path.dirname(os.path.join(REPO, info["init"])), "train_info.json")
+    if not os.path.isfile(f):
+        return {"init": info["init"], "train_info": "missing"}
+    prev = json.load(open(f))
+    return {k: prev[k] for k in KEYS1 if k in prev}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-dir", default=os.path.join(REPO, ".train"))
@@ -48,7 +63,8 @@ def main():
         "training": {k: info[k] for k in ("seed", "config", "data_sha256", "n_images", "params", "macs", "torch",
                                           "python", "machine", "planned_steps", "total_steps", "steps_done",
                                           "train_seconds", "wall_seconds", "stopped_by", "onnx_max_abs_diff",
-                                          "measured_steps_per_s") if k in info},
+                                          "init", "augment_p", "schedule_refits") if k in info},
+        "training_stage1": stage1(info),
         "calibration": {"precision_target": 0.99, "cosine_threshold": ev["threshold"], "recall": ev["recall"],
                         "per_transform_recall": ev["per_transform"], "photos": ev["n_photos"],
                         "set": "imagenet-256 minus training overlap", "excluded_photos": excluded,

@@ -4,7 +4,8 @@ Tiny-ImageNet-200 is a 64-px subset of ImageNet train; imagenet-256 names carry 
 (``n01443537_goldfish.jpg``). Each imagenet-256 photo of a Tiny-ImageNet wnid is compared with every training
 image of that wnid on 16x16 grayscale thumbnails (zero-mean, unit-norm correlation; both a full-frame squash
 and a centre square crop of the photo, and their mirror images). A correlation >= ``--threshold`` is reported
-as an overlap. Writes ``overlap_imagenet256.json`` (all scores, the overlaps) beside this file.
+as an overlap (0.9 is conservative: by eye, pairs from 0.94 up are the same photo, two of the four between
+0.92 and 0.94 are not; excluding them only costs held-out photos). Writes ``overlap_imagenet256.json`` (all scores, the overlaps) beside this file.
 
     python training/copy_descriptor/overlap_check.py
 """
@@ -69,11 +70,11 @@ def main():
     overlaps = [r for r in rows if r["corr"] >= a.threshold]
     res = {"method": __doc__.strip().splitlines()[0], "thumbnail": T, "threshold": a.threshold,
            "photos_total": len(photos), "photos_with_tiny_wnid": len(rows), "overlaps": overlaps,
-           "top20": rows[:20], "corr_quantiles": {q: float(np.quantile([r["corr"] for r in rows], q))
+           "all": rows, "corr_quantiles": {q: float(np.quantile([r["corr"] for r in rows], q))
                                                   for q in (0.5, 0.9, 0.99, 1.0)} if rows else {}}
     with open(a.out, "w") as fh:
         json.dump(res, fh, indent=1)
-    print(json.dumps({k: v for k, v in res.items() if k not in ("top20",)}, indent=1))
+    print(json.dumps({k: v for k, v in res.items() if k not in ("all", "overlaps")}, indent=1))
 
 
 if __name__ == "__main__":
