@@ -137,7 +137,7 @@ def test_against_another_run_via_cli(grown, tmp_path, imagenet, capsys):
         "single_20": ("ev_reenc", "phash"),
         "crop_orig": ("ev_bytes", "exact_bytes"),
         "crop_small": ("ev_bytes", "phash"),   # the training set's own near-copy of that photo
-        "single_21": ("ev_flip", "embedding"),
+        "single_21": ("ev_flip", "phash"),      # mirrored: found by the flip-invariant hash
         "single_22": ("ev_pixels", "exact_pixels"),
     }
     assert (out.matched_run == "evalrun").all() and (out.matched_shard == "00000").all()

@@ -8,6 +8,12 @@ this run that matches at least one sample of the other run, with this run's mani
 hashes, the cosine for embeddings) of the best match (strongest signal, then highest similarity, then the
 other run's first row in index order). ``against_<name>.json`` holds the counts and thresholds.
 
+Hash pairs follow the main dedup's rules (:class:`~auditor.dedup.edges.HashRules`, the same
+:mod:`auditor.dedup.search.hamming` code): a pair also links through a flip or 90-degree rotation
+(``hash_dihedral_max_distance``, the indexes' ``phash_dihedral`` / ``dhash_dihedral``), and a pHash link needs the
+two dHashes (after the best flip/rotation) within ``dhash_confirm_max_distance``; ``d`` is the smallest linking
+distance.
+
 Embeddings are compared only when both indexes were built with the same embedder (name, model, dimension).
 """
 
@@ -24,12 +30,21 @@ import pandas as pd
 from ..index.store import IndexStore
 from ..utils import write_json, write_parquet
 from .cluster import REASONS
-from .runner import DEDUP_DIR, MANIFEST_COLUMNS, _dedup_cfg, _has_embeddings, pixel_groups
+from .edges import HashRules, search_options
+from .runner import DEDUP_DIR, MANIFEST_COLUMNS, dedup_config, has_embeddings, pixel_groups
+from .search import dhash_confirmed, embedding_cross_pairs, hash_cross_pairs
 from .schema import AGAINST_SCHEMA, to_table
 
 log = logging.getLogger(__name__)
 
 _COLS = ["key", "shard", "sha256", "pixel_blake3", "phash", "dhash"]
+
+
+def _group_hashes(store: IndexStore, table: pd.DataFrame, first: np.ndarray, rules: HashRules) -> dict:
+    """pHash / dHash per pixel group and, where the rules need them, their flip/rotation variants (else None)."""
+    return {"phash": table["phash"].to_numpy(np.uint64)[first], "dhash": table["dhash"].to_numpy(np.uint64)[first],
+            "phash_v": store.hash_variants("phash_dihedral")[first] if rules.phash_variants else None,
+            "dhash_v": store.hash_variants("dhash_dihedral")[first] if rules.dhash_variants else None}
 
 
 def against_name(other_run: str | os.PathLike) -> str:
@@ -50,10 +65,7 @@ def _same_embedder(a: dict, b: dict) -> bool:
 
 
 def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg=None) -> pd.DataFrame:
-    dcfg, seed = _dedup_cfg(cfg)
-    from .runner import search_options
-    from .search import embedding_cross_pairs, hamming_cross_pairs
-
+    dcfg, seed = dedup_config(cfg)
     run_dir, other_run = Path(run_dir), Path(other_run)
     if run_dir.resolve() == other_run.resolve():
         raise ValueError("--against needs another run folder, not the run being deduplicated")
@@ -82,15 +94,19 @@ def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg=No
         exact("sha256", "exact_bytes")
     if dcfg.exact_pixels:
         exact("pixel_blake3", "exact_pixels")
-    for col, t, reason in (("phash", dcfg.phash_max_distance if dcfg.phash else -1, "phash"),
-                           ("dhash", dcfg.dhash_max_distance, "dhash")):
+    rules = HashRules.from_config(dcfg)
+    ha, hb = _group_hashes(a_store, a, a_first, rules), _group_hashes(b_store, b, b_first, rules)
+    for col, t in (("phash", rules.phash), ("dhash", rules.dhash)):
         if t < 0:
             continue
-        qi, bj, d = hamming_cross_pairs(a[col].to_numpy(np.uint64)[a_first], b[col].to_numpy(np.uint64)[b_first], t)
-        found.append((np.asarray(qi, np.int64), np.asarray(bj, np.int64), REASONS.index(reason),
+        qi, bj, d = hash_cross_pairs(ha[col], ha[f"{col}_v"], hb[col], hb[f"{col}_v"], t, rules.dihedral)
+        if col == "phash" and rules.confirm >= 0 and len(qi):
+            keep = dhash_confirmed(ha["dhash"], ha["dhash_v"], hb["dhash"], hb["dhash_v"], qi, bj, rules.confirm)
+            qi, bj, d = qi[keep], bj[keep], d[keep]
+        found.append((np.asarray(qi, np.int64), np.asarray(bj, np.int64), REASONS.index(col),
                       1.0 - np.asarray(d, np.float64) / 64.0))
     used_emb = False
-    if _has_embeddings(a_store, dcfg) and _has_embeddings(b_store, dcfg):
+    if has_embeddings(a_store, dcfg) and has_embeddings(b_store, dcfg):
         if _same_embedder(a_store.embedder, b_store.embedder):
             ea = np.asarray(a_store.embeddings()[a_first], dtype=np.float32)
             eb = np.asarray(b_store.embeddings()[b_first], dtype=np.float32)

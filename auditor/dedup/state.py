@@ -1,0 +1,135 @@
+"""The incremental dedup state: what the stored search edges depend on (:func:`search_fingerprint`), the state
+generation committed by ``state/state.json`` (:func:`load_state`, :func:`commit_state`), and the saved embedding
+index grown with the new pixel groups (:func:`save_faiss`).
+
+Crash safety: the state is a generation, ``state/groups-NNNNNN.parquet`` + ``state/edges-NNNNNN.parquet``,
+committed by atomically replacing ``state/state.json`` (which names them) as the run's very last write; older
+generations are deleted only after that commit. A run killed at any point therefore leaves the previous,
+consistent state, and its rerun does exactly what the killed run would have done (same generation number, same
+bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from ..index.store import IndexStore
+from ..utils import write_json, write_parquet
+from .config import DedupConfig
+from .edges import search_options
+from .search import build_search_index, load_search_index, save_search_index
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+STATE_VERSION = 2  # 2: generation files named by state.json (1: three files replaced one by one)
+
+__all__ = ["STATE_DIR", "STATE_VERSION", "file_digest", "search_fingerprint", "load_state", "commit_state",
+           "save_faiss"]
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def search_fingerprint(store: IndexStore, dcfg: DedupConfig, seed: int, emb: bool) -> dict:
+    """Everything the stored search edges depend on; a change forces a search from scratch."""
+    embedding = None
+    if emb:
+        embedding = {"threshold": dcfg.cosine_threshold, "search": dcfg.search, "seed": seed,
+                     "nlist": dcfg.nlist, "nprobe": dcfg.nprobe, "embedder": store.embedder}
+        if dcfg.search == "partitioned":
+            embedding["partitions"] = {k: v for k, v in search_options(dcfg).items() if k.startswith("partition_")}
+    return {
+        "state_version": STATE_VERSION,
+        "phash": dcfg.phash_max_distance if dcfg.phash else None,
+        "dhash": dcfg.dhash_max_distance if dcfg.dhash_max_distance >= 0 else None,
+        "dihedral": dcfg.hash_dihedral_max_distance,
+        "dhash_confirm": dcfg.dhash_confirm_max_distance if dcfg.phash else None,
+        "embedding": embedding,
+    }
+
+
+def save_faiss(out: Path, group_emb: np.ndarray, n_old: int, mode: str, dcfg: DedupConfig, seed: int,
+                base_rows: Optional[int] = None) -> int:
+    """``dedup/embeddings.faiss``: the old index with the new groups added (incremental), else built anew.
+
+    Returns the number of leading rows the index was built (and, for ivf, trained) on; the rest were added.
+    When the old index is not the one the state describes (a run killed after writing it, before committing
+    its state, had already added its groups), it is rebuilt the same way -- built on the first ``base_rows``
+    rows, the rest added -- so the file is what the uninterrupted incremental run writes."""
+    path = out / "embeddings.faiss"
+    index = None
+    base = len(group_emb)
+    if mode == "incremental" and n_old:
+        base = n_old
+        if isinstance(base_rows, int) and 0 < base_rows <= n_old:
+            base = base_rows
+        if path.exists():
+            try:
+                index = load_search_index(path)
+                if index.ntotal != n_old:
+                    index = None
+                elif len(group_emb) > n_old:
+                    index.add(np.ascontiguousarray(group_emb[n_old:], dtype=np.float32))
+            except Exception as exc:  # noqa: BLE001 - a stale or unreadable index is rebuilt
+                log.warning("rebuilding %s: %s", path, exc)
+                index = None
+    if index is None:
+        index = build_search_index(group_emb[:base], method=dcfg.search, seed=seed, **search_options(dcfg))
+        if len(group_emb) > base:
+            index.add(np.ascontiguousarray(group_emb[base:], dtype=np.float32))
+    save_search_index(index, path)
+    return base
+
+
+def load_state(state_dir: Path) -> Optional[dict]:
+    """The committed state (``state.json`` and the generation files it names), or None."""
+    p = state_dir / "state.json"
+    if not p.is_file():
+        return None
+    try:
+        state = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    names = [state.get("groups"), state.get("edges")]
+    if not all(isinstance(x, str) and x and Path(x).name == x and (state_dir / x).is_file() for x in names):
+        return None  # no generation (an older state layout, or files removed): search from scratch
+    return state
+
+
+def commit_state(state_dir: Path, old: Optional[dict], groups: pd.DataFrame, edges: pd.DataFrame,
+                  info: dict) -> None:
+    """Write the search state as a new generation and commit it by replacing ``state.json`` (last), then
+    delete every other file in ``state_dir`` (older generations, a killed run's uncommitted files).
+
+    The generation number follows the committed one, so a run killed before its commit and its rerun write
+    the same names (the rerun simply replaces the killed run's orphans)."""
+    gen = 1
+    if old is not None:
+        try:
+            gen = int(old.get("generation", 0)) + 1
+        except (TypeError, ValueError):
+            gen = 1
+    names = {"groups": f"groups-{gen:06d}.parquet", "edges": f"edges-{gen:06d}.parquet"}
+    write_parquet(state_dir / names["groups"], groups)
+    write_parquet(state_dir / names["edges"], edges)
+    write_json(state_dir / "state.json", {"generation": gen, **names, **info})
+    keep = {"state.json", *names.values()}
+    for p in state_dir.iterdir():
+        if p.is_file() and p.name not in keep:
+            p.unlink(missing_ok=True)
