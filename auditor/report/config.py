@@ -52,6 +52,8 @@ class ReportConfig(BaseModel):
     top_clusters: int = Field(20, ge=1)
     members_per_cluster: int = Field(6, ge=1)
     captions_per_cluster: int = Field(5, ge=1)
+    # every image (training thumbnail, generation, each half of an evidence pair) is shown with this longest side:
+    # larger ones shrunk (LANCZOS, JPEG at thumbnail_quality), smaller ones enlarged without smoothing (PNG)
     thumbnail_px: int = Field(160, ge=16)
     thumbnail_quality: int = Field(80, ge=10, le=100)
     # caption-duplication table: most repeated captions in the index
