@@ -74,7 +74,8 @@ def render_md(res: dict) -> str:
          f"{b['n_small_distractors']} CIFAR distractors; {res['n_copies']:,} copies, "
          f"{res['n_true_pairs']:,} true pairs; "
          f"seed {b['seed']}; wall time {res['wall_s']} s.", "",
-         "**Held-out**: no image comes from `photos/tiny-imagenet-200`, the copy descriptor's training photos. "
+         "**Held-out**: no image comes from `photos/tiny-imagenet-200`, the copy descriptor's training photos, "
+         "nor is an imagenet-256 photo of one of its 200 classes (Tiny-ImageNet is a subset of ImageNet train). "
          "*Copy recall*: the share of (original, copy) pairs found; *pair precision*: the share of predicted pairs "
          "inside one group, over every pair of the folder (distractors included). auditor default / hash-only are "
          "`run_index` + `run_dedup` as a user runs them (every pair in a cluster is predicted; one operating "
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "hardware": f"{cpu_model() or platform.processor()}, {len(os.sched_getaffinity(0))} cores usable",
         "git": _git(), "versions": package_versions(("auditor", "imagededup", "faiss-cpu", "onnxruntime", "numpy")),
-        "wall_s": round(time.perf_counter() - t0, 1), "quick": args.quick,
+        "wall_s": round(time.perf_counter() - t0, 1), "quick": args.quick, "shared_data": args.shared_data,
         "build": {"n_originals": sizes["originals"], "n_distractors": n_dis,
                   "n_small_originals": sizes["small_originals"], "n_small_distractors": sizes["small_distractors"],
                   "photo_transforms": list(TRANSFORMS), "small_transforms": list(SMALL_TRANSFORMS),

@@ -391,8 +391,15 @@ def test_quick_benchmark_methods_and_files(quick_run):
     assert res["n_copies"] == 6 * len(TRANSFORMS) + 4 * len(SMALL_TRANSFORMS)
     assert set(res["targets"]) >= {"precision >= 0.99", "overall recall >= 0.90", "hflip >= 0.80"}
     # the set never holds a training photo of the descriptor
+    from auditor.evaluation.benchmark_set import training_wnids
+
     gt = load_benchmark_set(work / "set")
     assert not any("tiny-imagenet" in im["source"] for im in gt["images"])
+    # nor a photo of one of its ImageNet classes (Tiny-ImageNet is a subset of ImageNet train)
+    held = training_wnids(res["shared_data"])
+    assert len(held) == 200
+    assert not any(im["source"].split("/")[1].split("_")[0] in held for im in gt["images"]
+                   if im["source"].startswith("imagenet-256/"))
 
 
 def test_quick_benchmark_real_behaviour(quick_run):

@@ -47,11 +47,28 @@ FORMAT_VERSION = 2
 TRAINING_PHOTOS = "tiny-imagenet-200"
 
 
+def training_wnids(shared_data: str | Path) -> set[str]:
+    """The ImageNet classes (wnids) of the descriptor's training photos (``tiny-imagenet-200/manifest.csv``);
+    empty when the manifest is absent."""
+    import csv
+
+    path = Path(shared_data) / "photos" / TRAINING_PHOTOS / "manifest.csv"
+    if not path.exists():
+        return set()
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["wnid"] for row in csv.DictReader(f)}
+
+
 def default_sources(shared_data: str | Path) -> list[Path]:
     """The real photos of ``../shared/data`` the benchmark draws originals and distractors from: imagenet-256
-    JPEGs, the Kodak PNGs and imagededup's UKBench base images, sorted (never the descriptor's training photos)."""
+    JPEGs, the Kodak PNGs and imagededup's UKBench base images, sorted. Never the descriptor's training photos:
+    Tiny-ImageNet is a subset of ImageNet train, and 49 of the 200 imagenet-256 photos of its classes match one of
+    its training images (16-px thumbnail correlation >= 0.9, ``training/copy_descriptor/overlap_check.py``), so
+    every imagenet-256 photo of a Tiny-ImageNet class (its wnid, the file name's prefix) is left out."""
     root = Path(shared_data)
-    return (sorted((root / "photos" / "imagenet-256").glob("*.jpg")) + sorted((root / "photos" / "kodak").glob("*.png"))
+    held = training_wnids(root)
+    imagenet = [p for p in sorted((root / "photos" / "imagenet-256").glob("*.jpg")) if p.name.split("_")[0] not in held]
+    return (imagenet + sorted((root / "photos" / "kodak").glob("*.png"))
             + sorted((root / "neardup" / "imagededup" / "base_images").glob("*.jpg")))
 
 
