@@ -11,7 +11,6 @@ bytes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..index.store import IndexStore
-from ..utils import write_json, write_parquet
+from ..utils import file_sha256, write_json, write_parquet
 from .config import DedupConfig
 from .edges import search_options
 from .search import build_search_index, load_search_index, save_search_index
@@ -36,12 +35,8 @@ __all__ = ["STATE_DIR", "STATE_VERSION", "file_digest", "search_fingerprint", "l
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of a file, read in 1 MiB blocks (:func:`auditor.utils.file_sha256`)."""
+    return file_sha256(path)
 
 
 def search_fingerprint(store: IndexStore, dcfg: DedupConfig, seed: int, emb: bool) -> dict:

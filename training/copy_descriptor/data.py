@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import tarfile
@@ -11,20 +10,16 @@ import tarfile
 import numpy as np
 from PIL import Image
 
+from auditor.utils import file_sha256
+
 TARS = [f"train-0{i}.tar" for i in range(6)]
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def data_hash(data_dir: str) -> dict:
     files = ["manifest.csv"] + TARS
-    return {f: sha256_file(os.path.join(data_dir, f)) for f in files}
+    return {f: file_sha256(os.path.join(data_dir, f)) for f in files}
 
 
 def load_images(data_dir: str, size: int = 64) -> tuple[np.ndarray, list[str]]:
