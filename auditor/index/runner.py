@@ -98,7 +98,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     for s in samples:
         if s.status == "__empty__":  # placeholder for a shard with no samples
             continue
-        data, read_error = read_deferred(s)  # a deferred sample's file is read here, in the worker
+        data, read_error = read_deferred(s, dc.max_bytes)  # a deferred sample's file is read here, in the worker
         if data is None:
             if s.status not in ("success", "error"):
                 out.not_indexed.append({"key": s.key, "shard": s.shard, "url": utf8_safe(s.url),

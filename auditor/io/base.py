@@ -7,6 +7,8 @@ can list them without indexing them.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional
 
@@ -32,14 +34,25 @@ def read_error(name: str, exc: OSError) -> str:
     return f"cannot read {name}: {type(exc).__name__}: {exc}"
 
 
-def read_deferred(sample: Sample) -> tuple[Optional[bytes], Optional[str]]:
+def read_deferred(sample: Sample, max_bytes: Optional[int] = None) -> tuple[Optional[bytes], Optional[str]]:
     """``(bytes, None)`` of a sample, reading a deferred one's local file, or ``(None, error)`` -- the same
-    :func:`read_error` text the folder reader records when it reads the file itself."""
+    :func:`read_error` text the folder reader records when it reads the file itself.
+
+    The file is ``stat``-ed first: anything but a regular file (a FIFO, a device, a link to ``/dev/zero``) is
+    an error and is never opened, and a file over ``max_bytes`` is an error and is never read."""
     if sample.data is not None or sample.path is None:
         return sample.data, sample.error
     try:
+        st = os.stat(sample.path)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"not_a_regular_file: {sample.key} is not a regular file (mode {st.st_mode:o}); not read"
+        if max_bytes is not None and st.st_size > max_bytes:
+            return None, f"too_many_bytes: {st.st_size} bytes > max_bytes={max_bytes}; not read"
         with open(sample.path, "rb") as fh:
-            return fh.read(), None
+            data = fh.read(max_bytes + 1) if max_bytes is not None else fh.read()
+        if max_bytes is not None and len(data) > max_bytes:  # the file grew after the stat
+            return None, f"too_many_bytes: more than max_bytes={max_bytes}; not read"
+        return data, None
     except OSError as exc:
         return None, read_error(sample.key, exc)
 
