@@ -61,3 +61,25 @@ def test_fifo_dev_zero_and_sparse_file_are_recorded_not_read(tmp_path):
     for f in sorted(p for p in (idx / "shards").glob("*.parquet") if p.name.count(".") == 1):
         keys |= set(pq.read_table(f, columns=["key"]).column("key").to_pylist())
     assert keys == {"good" + photo.suffix.lower()}
+
+
+def test_symlink_and_hardlink_tar_members_are_recorded(tmp_path):
+    import tarfile
+
+    photo = _photo()
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    with tarfile.open(ds / "00000.tar", "w") as tf:
+        tf.add(photo, "a.jpg")
+        for name, kind in (("b.jpg", tarfile.SYMTYPE), ("c.jpg", tarfile.LNKTYPE)):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.linkname = kind, "a.jpg"
+            tf.addfile(ti)
+        tf.add(photo, "d.jpg")
+    res = _index(ds, tmp_path / "run")
+    assert res.returncode == 0, res.stderr[-2000:]
+    idx = tmp_path / "run" / "index"
+    errors = {r["key"]: r["error"] for r in pq.read_table(idx / "errors.parquet").to_pylist()}
+    assert set(errors) == {"b", "c"}
+    assert all("not a regular file" in e for e in errors.values())
+    assert pq.read_table(idx / "shards" / "00000.parquet", columns=["key"]).column("key").to_pylist() == ["a", "d"]

@@ -162,6 +162,9 @@ class WebDatasetReader(DatasetReader):
                 tf = tarfile.open(fileobj=fh, mode="r|*")
                 for m in tf:
                     if not m.isfile():
+                        if not m.isdir():  # links, devices, FIFOs: recorded, never followed
+                            errors.append(("member", split_key(m.name)[0], f"tar member {m.name} is not a "
+                                           f"regular file (tar type {m.type!r}); not read"))
                         continue
                     current = m.name
                     k, ext = split_key(m.name)
