@@ -82,3 +82,22 @@ def test_crops_of_a_small_photo_are_one_group_and_nothing_unrelated_joins(small_
     members = m[m.cluster_id == group.cluster_id.iloc[0]]
     assert len(members) == N_COPIES and members.key.str.startswith("copy_").all()
     assert summary["thresholds"]["chain_min_links"] > 0
+
+
+def test_the_default_index_with_the_copy_descriptor_keeps_the_small_photo_group_whole(small_photo_run):
+    """The same folder as a user runs it: `auditor index DIR --out RUN && auditor dedup RUN`, no flags, so the
+    shipped copy descriptor and its calibrated cosine threshold are on."""
+    run, _ = small_photo_run
+    data = run.parent / "data"
+    run_copy = run.parent / "run_copy"
+    store = index(data, run_copy, embeddings=False, embedder="copy")
+    assert store.embedder["name"] == "copy" and store.embeddings().shape[1] == 128
+    summary = run_dedup(run_copy, config())
+    from auditor.index.embedders import COPY_COSINE_THRESHOLD
+
+    assert summary["thresholds"]["cosine_threshold"] == COPY_COSINE_THRESHOLD
+    m = _manifest(run_copy)
+    group = m[m.key.str.startswith("copy_")]
+    assert group.cluster_id.nunique() == 1, group.cluster_id.value_counts().head()
+    members = m[m.cluster_id == group.cluster_id.iloc[0]]
+    assert len(members) == N_COPIES and members.key.str.startswith("copy_").all()

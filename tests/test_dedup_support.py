@@ -63,10 +63,12 @@ def config(*overrides: str, workers: int = 0):
                                   *overrides])
 
 
-def index(dataset: Path, run_dir: Path, workers: int = 0, embeddings: bool = True):
+def index(dataset: Path, run_dir: Path, workers: int = 0, embeddings: bool = True, embedder: str = "none"):
+    """Index ``dataset`` with ``embedder`` (default here: hashes only, and ``embeddings=True`` adds the tests'
+    own deterministic descriptor; ``embedder="copy"`` is the package's default)."""
     from auditor.index.runner import run_index
 
-    store = run_index(dataset, run_dir, config(workers=workers))
+    store = run_index(dataset, run_dir, config(f"index.embedder.name={embedder}", workers=workers))
     if embeddings:
         add_embeddings(run_dir)
     return IndexStore(run_dir)

@@ -30,6 +30,7 @@ import pandas as pd
 from ..index.store import IndexStore
 from ..utils import write_json, write_parquet
 from .cluster import REASONS
+from .config import resolve_cosine
 from .edges import HashRules, search_options
 from .runner import DEDUP_DIR, MANIFEST_COLUMNS, dedup_config, has_embeddings, pixel_groups
 from .search import dhash_confirmed, embedding_cross_pairs, hash_cross_pairs
@@ -73,6 +74,7 @@ def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg=No
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path} is missing: run `auditor dedup {run_dir}` first")
     a_store, b_store = IndexStore(run_dir), IndexStore(other_run)
+    dcfg = resolve_cosine(dcfg, a_store.embedder.get("name"))
     a = a_store.table(columns=_COLS)
     b = b_store.table(columns=_COLS)
     a_code, a_first = _groups(a)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+# the threshold used for an embedder without a calibrated one: CLIP-embedding near-duplicate dedup commonly uses
+# cosine 0.9-0.95 (e.g. LAION's and SemDeDup's near-duplicate settings); calibrate yours with auditor.evaluation
+UNCALIBRATED_COSINE = 0.9
 
 
 class DedupConfig(BaseModel):
@@ -34,7 +40,11 @@ class DedupConfig(BaseModel):
     # auditor.dedup.search.SEARCH_METHODS, one strategy file each (a test keeps this Literal equal to them);
     # partitioned = the on-disk partitions below, built in a temporary folder
     embedding: bool = True
-    cosine_threshold: float = Field(0.9, gt=-1.0, le=1.0)
+    # null = the calibrated threshold of the embedder the index was built with (resolved by resolve_cosine when
+    # the stage starts): the shipped `copy` descriptor's COPY_COSINE_THRESHOLD (auditor/index/embedders/copy.py,
+    # evidence beside it), or UNCALIBRATED_COSINE for an embedder the project did not calibrate (open_clip,
+    # SSCD, your ONNX model; a warning says so). A number overrides it for any embedder.
+    cosine_threshold: Optional[float] = Field(None, gt=-1.0, le=1.0)
     search: Literal["auto", "flat", "hnsw", "ivf", "partitioned"] = "auto"
     nlist: Optional[int] = Field(None, ge=1)   # ivf lists; None = 2 sqrt(N)
     nprobe: Optional[int] = Field(None, ge=1)  # ivf lists probed per row; None = 8 (recall 0.9955 at 1M, BENCHMARKS.md)
@@ -75,3 +85,28 @@ class DedupConfig(BaseModel):
     drop_placeholders: bool = False                         # also drop the representative of a placeholder cluster
     risk_top_n: int = Field(100, ge=1)                      # clusters listed in summary.json (risk.parquet has all)
     progress: bool = True
+
+
+def resolve_cosine(dcfg: DedupConfig, embedder_name: Optional[str]) -> DedupConfig:
+    """``dcfg`` with ``cosine_threshold`` set: the user's number, else the calibrated threshold of the index's
+    embedder, else :data:`UNCALIBRATED_COSINE` (logged as a warning when embeddings are there to compare).
+
+    Example:
+        >>> from auditor.index.embedders import COPY_COSINE_THRESHOLD
+        >>> resolve_cosine(DedupConfig(), "copy").cosine_threshold == COPY_COSINE_THRESHOLD
+        True
+        >>> resolve_cosine(DedupConfig(cosine_threshold=0.95), "copy").cosine_threshold
+        0.95
+    """
+    if dcfg.cosine_threshold is not None:
+        return dcfg
+    from ..index.embedders import calibrated_cosine
+
+    thr = calibrated_cosine(embedder_name) if embedder_name else None
+    if thr is None:
+        thr = UNCALIBRATED_COSINE
+        if embedder_name and embedder_name != "none" and dcfg.embedding:
+            logging.getLogger(__name__).warning(
+                "dedup.cosine_threshold: the embedder %r has no calibrated threshold; using %.2f (set "
+                "dedup.cosine_threshold, calibrated on your data with auditor.evaluation)", embedder_name, thr)
+    return dcfg.model_copy(update={"cosine_threshold": float(thr)})

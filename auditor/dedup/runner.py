@@ -61,7 +61,7 @@ import pandas as pd
 from ..index.store import IndexStore
 from ..utils import remove_temporary_files, write_json, write_npy, write_parquet, write_text
 from .cluster import Signals, cluster, group_codes, star_edges
-from .config import DedupConfig
+from .config import DedupConfig, resolve_cosine
 from .edges import HashRules, embedding_edges, hash_edges, phash_confirmed, search_options  # noqa: F401 - public
 from .schema import MANIFEST_SCHEMA, SCHEMAS, to_table
 from .state import STATE_DIR, commit_state, file_digest, load_state, save_faiss, search_fingerprint
@@ -109,6 +109,7 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     dcfg, seed = dedup_config(cfg)
     run_dir = Path(run_dir)
     store = IndexStore(run_dir)
+    dcfg = resolve_cosine(dcfg, store.embedder.get("name"))
     out = run_dir / DEDUP_DIR
     state_dir = out / STATE_DIR
     n_tmp = remove_temporary_files(out)  # what a killed run left (dedup/ and dedup/state/)

@@ -29,7 +29,9 @@ class DecodeConfig(_Strict):
 
 
 class EmbedderConfig(_Strict):
-    name: Literal["none", "copy", "open_clip", "sscd", "onnx"] = "none"
+    # "copy" (default): the copy-detection descriptor shipped in the package (auditor/index/embedders/copy.py);
+    # "none": hashes only (the fastest index)
+    name: Literal["none", "copy", "open_clip", "sscd", "onnx"] = "copy"
     # open_clip: model name (e.g. ViT-B-32) and a pretrained tag (e.g. laion2b_s34b_b79k) or a checkpoint file
     model: str = "ViT-B-32"
     pretrained: Optional[str] = None

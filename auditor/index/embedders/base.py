@@ -157,6 +157,9 @@ class Embedder:
     weight-free) and :meth:`_embed` (float array in, raw features out)."""
 
     name: str = ""
+    # the cosine at which two of its embeddings are called copies, calibrated on data (pair precision >= 0.99);
+    # None = not calibrated by the project (dedup then uses UNCALIBRATED_COSINE and says so)
+    default_cosine: Optional[float] = None
 
     def __init__(self, cfg: EmbedderConfig):
         self.cfg = cfg
