@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", type=abs_path,
                    help="local weights: open_clip checkpoint, SSCD TorchScript or ONNX file")
     p.add_argument("--workers", type=int, help="decode/hash processes (0 = in-process, -1 = one per core)")
+    p.add_argument("--embeddings", metavar="DIR_OR_GLOB",
+                   help="attach precomputed embeddings instead of running a model: a clip-retrieval/LAION folder "
+                        "(img_emb/ + metadata/), NeMo-style parquet (id/key + list<float>) or .npy + ids parquet")
     p.add_argument("--engine", choices=["local", "ray"],
                    help="where the pipeline runs: local (default) or a Ray cluster (--set index.ray_address=auto)")
     add_config_options(p)
@@ -85,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
         val = getattr(args, attr)
         if val is not None:
             args.overrides.append(f"{key}={val}")
+    if getattr(args, "embeddings", None):  # precomputed embeddings: hash only, then attach (H6)
+        args.overrides.append("index.embedder.name=none")
     cfg = config_from_args(args)
     check_dataset(args.dataset)
     check_out(args.dataset, args.out)
@@ -93,6 +98,10 @@ def _run(args: argparse.Namespace) -> int:
     from .runner import run_index
 
     store = run_index(args.dataset, args.out, cfg)
+    if args.embeddings:
+        from .precomputed import attach_embeddings
+
+        store = attach_embeddings(args.out, args.embeddings)
     c = store.info["counts"]
     print(f"indexed {c['indexed']} samples in {c['shards']} shards ({c['errors']} errors, "
           f"{c['not_indexed']} not downloaded) -> {store.dir}")
