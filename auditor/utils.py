@@ -88,9 +88,17 @@ def write_parquet(path: str | os.PathLike, table: pd.DataFrame | pa.Table) -> No
 def write_npy(path: str | os.PathLike, array) -> None:
     import numpy as np
 
+    from numpy.lib import format as npformat
+
+    arr = np.ascontiguousarray(array)
+    if arr.dtype.hasobject:
+        raise TypeError("write_npy: object arrays are not written (they would need pickle)")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
+            # header by numpy, data by the file object: np.save's ndarray.tofile reports a full disk as
+            # "N requested and M written" without errno; fh.write raises OSError(ENOSPC), the one-line error
+            npformat.write_array_header_1_0(fh, npformat.header_data_from_array_1_0(arr))
+            fh.write(memoryview(arr).cast("B") if arr.size else b"")
 
 
 @dataclass(frozen=True)

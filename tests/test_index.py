@@ -52,7 +52,9 @@ def test_index_folder_hashes_match_imagehash(photo_folder, tmp_path):
     sub = df[df["key"].str.startswith("sub/")]
     assert sorted(sub["caption"]) == sorted(f"a kodak photo {p.stem}" for p in (photo_folder / "sub").glob("*.png"))
     assert set(df["format"]) == {"JPEG", "PNG"}
-    assert store.embeddings().shape == (44, 0)
+    emb = store.embeddings()  # the default embedder: the shipped copy descriptor, 128-d, unit norm
+    assert store.embedder["name"] == "copy" and emb.shape == (44, 128)
+    assert np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1.0, atol=1e-2)
 
 
 def test_outputs_identical_across_worker_counts(photo_folder, tmp_path):
