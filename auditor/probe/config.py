@@ -28,11 +28,13 @@ class DiffusersGeneratorConfig(_Strict):
 class HttpGeneratorConfig(_Strict):
     url: Optional[str] = None                  # POST endpoint; see auditor/probe/generators/http.py for the schema
     headers: dict[str, str] = {}
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0)      # overall deadline of one attempt: connect, headers and whole body
     retries: int = Field(3, ge=0)              # extra attempts after the first, on timeouts/5xx/connection errors
     backoff_s: float = Field(1.0, ge=0)        # sleep backoff_s * 2**attempt between attempts
     concurrency: int = Field(4, ge=1)
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(64 * 1024 * 1024, ge=1)     # per-image decode budget of a response image
+    max_jpeg_scans: int = Field(64, ge=1)                # progressive-JPEG scan cap (each scan costs a full pass)
     extra: dict[str, Any] = {}                 # merged into every request body
 
 

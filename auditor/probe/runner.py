@@ -87,8 +87,19 @@ def _fnum(x) -> Optional[float]:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-def _fingerprint(p: ProbeConfig) -> dict:
+def public_config(p: ProbeConfig) -> dict:
+    """The config as written to outputs: http header values dropped (names kept), the URL without query/user."""
+    from .generators.http import redacted_url
+
     d = p.model_dump(mode="json")
+    d["http"]["headers"] = sorted(d["http"]["headers"])
+    d["http"]["url"] = redacted_url(d["http"]["url"])
+    return d
+
+
+def _fingerprint(p: ProbeConfig) -> dict:
+    d = public_config(p)
+    d["http"].pop("url", None)  # rotating a key or moving the endpoint does not force a re-probe
     for k in ("progress", "budget_unet_evals", "top_n"):  # may change between resumed runs
         d.pop(k, None)
     d["diffusers"].pop("batch_size", None)
@@ -695,7 +706,7 @@ class ProbeRunner:
                            "probe": total - int(cal.get("unet_evals", 0)), "budget": cfg.budget_unet_evals},
             "counts": {"captions": len(captions), "rows": len(rows),
                        **{v: sum(r["verdict"] == v for r in rows) for v in ("verbatim", "template", "none", "error")}},
-            "config": cfg.model_dump(mode="json"),
+            "config": public_config(cfg),
             "versions": package_versions(),
         }
         write_json(self.out / "provenance.json", prov)

@@ -11,11 +11,25 @@ Response body (JSON), either form::
     {"images": ["<base64 PNG or JPEG>", ...]}                  # this tool's minimal schema
     {"data": [{"b64_json": "<base64 PNG>"}, ...]}              # the style of common image APIs
 
-The first image is used; a ``data:image/...;base64,`` prefix is accepted. Timeouts, connection errors, HTTP 429
-and 5xx are retried ``retries`` times with exponential backoff (``backoff_s * 2**attempt``); other 4xx,
-malformed JSON, a body over ``max_response_bytes`` and undecodable images are not retried. Every failure becomes
-an error on its request (recorded by the runner; the run continues). At most ``concurrency`` requests are in
-flight. Images are decoded with the index's safe decoder (format whitelist, pixel limit).
+The first image is used; a ``data:image/...;base64,`` prefix is accepted.
+
+Transport: a :mod:`requests` session per thread with urllib3 ``Retry`` (``retries`` extra attempts on connect
+errors, read timeouts, HTTP 429 and 5xx; ``Retry-After`` is not obeyed, so a server cannot park the probe;
+backoff ``backoff_s * 2**(n-1)``). Other 4xx, malformed JSON, a body over ``max_response_bytes`` and undecodable
+images are not retried. Every failure becomes an error on its request (recorded by the runner; the run continues).
+
+- **Deadline.** ``timeout_s`` bounds each attempt as a whole: the socket timeout covers connect and headers, and
+  the body is read with ``read1`` against a monotonic deadline, so a server trickling 1 byte/s is cut at the
+  deadline (a per-read socket timeout alone never fires on a trickle).
+- **Redirects.** Never followed by requests. A same-origin redirect is re-POSTed (at most 3); a redirect to another
+  origin (scheme, host or port) is refused without contacting it, so ``headers`` (tokens) never leave the
+  configured origin. ``trust_env`` is off: no ``.netrc`` credentials or environment proxies are added.
+- **Secrets.** Header *values* are only sent, never written: provenance lists header names, and the URL is
+  recorded without its query string or user info.
+- **Decode budget.** A response image is decoded with the index's safe decoder (format whitelist) under
+  ``max_pixels``, and a JPEG with more than ``max_jpeg_scans`` start-of-scan markers is refused before decoding
+  (each progressive scan costs a full decode pass: about 5 ms per scan was measured, issue 19).
+At most ``concurrency`` requests are in flight.
 """
 
 from __future__ import annotations
@@ -23,15 +37,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import socket
+import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
-from ...index.decode import decode_rgb
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
+from urllib3.util.retry import Retry
+
+from ...index.decode import decode_rgb, sniff_format
 from .base import GENERATORS, Generation, Generator, error_text
+
+RETRY_STATUS = (429, 500, 502, 503, 504)
+MAX_SAME_ORIGIN_REDIRECTS = 3
 
 
 class HttpError(Exception):
@@ -72,6 +93,7 @@ class HttpGenerator(Generator):
         if not cfg.http.url:
             raise ValueError("the http generator needs probe.http.url")
         self.h = cfg.http
+        self._local = threading.local()
 
     def body(self, prompt: str, seed: int) -> dict[str, Any]:
         b: dict[str, Any] = {"prompt": prompt, "seed": int(seed), "steps": self.cfg.steps,
@@ -85,49 +107,95 @@ class HttpGenerator(Generator):
         b.update(self.h.extra)
         return b
 
-    def _once(self, payload: bytes) -> bytes:
-        headers = {"Content-Type": "application/json", "Accept": "application/json", **self.h.headers}
-        req = urllib.request.Request(self.h.url, data=payload, headers=headers, method="POST")
+    def _session(self) -> requests.Session:
+        sess = getattr(self._local, "session", None)
+        if sess is None:
+            sess = requests.Session()
+            sess.trust_env = False  # no .netrc credentials, no environment proxies
+            retry = Retry(total=self.h.retries, connect=self.h.retries, read=self.h.retries,
+                          status=self.h.retries, other=0, redirect=0, status_forcelist=RETRY_STATUS,
+                          allowed_methods=None, backoff_factor=self.h.backoff_s, raise_on_status=False,
+                          respect_retry_after_header=False)
+            adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=self.h.concurrency)
+            sess.mount("http://", adapter)
+            sess.mount("https://", adapter)
+            self._local.session = sess
+        return sess
+
+    def _read_body(self, resp: requests.Response, deadline: float) -> bytes:
         limit = self.h.max_response_bytes
-        try:
-            with urllib.request.urlopen(req, timeout=self.h.timeout_s) as resp:  # noqa: S310 - configured URL
-                declared = resp.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > limit:
-                    raise HttpError(f"response of {declared} bytes is over the {limit}-byte limit", retry=False)
-                body = resp.read(limit + 1)
-        except urllib.error.HTTPError as exc:
-            retry = exc.code == 429 or exc.code >= 500
-            raise HttpError(f"HTTP {exc.code} {exc.reason}", retry=retry) from None
-        except (socket.timeout, TimeoutError) as exc:
-            raise HttpError(f"timeout after {self.h.timeout_s}s: {exc}", retry=True) from None
-        except urllib.error.URLError as exc:
-            retry = not isinstance(exc.reason, ValueError)
-            raise HttpError(f"connection error: {exc.reason}", retry=retry) from None
-        except (ConnectionError, OSError) as exc:
-            raise HttpError(f"connection error: {exc}", retry=True) from None
-        if len(body) > limit:
-            raise HttpError(f"response is over the {limit}-byte limit", retry=False)
-        return body
+        declared = resp.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise HttpError(f"response of {declared} bytes is over the {limit}-byte limit", retry=False)
+        chunks, n = [], 0
+        while True:
+            if time.monotonic() > deadline:
+                raise HttpError(f"deadline of {self.h.timeout_s}s exceeded while reading the response",
+                                retry=False)
+            try:
+                chunk = resp.raw.read1(65536)
+            except (ReadTimeoutError, TimeoutError) as exc:
+                raise HttpError(f"timeout after {self.h.timeout_s}s reading the response: {exc}", retry=False) \
+                    from None
+            if not chunk:
+                break
+            n += len(chunk)
+            if n > limit:
+                raise HttpError(f"response is over the {limit}-byte limit", retry=False)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _once(self, payload: bytes) -> tuple[bytes, int]:
+        """(body, attempts) of one request, retries included; raises :class:`HttpError`."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json", **self.h.headers}
+        url = self.h.url
+        origin = _origin(url)
+        deadline = time.monotonic() + self.h.timeout_s
+        for _ in range(MAX_SAME_ORIGIN_REDIRECTS + 1):
+            try:
+                resp = self._session().post(url, data=payload, headers=headers, timeout=self.h.timeout_s,
+                                            allow_redirects=False, stream=True)
+            except requests.exceptions.RequestException as exc:
+                raise _transport_error(exc, self.h) from None
+            with resp:
+                attempts = len(resp.raw.retries.history) + 1 if getattr(resp.raw, "retries", None) else 1
+                if resp.is_redirect:
+                    target = urljoin(url, resp.headers.get("Location", ""))
+                    if _origin(target) != origin:
+                        raise HttpError(f"redirect to another origin ({_origin(target)}) refused: credentials "
+                                        "are never sent there", retry=False)
+                    url = target
+                    deadline = time.monotonic() + self.h.timeout_s
+                    continue
+                if resp.status_code >= 400:
+                    err = HttpError(f"HTTP {resp.status_code} {resp.reason}", retry=False)
+                    err.attempts = attempts
+                    raise err
+                body = self._read_body(resp, deadline)
+            return body, attempts
+        raise HttpError(f"more than {MAX_SAME_ORIGIN_REDIRECTS} redirects", retry=False)
+
+    def decode(self, data: bytes):
+        if sniff_format(data) == "JPEG":
+            scans = data.count(b"\xff\xda")  # an upper bound of the SOS markers (entropy data stuffs 0xFF 0x00)
+            if scans > self.h.max_jpeg_scans:
+                raise HttpError(f"JPEG with {scans} scans is over max_jpeg_scans={self.h.max_jpeg_scans}",
+                                retry=False)
+        return decode_rgb(data, max_pixels=self.h.max_pixels, max_bytes=self.h.max_response_bytes)
 
     def one(self, prompt: str, seed: int) -> Generation:
         payload = json.dumps(self.body(prompt, seed)).encode("utf-8")
         nominal = self.nominal_unet_evals()
-        last = "no attempt"
-        for attempt in range(self.h.retries + 1):
-            try:
-                data = parse_response(self._once(payload))
-                img = decode_rgb(data)
-                return Generation(prompt, seed, img, None, nominal)
-            except HttpError as exc:
-                last = str(exc)
-                if not exc.retry:
-                    break
-            except Exception as exc:  # noqa: BLE001 - undecodable image etc.
-                last = error_text(exc)
-                break
-            if attempt < self.h.retries:
-                time.sleep(self.h.backoff_s * (2 ** attempt))
-        tries = attempt + 1
+        tries = 1
+        try:
+            body, tries = self._once(payload)
+            img = self.decode(parse_response(body))
+            return Generation(prompt, seed, img, None, nominal)
+        except HttpError as exc:
+            last = str(exc)
+            tries = getattr(exc, "attempts", tries)
+        except Exception as exc:  # noqa: BLE001 - undecodable image etc.
+            last = error_text(exc)
         return Generation(prompt, seed, None, f"{last} (after {tries} attempt{'s' if tries > 1 else ''})", 0)
 
     def generate(self, requests: Sequence[tuple[str, int]]) -> list[Generation]:
@@ -137,6 +205,38 @@ class HttpGenerator(Generator):
             return list(ex.map(lambda r: self.one(*r), requests))
 
     def provenance(self) -> dict[str, Any]:
-        return {"generator": self.name, "model": self.cfg.model, "url": self.h.url,
+        return {"generator": self.name, "model": self.cfg.model, "url": redacted_url(self.h.url),
                 "headers": sorted(self.h.headers),  # names only: values may be secrets
                 "extra": self.h.extra, "timeout_s": self.h.timeout_s, "retries": self.h.retries}
+
+
+def _origin(url: str) -> str:
+    u = urlsplit(url)
+    port = u.port or {"http": 80, "https": 443}.get(u.scheme.lower())
+    return f"{u.scheme.lower()}://{(u.hostname or '').lower()}:{port}"
+
+
+def redacted_url(url: str | None) -> str | None:
+    """``url`` without user info, query or fragment (where API keys are often put)."""
+    if not url:
+        return url
+    u = urlsplit(url)
+    host = u.hostname or ""
+    if u.port:
+        host = f"{host}:{u.port}"
+    return urlunsplit((u.scheme, host, u.path, "", ""))
+
+
+def _transport_error(exc: requests.exceptions.RequestException, h) -> HttpError:
+    """A requests exception after urllib3's retries, as an :class:`HttpError` with its attempt count."""
+    reason = exc.args[0] if exc.args else exc
+    exhausted = isinstance(reason, MaxRetryError)
+    inner = reason.reason if exhausted else reason
+    attempts = h.retries + 1 if exhausted else 1
+    timeout = isinstance(inner, (ReadTimeoutError, ConnectTimeoutError, TimeoutError))
+    if not isinstance(inner, NewConnectionError) and (timeout or isinstance(exc, requests.exceptions.Timeout)):
+        err = HttpError(f"timeout after {h.timeout_s}s: {type(inner).__name__}", retry=False)
+    else:
+        err = HttpError(f"connection error: {type(inner).__name__}", retry=False)
+    err.attempts = attempts
+    return err
