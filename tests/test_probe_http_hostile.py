@@ -17,7 +17,7 @@ from PIL import Image
 
 from auditor.probe.config import ProbeConfig
 from auditor.probe.generators import build_generator
-from auditor.probe.runner import _fingerprint, public_config
+from auditor.probe.config import fingerprint as _fingerprint, public_config
 
 SECRET = "Bearer sk-very-secret-value-123"
 

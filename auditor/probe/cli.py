@@ -98,7 +98,7 @@ def main(args) -> int:
 
     from .runner import run_probe
 
-    res = run_probe(args.run_dir, cfg)
+    res = run_probe(args.run_dir, cfg.probe)
     counts = res["verdict"].value_counts().to_dict() if len(res) else {}
     print(f"probe: {len(res)} caption variants -> {counts}; results in {args.run_dir}/probe/results.parquet")
     return 0

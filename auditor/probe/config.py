@@ -107,3 +107,26 @@ class ProbeConfig(_Strict):
 
     def unet_evals_per_image(self) -> int:
         return int(self.steps) * (2 if self.guidance_scale > 1.0 else 1)
+
+
+def public_config(p: ProbeConfig) -> dict:
+    """The config as written to outputs: http header values dropped (names kept), the URL without query/user."""
+    from .generators.http import redacted_url
+
+    d = p.model_dump(mode="json")
+    d["http"]["headers"] = sorted(d["http"]["headers"])
+    d["http"]["url"] = redacted_url(d["http"]["url"])
+    return d
+
+
+def fingerprint(p: ProbeConfig) -> dict:
+    """The config keys a resumed run must keep (runtime-only keys and the endpoint URL dropped)."""
+    d = public_config(p)
+    d["http"].pop("url", None)  # rotating a key or moving the endpoint does not force a re-probe
+    for k in ("progress", "budget_unet_evals", "top_n"):  # may change between resumed runs
+        d.pop(k, None)
+    d["diffusers"].pop("batch_size", None)
+    d["diffusers"].pop("device", None)
+    d["http"].pop("concurrency", None)
+    d["http"].pop("timeout_s", None)
+    return d

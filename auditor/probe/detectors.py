@@ -294,7 +294,7 @@ class ConsistencyDetector:
         dist = self.distances(gens) if dist is None else dist
         clique = largest_clique(dist, self.threshold)
         size = len(clique) if len(gens) else 0
-        verdict = "verbatim" if size >= self.k else "none"  # "memorized"; the runner names the copy kind
+        verdict = "template" if size >= self.k else "none"  # a copy with no training image to show
         return Detection(self.name, float(size), verdict, {"clique": clique, "n": len(gens),
                                                             "threshold": self.threshold})
 

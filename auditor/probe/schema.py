@@ -1,0 +1,40 @@
+"""The probe's output records: the arrow schemas of ``results.parquet`` and ``generations.parquet`` (the
+report/gate contract) and the probe folder's name and format version."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PROBE_DIR = "probe"
+FORMAT_VERSION = 1
+
+RESULT_SCHEMA = pa.schema([
+    ("caption", pa.string()), ("variant", pa.string()), ("prompt", pa.string()), ("rank", pa.int64()),
+    ("cluster_id", pa.int64()), ("cluster_size", pa.int64()), ("seeds", pa.list_(pa.int64())),
+    ("n_generations", pa.int64()), ("unet_evals", pa.int64()), ("tier", pa.string()),
+    ("whitebox_score", pa.float64()), ("whitebox_flag", pa.bool_()), ("screen_flag", pa.bool_()),
+    ("max_copy_similarity", pa.float64()), ("min_tiled_l2", pa.float64()), ("largest_clique", pa.int64()),
+    ("verbatim_count", pa.int64()), ("template_count", pa.int64()), ("verdict", pa.string()),
+    ("reason", pa.string()), ("best_key", pa.string()), ("best_shard", pa.string()),
+    ("best_distance", pa.float64()), ("evidence", pa.list_(pa.string())), ("n_errors", pa.int64()),
+    ("error", pa.string()),
+])
+RESULT_COLUMNS = [f.name for f in RESULT_SCHEMA]
+
+GENERATION_SCHEMA = pa.schema([
+    ("caption", pa.string()), ("variant", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()),
+    ("path", pa.string()), ("tiled_l2", pa.float64()), ("tile_fraction", pa.float64()),
+    ("copy_similarity", pa.float64()), ("verdict", pa.string()), ("best_key", pa.string()),
+    ("best_shard", pa.string()), ("unet_evals", pa.int64()), ("error", pa.string()),
+])
+GENERATION_COLUMNS = [f.name for f in GENERATION_SCHEMA]
+
+
+def results_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA) if rows else RESULT_SCHEMA.empty_table()
+
+
+def generations_table(gens: list[dict]) -> pa.Table:
+    if not gens:
+        return GENERATION_SCHEMA.empty_table()
+    return pa.Table.from_pylist([{k: g.get(k) for k in GENERATION_COLUMNS} for g in gens], schema=GENERATION_SCHEMA)
