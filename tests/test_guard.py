@@ -22,7 +22,7 @@ from PIL import Image
 
 from auditor.cli import main
 from auditor.guard import Guard, GuardSetupError, make_server
-from auditor.report.config import GuardConfig
+from auditor.guard.config import GuardConfig
 
 # thresholds for the colour-layout descriptor (a crop of 90% keeps cosine >= ~0.9; unrelated photos < ~0.75)
 CFG = GuardConfig(copy_cosine=0.97, near_cosine=0.85)

@@ -65,6 +65,7 @@ from .config import DedupConfig, resolve_cosine
 from .edges import HashRules, embedding_edges, hash_edges, phash_confirmed, search_options  # noqa: F401 - public
 from .schema import MANIFEST_SCHEMA, SCHEMAS, to_table
 from .state import STATE_DIR, commit_state, file_digest, load_state, save_faiss, search_fingerprint
+from .rules import pixel_groups  # noqa: F401 - shared with the guard (moved to rules.py)
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +86,6 @@ def dedup_config(cfg) -> tuple[DedupConfig, int]:
     if isinstance(cfg, AuditorConfig):
         return cfg.dedup, cfg.seed
     return cfg, 0
-
-
-def pixel_groups(table: pd.DataFrame) -> pd.Series:
-    """The search unit of every row: its pixel hash (or byte hash, or shard/key when both are missing)."""
-    pix = table["pixel_blake3"].fillna("").astype(str)
-    byt = table["sha256"].fillna("").astype(str)
-    own = "r:" + table["shard"].astype(str) + "/" + table["key"].astype(str)
-    return pix.where(pix != "", ("b:" + byt).where(byt != "", own))
 
 
 def has_embeddings(store: IndexStore, dcfg: DedupConfig) -> bool:

@@ -1,47 +1,21 @@
-"""Serving-time guard: is a generated image a copy of a training image?
-
-``Guard(run_dir).check(images)`` looks each image up in the run's index and returns the nearest training
-images with distances and a verdict, so a model server can refuse or regenerate near-copies:
-
-* **pHash fast path**: the image's 64-bit pHash (computed exactly as the index computed its own) against
-  every stored pHash (XOR + popcount, chunked). Exact and re-encoded copies land within a few bits. Flat
-  images (pixel std below ``min_pixel_std``) skip it: every blank image has nearly the same pHash.
-* **Embedding path**: the embedder the index was built with, rebuilt from ``index.json`` (same model, same
-  preprocessing; a different checkpoint is refused by its SHA-256), queried against the dedup stage's
-  ``embeddings.faiss`` (one row per pixel group, ``search_ids.parquet`` maps rows to keys) or, when dedup has
-  not run or is stale, an index built in memory from the index embeddings. Catches crops, resizes, colour
-  shifts that move pHash.
-
-Verdict: ``copy`` when pHash distance <= ``copy_phash_distance`` or cosine >= ``copy_cosine``; ``near`` with
-the looser ``near_*`` thresholds; ``ok`` otherwise; ``error`` when the submitted bytes are not a safely
-decodable image. Thresholds live in ``report.guard`` (:class:`auditor.report.config.GuardConfig`).
-
-``auditor guard RUN_DIR IMAGE...`` checks files; ``auditor guard RUN_DIR --serve`` runs a small HTTP service
-(bound to 127.0.0.1 by default): ``POST /check`` with the image bytes as the body answers the JSON verdict,
-``GET /healthz`` answers the index size. Bodies over ``max_request_bytes`` get 413 without being read.
-"""
+"""The guard's lookup: nearest training images (pHash fast path, then the index's embedder + faiss) and a verdict."""
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
 import logging
 import threading
 from dataclasses import asdict, dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from .report.config import GuardConfig
+from .config import GuardConfig
 
 log = logging.getLogger(__name__)
 
 COPY, NEAR, OK, ERROR = "copy", "near", "ok", "error"
-_RANK = {COPY: 0, NEAR: 1, OK: 2}
+RANK = {COPY: 0, NEAR: 1, OK: 2}
 ImageInput = Union[bytes, bytearray, str, Path, "Image.Image"]  # noqa: F821
 
 
@@ -77,7 +51,7 @@ class Guard:
 
     def __init__(self, run_dir: str | Path, cfg: Optional[GuardConfig] = None, device: Optional[str] = None,
                  progress: bool = False):
-        from .index.store import IndexStore
+        from ..index.store import IndexStore
 
         self.cfg = cfg or GuardConfig()
         self.run_dir = Path(run_dir)
@@ -112,7 +86,7 @@ class Guard:
             try:
                 ids = pd.read_parquet(ids_p)
                 ph = np.load(ph_p, allow_pickle=False)
-                from .dedup.runner import pixel_groups
+                from ..dedup.rules import pixel_groups
 
                 # dedup searched one row per pixel group of the index: the same groups, or it is stale
                 fresh = (len(ids) == len(ph)
@@ -136,7 +110,7 @@ class Guard:
     @property
     def faiss_index(self):
         if self._faiss is None and self.has_embeddings:
-            from .dedup.search import build_search_index, load_search_index
+            from ..dedup.search import build_search_index, load_search_index
 
             if self._faiss_path is not None:
                 log.info("guard: loading %s", self._faiss_path)
@@ -154,8 +128,8 @@ class Guard:
     def embedder(self):
         """The index's embedder, rebuilt from index.json; refused if its weights differ from the index's."""
         if self._embedder is None and self.has_embeddings:
-            from .index.config import EmbedderConfig
-            from .index.embedders import build_embedder
+            from ..index.config import EmbedderConfig
+            from ..index.embedders import build_embedder
 
             stored = dict((self.store.info.get("config") or {}).get("embedder") or {})
             if not stored:
@@ -181,7 +155,7 @@ class Guard:
         """(image in its original mode for hashing, RGB image for embedding)."""
         from PIL import Image
 
-        from .index.decode import decode_rgb, open_image, to_rgb  # noqa: F401
+        from ..index.decode import decode_rgb, open_image, to_rgb  # noqa: F401
 
         if isinstance(item, Image.Image):
             return item, to_rgb(item)
@@ -225,7 +199,7 @@ class Guard:
     def check(self, images: Iterable[ImageInput]) -> list[GuardResult]:
         """One :class:`GuardResult` per image, in order. Images: encoded bytes, file paths or PIL images.
         A bad image gives an ``error`` result; it never raises for one."""
-        from .index.hashing import phash_dhash
+        from ..index.hashing import phash_dhash
 
         items = list(images)
         results: list[Optional[GuardResult]] = [None] * len(items)
@@ -249,7 +223,7 @@ class Guard:
         sims = ids = None
         if self.has_embeddings and len(self.keys):
             with self._lock:  # torch / onnxruntime / faiss calls from one thread at a time
-                from .dedup.search import query_index
+                from ..dedup.search import query_index
 
                 vec = self.embedder.embed_images(rgbs)
                 sims, ids = query_index(self.faiss_index, vec, min(k, len(self.keys)))
@@ -266,176 +240,10 @@ class Guard:
             for row, (d, s) in cand.items():
                 v, _ = self._verdict(d, s)
                 matches.append(Match(self.keys[row], self.shards[row], v, d, s))
-            matches.sort(key=lambda m: (_RANK[m.verdict], -(m.cosine if m.cosine is not None else -2.0),
+            matches.sort(key=lambda m: (RANK[m.verdict], -(m.cosine if m.cosine is not None else -2.0),
                                         m.phash_distance if m.phash_distance is not None else 65, m.shard, m.key))
             best_d = min((m.phash_distance for m in matches if m.phash_distance is not None), default=None)
             best_s = max((m.cosine for m in matches if m.cosine is not None), default=None)
             verdict, reason = self._verdict(best_d, best_s)
             results[i] = GuardResult(verdict, matches[:k], best_d, best_s, reason, source=src)
         return results  # type: ignore[return-value]
-
-
-# ------------------------------------------------------------------------------------------------------------
-# HTTP service
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "auditor-guard"
-    sys_version = ""
-    timeout = 30  # seconds a client may take to send its request (slow clients do not pin threads forever)
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt: str, *args: Any) -> None:  # route to logging, not stderr
-        log.info("%s %s", self.address_string(), fmt % args)
-
-    def _json(self, status: int, obj: Any, close: bool = False) -> None:
-        body = (json.dumps(obj, sort_keys=True) + "\n").encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path.split("?", 1)[0] in ("/healthz", "/health"):
-            g: Guard = self.server.guard  # type: ignore[attr-defined]
-            self._json(200, {"status": "ok", "indexed": g.n_indexed, "searchable": len(g.keys),
-                             "embedder": g.store.embedder.get("name"), "source": g.source})
-        else:
-            self._json(404, {"error": "not found; POST image bytes to /check"})
-
-    def do_POST(self) -> None:  # noqa: N802
-        if self.path.split("?", 1)[0] not in ("/check", "/"):
-            self._json(404, {"error": "not found; POST image bytes to /check"}, close=True)
-            return
-        limit = self.server.max_request_bytes  # type: ignore[attr-defined]
-        if self.headers.get("Transfer-Encoding"):
-            self._json(411, {"error": "send the image with a Content-Length (no chunked encoding)"}, close=True)
-            return
-        raw = self.headers.get("Content-Length")
-        try:
-            length = int(raw) if raw is not None else -1
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._json(411, {"error": "Content-Length required"}, close=True)
-            return
-        if length > limit:
-            # refuse before reading: the body is never buffered
-            self._json(413, {"error": f"request body of {length} bytes is over the {limit}-byte limit"}, close=True)
-            return
-        data = self.rfile.read(length)
-        if len(data) != length:
-            self._json(400, {"error": "request body shorter than its Content-Length"}, close=True)
-            return
-        try:
-            res = self.server.guard.check([data])[0]  # type: ignore[attr-defined]
-        except Exception as exc:  # noqa: BLE001 - a server answers, it does not die
-            log.exception("guard check failed")
-            self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
-            return
-        self._json(400 if res.verdict == ERROR else 200, res.to_dict())
-
-
-class GuardServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # bind exactly the address asked for (no dual-stack surprises)
-    allow_reuse_address = True
-
-    def __init__(self, guard: Guard, host: str = "127.0.0.1", port: int = 8765,
-                 max_request_bytes: int = 20 * 1024 * 1024):
-        self.guard = guard
-        self.max_request_bytes = int(max_request_bytes)
-        super().__init__((host, port), _Handler)
-
-
-def make_server(guard: Guard, host: Optional[str] = None, port: Optional[int] = None,
-                max_request_bytes: Optional[int] = None) -> GuardServer:
-    """A ready-to-serve (not yet serving) HTTP server; defaults from the guard's config (127.0.0.1)."""
-    c = guard.cfg
-    host = c.host if host is None else host
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("guard: binding %s exposes the service beyond this machine; put it behind your own "
-                    "authentication / TLS", host)
-    return GuardServer(guard, host, c.port if port is None else port,
-                       c.max_request_bytes if max_request_bytes is None else max_request_bytes)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def register(subparsers) -> None:
-    from .cli import abs_path, add_config_options
-
-    p = subparsers.add_parser(
-        "guard", help="nearest training images (and a copy/near/ok verdict) for generated images; --serve for HTTP",
-        description="Look generated images up in RUN_DIR's index (pHash, then the index's embedder) and print the "
-                    "nearest training images with a copy / near / ok verdict. Thresholds: report.guard.*")
-    p.add_argument("run_dir", metavar="RUN_DIR", type=abs_path, help="run folder holding index/")
-    p.add_argument("images", nargs="*", metavar="IMAGE", type=abs_path, help="image files to check")
-    p.add_argument("--json", action="store_true", help="print one JSON object per image")
-    p.add_argument("--fail-on", choices=(COPY, NEAR, "never"), default=COPY,
-                   help="exit 1 when an image is at least this close to a training image (default: copy)")
-    p.add_argument("--device", help="embedder device (default: the index's, auto)")
-    p.add_argument("--serve", action="store_true", help="run the HTTP service instead of checking files")
-    p.add_argument("--host", help="bind address for --serve (default report.guard.host = 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port for --serve (default report.guard.port)")
-    add_config_options(p)
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
-    from .gate import clean_text
-
-    from .errors import UserError
-
-    cfg = config_from_args(args).report.guard  # a mistake: one "bad configuration" line, exit 2
-    if not args.serve and not args.images:
-        raise UserError("guard: give IMAGE files to check, or --serve")
-    try:
-        guard = Guard(args.run_dir, cfg, device=args.device)
-        if args.serve:
-            guard.warm_up()
-    except Exception as exc:
-        raise UserError(f"guard: {exc}") from exc
-    if args.serve:
-        server = make_server(guard, args.host, args.port)
-        host, port = server.server_address[:2]
-        print(f"auditor guard: serving {guard.n_indexed} indexed images on http://{host}:{port}/check "
-              f"(POST image bytes; limit {server.max_request_bytes} bytes)", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
-        return 0
-    results = guard.check(args.images)
-    worst = OK
-    errors = False
-    for path, r in zip(args.images, results):
-        r.source = str(path)
-        if args.json:
-            print(json.dumps(r.to_dict(), sort_keys=True))
-        else:
-            best = r.matches[0] if r.matches else None
-            if best is None:
-                near = clean_text(r.error, 300) or "-"
-            else:
-                d = "-" if best.phash_distance is None else str(best.phash_distance)
-                c = "-" if best.cosine is None else f"{best.cosine:.3f}"
-                near = f"{clean_text(best.shard, 40)}/{clean_text(best.key, 200)} (phash {d}, cos {c})"
-            print(f"{r.verdict:5s}  {clean_text(path, 300)}  ->  {near}")
-        if r.verdict == ERROR:
-            errors = True
-        elif _RANK[r.verdict] < _RANK[worst]:
-            worst = r.verdict
-    if args.fail_on != "never" and worst != OK and _RANK[worst] <= _RANK[args.fail_on]:
-        return 1
-    return 2 if errors else 0
