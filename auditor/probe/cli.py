@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--url", help="http generator endpoint (probe.http.url)")
     p.add_argument("--callable", dest="fn", metavar="MODULE:FUNCTION", help="python generator (probe.python.callable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (probe.progress=false)")
+    p.add_argument("--prompts", metavar="FILE", type=abs_path,
+                   help="CSV (any delimiter), JSONL or parquet with a caption column, instead of dedup/risk.parquet "
+                        "(probe.prompts_file)")
     add_config_options(p)
     p.set_defaults(func=main)
 
@@ -73,6 +76,8 @@ def main(args) -> int:
         upd["generator"] = args.generator
     if args.no_progress:
         upd["progress"] = False
+    if getattr(args, "prompts", None) is not None:
+        upd["prompts_file"] = str(args.prompts)
     if args.url is not None:
         upd["http"] = {"url": args.url}
     if args.fn is not None:

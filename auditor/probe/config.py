@@ -73,6 +73,7 @@ class ProbeConfig(_Strict):
     whitebox_fpr: float = Field(0.05, gt=0, lt=1)
     calibration_captions: int = Field(32, ge=0)  # non-risky captions (singleton clusters) used to calibrate
     calibration_prompts_file: Optional[str] = None  # or: a text file, one non-risky prompt per line
+    prompts_file: Optional[str] = None  # --prompts: CSV/JSONL/parquet prompt list instead of dedup/risk.parquet
 
     # detectors
     tiled_l2_threshold: float = Field(0.15, gt=0)  # delta (Carlini et al. 2023), pixels in [0, 1]

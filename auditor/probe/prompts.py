@@ -11,7 +11,9 @@ case-insensitively by name:
 The shipped ``memorized_laion_prompts.csv`` (``;``-separated, columns ``Caption;URL;type;...``) loads as it is.
 Blank captions are dropped; the file order is kept; duplicates are kept once (first row).
 
-Not done yet (issue 15 item 3): the runner does not consume this list; see the H5 report.
+The runner probes the list in file order as risk rows of their own (cluster ids -1, -2, ...; no cluster
+members): with an index, the non-risky captions of the index calibrate; reference images named in the file are
+not fetched yet (reference-free signals and the index's own images of the same caption only).
 """
 
 from __future__ import annotations
@@ -79,3 +81,16 @@ def load_prompts(path: str | Path) -> pd.DataFrame:
         out["label"] = "none"
     out = out[out["caption"] != ""].drop_duplicates("caption").reset_index(drop=True)
     return out
+
+
+def prompts_as_risk(prompts: pd.DataFrame) -> pd.DataFrame:
+    """The prompt list as risk rows (rank = file order), the shape the runner selects from."""
+    from ..utils import caption_hash
+
+    n = len(prompts)
+    return pd.DataFrame({
+        "rank": range(1, n + 1), "cluster_id": [-(i + 1) for i in range(n)], "cluster_size": 1,
+        "caption": prompts["caption"].tolist(), "caption_hash": [caption_hash(c) for c in prompts["caption"]],
+        "representative_key": None, "representative_shard": None, "is_placeholder": False,
+        "label": prompts["label"].tolist(),
+    })

@@ -47,6 +47,7 @@ from .detectors import CopyDescriptorDetector, TiledL2Detector
 from .generators import Generation, Generator, build_generator
 from .evidence import safe_name as _safe
 from .calibration import Calibration, Calibrator
+from .prompts import load_prompts, prompts_as_risk
 from .references import References
 from .verdict import judge
 from .schema import (FORMAT_VERSION, GENERATION_COLUMNS, GENERATION_SCHEMA, PROBE_DIR, RESULT_COLUMNS,  # noqa: F401
@@ -79,11 +80,14 @@ class ProbeRunner:
     def load_inputs(self) -> None:
         dedup = self.run_dir / "dedup"
         risk_p = dedup / "risk.parquet"
-        if not risk_p.exists():
-            raise FileNotFoundError(f"{risk_p} not found: run `auditor dedup` first")
-        self.risk = pd.read_parquet(risk_p).sort_values("rank", kind="stable").reset_index(drop=True)
+        if self.cfg.prompts_file:
+            self.risk = prompts_as_risk(load_prompts(self.cfg.prompts_file))
+        elif not risk_p.exists():
+            raise FileNotFoundError(f"{risk_p} not found: run `auditor dedup` first (or give --prompts FILE)")
+        else:
+            self.risk = pd.read_parquet(risk_p).sort_values("rank", kind="stable").reset_index(drop=True)
         man_p = dedup / "manifest.parquet"
-        self.manifest = pd.read_parquet(man_p) if man_p.exists() else None
+        self.manifest = pd.read_parquet(man_p) if (man_p.exists() and not self.cfg.prompts_file) else None
         try:
             from ..index.store import IndexStore
 
