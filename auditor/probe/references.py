@@ -63,6 +63,14 @@ class References:
                 ref = (str(r.representative_key), str(r.representative_shard))
                 if ref not in refs:
                     refs.append(ref)
+        # every training image carrying the caption, in any cluster: a group split by the chaining guard into a
+        # main cluster and a sub-cluster of its crops shares the captions; the original must be a reference too
+        t = self.table()
+        if len(t) and row.get("caption") is not None:
+            same = t[t["caption_hash"] == caption_hash(row.get("caption"))].sort_values(["shard", "key"])
+            for k, s in zip(same["key"].astype(str), same["shard"].astype(str)):
+                if (k, s) not in refs:
+                    refs.append((k, s))
         return refs[: self.max_references]
 
     def load(self, key: str, shard: str) -> Optional[Image.Image]:
