@@ -233,3 +233,22 @@ def test_stale_dedup_is_not_used(run, queries, kodak, tmp_path):
     g = Guard(r2, CFG, device="cpu")
     assert g.source == "index" and len(g.keys) == 24
     _check_verdicts(g, queries, kodak)
+
+
+def test_phash_neighbours_from_faiss_equal_a_brute_force_scan(run, kodak):
+    """The faiss binary index answers exactly what an XOR+popcount scan does (ties ordered by row), on the
+    real photos' stored pHashes, for re-encoded queries and the stored hashes themselves (all ties at 0)."""
+    import numpy as np
+
+    from auditor.index.hashing import phash_dhash
+
+    g = Guard(run, CFG)
+    queries = [Image.open(io.BytesIO(jpeg_bytes(Image.open(p), q))) for p in kodak[:6] for q in (95, 40)]
+    ph, _ = phash_dhash(queries)
+    q = np.concatenate([ph.astype(np.uint64), g.phash[:4], g.phash[:1]])
+    for k in (1, 3, len(g.phash), len(g.phash) + 5):
+        got = g._phash_neighbours(q, k)
+        for h, (rows, dist) in zip(q, got):
+            dd = np.bitwise_count(np.bitwise_xor(g.phash, np.uint64(h))).astype(np.int64)
+            want = np.lexsort((np.arange(len(dd)), dd))[:k]
+            assert rows.tolist() == want.tolist() and dist.tolist() == dd[want].tolist()

@@ -68,6 +68,8 @@ class Guard:
         self._lock = threading.Lock()
         self._embedder = None
         self._faiss = None
+        self._phash_index = None
+        self._build_lock = threading.Lock()
         self._load_base()
 
     # --- the searchable base -------------------------------------------------------------------------
@@ -179,21 +181,52 @@ class Guard:
             return NEAR, "embedding"
         return OK, ""
 
-    def _phash_neighbours(self, q: np.ndarray, k: int, chunk: int = 1 << 22) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per query: (rows, distances) of the ``k`` nearest stored pHashes, nearest first."""
+    @property
+    def phash_index(self):
+        """A faiss ``IndexBinaryFlat`` over the stored pHashes (8 bytes each), built once on first use."""
+        if self._phash_index is None:
+            import faiss
+
+            with self._build_lock:
+                if self._phash_index is None:
+                    idx = faiss.IndexBinaryFlat(64)
+                    # counting-sort k-NN instead of per-query heaps: 3x faster for one query at 1M codes
+                    # (benchmarks/bench_guard.py)
+                    idx.use_heap = False
+                    idx.add(np.ascontiguousarray(self.phash).view(np.uint8).reshape(-1, 8))
+                    self._phash_index = idx
+        return self._phash_index
+
+    def _phash_neighbours(self, q: np.ndarray, k: int, slack: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query: (rows, distances) of the ``k`` nearest stored pHashes, nearest first, ties by row.
+
+        faiss's k-NN order among equal distances is its own, so ``k + slack`` neighbours are asked for: when the
+        last of them is farther than the k-th, every row tied with the k-th is among them; otherwise that query
+        takes a range search at the k-th distance. Either way the answer equals a brute-force scan's."""
         n = len(self.phash)
+        k = min(k, n)
+        q8 = np.ascontiguousarray(np.asarray(q, dtype=np.uint64)).view(np.uint8).reshape(-1, 8)
+        kk = min(n, k + slack)
+        # a few queries: one OpenMP thread. faiss splits one query's scan over threads, and on a loaded
+        # 2-core host that cost 360 ms vs 11 ms per query at 1M codes (benchmarks/bench_guard.py)
+        import contextlib
+
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="openmp") if len(q8) < 8 else contextlib.nullcontext():
+            dist, rows = self.phash_index.search(q8, kk)
+        with threadpool_limits(1, user_api="openmp"):  # the tie range searches are one query each
+            return self._exact_ties(q8, k, kk, n, dist, rows)
+
+    def _exact_ties(self, q8, k, kk, n, dist, rows) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
-        for h in q:
-            best_d = np.zeros(0, dtype=np.int64)
-            best_i = np.zeros(0, dtype=np.int64)
-            for lo in range(0, n, chunk):
-                dd = np.bitwise_count(np.bitwise_xor(self.phash[lo:lo + chunk], np.uint64(h))).astype(np.int64)
-                kk = min(k, len(dd))
-                part = np.argpartition(dd, kk - 1)[:kk]
-                best_d = np.concatenate([best_d, dd[part]])
-                best_i = np.concatenate([best_i, part + lo])
-            order = np.lexsort((best_i, best_d))[:k]
-            out.append((best_i[order], best_d[order]))
+        for j in range(len(q8)):
+            d, r = dist[j].astype(np.int64), rows[j].astype(np.int64)
+            if kk < n and d[-1] <= d[k - 1]:  # ties at the k-th distance may be cut: take them all
+                _, rd, ri = self.phash_index.range_search(q8[j:j + 1], int(d[k - 1]) + 1)
+                d, r = rd.astype(np.int64), ri.astype(np.int64)
+            order = np.lexsort((r, d))[:k]
+            out.append((r[order], d[order]))
         return out
 
     def check(self, images: Iterable[ImageInput]) -> list[GuardResult]:
