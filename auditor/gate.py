@@ -14,6 +14,9 @@ Each policy key is one rule, evaluated on the run folder's dedup and probe outpu
 A rule set to ``null`` is off (reported as skipped). Exit status: **0** every enabled rule passed; **1** at
 least one rule failed; **2** the gate could not evaluate: the run folder or the policy is missing or invalid,
 or no rule failed but some rule's input is missing/unreadable (a rule that cannot be evaluated never passes).
+
+The gate fails closed: whatever the policy, a probe whose results are all errors (endpoint down, expired
+token), or that covers none of the top risk clusters, is exit **2** (the built-in ``probe_evaluable`` check).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skipped"
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+FAIL_CLOSED_TOP = 20  # top risk clusters of which the probe must cover at least one when no coverage rule is set
 
 
 class Policy(BaseModel):
@@ -98,7 +102,8 @@ def _fmt(x: Any) -> str:
 
 
 def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
-    """One :class:`RuleResult` per rule in :attr:`Policy.RULES` order. Raises ``FileNotFoundError`` when the
+    """The built-in ``probe_evaluable`` check, then one :class:`RuleResult` per rule in :attr:`Policy.RULES`
+    order. Raises ``FileNotFoundError`` when the
     run folder does not exist."""
     from .report.collect import cluster_sizes, duplicate_rate, extracted_captions, load_run, probe_rows
     from .utils import caption_hash
@@ -150,7 +155,8 @@ def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
             msg = f"{len(over)} clusters larger than {lim}: cluster (size) {ids}"
         return RuleResult("max_cluster_size", FAIL if biggest > lim else PASS, lim, biggest, msg)
 
-    def coverage(lim) -> RuleResult:
+    def covered_top(lim):
+        """(top ``lim`` non-placeholder risk rows, one bool per row: probed successfully)."""
         risk = data.risk.sort_values("rank", kind="mergesort")
         if "is_placeholder" in risk:
             risk = risk[~risk["is_placeholder"].fillna(False).astype(bool)]
@@ -162,6 +168,10 @@ def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
         probed_caps = set(caption_hash(c) for c in ok["caption"].dropna().astype(str) if c)
         covered = [(r["cluster_id"] in probed_ids) or (bool(r["caption"]) and caption_hash(str(r["caption"])) in probed_caps)
                    for _, r in top.iterrows()]
+        return top, covered
+
+    def coverage(lim) -> RuleResult:
+        top, covered = covered_top(lim)
         n_cov = int(sum(covered))
         msg = ""
         if n_cov < len(top):
@@ -175,7 +185,25 @@ def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
     cov_missing = None
     if data.risk is None or rows is None:
         cov_missing = why_missing(*(["dedup/risk"] if data.risk is None else []) + (["probe/results"] if rows is None else []))
+    def probe_evaluable() -> RuleResult:
+        """Fail closed (issue 19): a probe that ran but whose results are all errors, or that covers none of the
+        top risk clusters, makes the whole gate "could not evaluate" (exit 2) whatever the policy."""
+        name = "probe_evaluable"
+        if rows is None:
+            return RuleResult(name, SKIP, message="no probe results")
+        n_err = int((rows["verdict"] == "error").sum()) if "verdict" in rows else len(rows)
+        if len(rows) == 0 or n_err == len(rows):
+            return RuleResult(name, ERROR, None, f"0/{len(rows)}",
+                              f"every probe request failed ({n_err} of {len(rows)} results are errors)")
+        if data.risk is not None and len(data.risk):
+            top, covered = covered_top(policy.required_probe_coverage or FAIL_CLOSED_TOP)
+            if len(top) and not any(covered):
+                return RuleResult(name, ERROR, None, f"0/{len(top)}",
+                                  f"the probe covers none of the top {len(top)} risky clusters")
+        return RuleResult(name, PASS, None, f"{len(rows) - n_err}/{len(rows)}")
+
     return [
+        probe_evaluable(),
         rule("max_extracted_captions", policy.max_extracted_captions, no_probe, extracted),
         rule("max_verbatim_copies", policy.max_verbatim_copies, no_probe, verbatim),
         rule("max_duplicate_rate", policy.max_duplicate_rate, no_dedup if rate is None else None, dup_rate),
@@ -185,6 +213,8 @@ def evaluate(run_dir: str | Path, policy: Policy) -> list[RuleResult]:
 
 
 def exit_code(results: list[RuleResult]) -> int:
+    if any(r.rule == "probe_evaluable" and r.status == ERROR for r in results):
+        return EXIT_ERROR  # fail closed: a probe that could not run is never a pass nor a plain fail
     st = {r.status for r in results}
     if FAIL in st:
         return EXIT_FAIL

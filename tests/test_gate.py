@@ -104,10 +104,10 @@ def test_pass(base_run, tmp_path, capsys):
     for rule in RULES:
         assert rule in out
     cases = junit(xml)
-    assert sorted(cases) == sorted(RULES)
+    assert sorted(cases) == sorted(RULES + ["probe_evaluable"])
     assert all(len(list(c)) == 0 for c in cases.values())  # no failure/error/skipped children
     suite = ET.parse(xml).getroot().find("testsuite")
-    assert suite.get("tests") == "5" and suite.get("failures") == "0" and suite.get("errors") == "0"
+    assert suite.get("tests") == "6" and suite.get("failures") == "0" and suite.get("errors") == "0"
     assert "passed" in md.read_text()
 
 
@@ -121,7 +121,7 @@ def test_fail(base_run, tmp_path, capsys):
     assert code == 1
     assert "\x1b" not in out and "\x00" not in out  # terminal-safe
     cases = junit(xml)
-    assert sorted(cases) == sorted(RULES)
+    assert sorted(cases) == sorted(RULES + ["probe_evaluable"])
     failed = {n for n, c in cases.items() if c.find("failure") is not None}
     # 2 extracted prompts, 3 verbatim copies, 3/9 dropped, largest cluster 3 > 2; coverage by cluster id
     assert failed == {"max_extracted_captions", "max_verbatim_copies", "max_duplicate_rate", "max_cluster_size"}
@@ -153,7 +153,7 @@ def test_disabled_rules_are_skipped(base_run, tmp_path):
     xml = tmp_path / "j.xml"
     assert main(["gate", str(run), "--policy", str(pol), "--junit", str(xml)]) == 0
     cases = junit(xml)
-    assert len(cases) == 5
+    assert len(cases) == 6
     assert {n for n, c in cases.items() if c.find("skipped") is not None} == {
         "max_extracted_captions", "max_verbatim_copies", "max_duplicate_rate", "max_cluster_size"}
 
@@ -280,3 +280,44 @@ def test_coverage_matches_prompts_by_normalised_caption(base_run, tmp_path):
     write_parquet(run / "probe" / "results.parquet", res)
     cov = {r.rule: r for r in evaluate(run, Policy(required_probe_coverage=2))}["required_probe_coverage"]
     assert cov.status == "fail" and cov.actual == "1/2" and "ranks 2" in cov.message
+
+
+# --- fail closed (issue 19): a probe that could not run is exit 2 whatever the policy -------------------------
+
+
+def test_gate_fails_closed_when_every_probe_request_failed(base_run, tmp_path, capsys):
+    from auditor.cli import main
+
+    run = with_probe(base_run, tmp_path, ["error", "error"])
+    # no coverage rule, only probe-result rules that would read 0 extractions / 0 copies: used to exit 0
+    pol = tmp_path / "lenient.yaml"
+    pol.write_text("max_extracted_captions: 0\nmax_verbatim_copies: 0\nrequired_probe_coverage: null\n"
+                   "max_duplicate_rate: null\nmax_cluster_size: null\n")
+    assert main(["gate", str(run), "--policy", str(pol), "--junit", str(tmp_path / "j.xml")]) == 2
+    out = capsys.readouterr().out
+    assert "COULD NOT EVALUATE" in out
+    cases = junit(tmp_path / "j.xml")
+    assert "every probe request failed" in cases["probe_evaluable"].find("error").get("message")
+    # even a policy whose only rule fails on dedup gives 2, not 1: the probe is unknown
+    pol.write_text("max_cluster_size: 1\nmax_extracted_captions: null\nmax_verbatim_copies: null\n")
+    assert main(["gate", str(run), "--policy", str(pol)]) == 2
+
+
+def test_gate_fails_closed_when_no_top_cluster_was_probed(base_run, tmp_path):
+    run = with_probe(base_run, tmp_path, ["none"])
+    res = pd.read_parquet(run / "probe" / "results.parquet")
+    res["cluster_id"] = -12345
+    res["caption"] = "a prompt that matches no risky cluster"
+    write_parquet(run / "probe" / "results.parquet", res)
+    results = evaluate(run, Policy(required_probe_coverage=None))
+    first = results[0]
+    assert first.rule == "probe_evaluable" and first.status == "error"
+    assert "none of the top" in first.message
+    from auditor.gate import exit_code
+    assert exit_code(results) == 2
+
+
+def test_gate_probe_evaluable_passes_on_a_real_probe(base_run, tmp_path):
+    run = with_probe(base_run, tmp_path, ["none", "error"])
+    first = evaluate(run, Policy(required_probe_coverage=None))[0]
+    assert first.rule == "probe_evaluable" and first.status == "pass" and first.actual == "1/2"
