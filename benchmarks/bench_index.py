@@ -130,7 +130,7 @@ def bench_auditor(folder: Path, workers: int) -> float:
     cfg = AuditorConfig.model_validate({"index": {"workers": workers, "progress": False}})  # default shards
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        store = run_index(str(folder), Path(tmp) / "run", cfg)
+        store = run_index(str(folder), Path(tmp) / "run", cfg.index)
         dt = time.perf_counter() - t
         assert store.info["counts"]["indexed"] == len(list(folder.iterdir())), store.info["counts"]
     return dt

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.engines import ENGINES, build_engine
+from auditor.index.engines import ENGINES, build_engine
 from auditor.index.runner import _fingerprint, run_index
 from helpers import index_config, tree_digest
 
@@ -73,7 +73,7 @@ def ray_cluster():
 
 
 def test_ray_engine_byte_identical_to_local(photos, tiny_clip, ray_cluster, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="auditor.engines.ray_engine")
+    caplog.set_level(logging.INFO, logger="auditor.index.engines.ray_engine")
     for name, emb in (("none", {"name": "none"}), ("clip", tiny_clip)):
         common = {"reader": {"folder_shard_size": 9}, "chunk_size": 3, "embedder": emb}
         local = run_index(photos, tmp_path / f"local-{name}", index_config(workers=0, **common))

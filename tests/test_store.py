@@ -14,7 +14,7 @@ def test_load_images_matches_load_image_on_webdataset(imagenet, tmp_path, monkey
     from auditor.io.download import serve_and_download
 
     ds = serve_and_download([(p, p.stem) for p in imagenet[:30]], tmp_path / "ds", number_sample_per_shard=10)
-    store = run_index(ds, tmp_path / "run", AuditorConfig.model_validate({"index": {"workers": 0, "progress": False}}))
+    store = run_index(ds, tmp_path / "run", AuditorConfig.model_validate({"index": {"workers": 0, "progress": False}}).index)
     df = store.table()
     pairs = [(r.shard, r.key) for r in df.iloc[[0, 3, 9, 12, 25]].itertuples()] + [("00000", "nope")]
     reads = []

@@ -1,6 +1,6 @@
 """Imported by the local engine's forkserver before it forks pool workers (``set_forkserver_preload``): the
 pipeline's modules are imported, the hashing tables built and the JPEG fast path verified once, not once per
-worker. The forkserver is started with ``PYTHONSAFEPATH=1`` (``auditor.engines.local.worker_context``), so this
+worker. The forkserver is started with ``PYTHONSAFEPATH=1`` (``auditor.index.engines.local.worker_context``), so this
 import never finds a folder named ``auditor`` in the caller's current folder instead of the package."""
 
 from . import decode, runner  # noqa: F401

@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .runner import run_index
 
-    store = run_index(args.dataset, args.out, cfg)
+    store = run_index(args.dataset, args.out, cfg.index)
     if args.embeddings:
         from .precomputed import attach_embeddings
 

@@ -1,15 +1,15 @@
 """The index stage: dataset -> per-shard hash/embedding tables in ``RUN_DIR/index`` (see ``store.py``).
 
-Pipeline (``index.engine=local``, one machine; ``auditor/engines/local.py``)::
+Pipeline (``index.engine=local``, one machine; ``auditor/index/engines/local.py``)::
 
     main process: reader streams samples shard by shard, cut into fixed chunks of ``chunk_size``
         -> process pool (``workers``): [read a local folder's files] + decode (bomb-safe) + SHA-256 + BLAKE3
            pixel hash + pHash/dHash (batched DCT) + the embedder's CPU preprocessing
         -> main process: batched embedding (CUDA when present), shard files written atomically, marker last.
 
-``index.engine=ray`` (``auditor/engines/ray_engine.py``) runs the same per-chunk and per-batch functions of this
+``index.engine=ray`` (``auditor/index/engines/ray_engine.py``) runs the same per-chunk and per-batch functions of this
 module as Ray Data tasks and actors on a cluster; the driver writes the shard files with the same
-:func:`_finish_shard`, so both engines give byte-identical index folders. With ``index.gpu_decode`` the workers
+:func:`write_shard`, so both engines give byte-identical index folders. With ``index.gpu_decode`` the workers
 only hash and the embedder's device decodes + resizes the stored bytes (``auditor/index/gpu.py``).
 
 Chunks are fixed by position in the shard and embedding batches start at each shard's first row, so the
@@ -20,25 +20,21 @@ Bad samples never stop the run: each one lands in ``errors.parquet`` as (key, sh
 
 from __future__ import annotations
 
-import functools
+import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from ..errors import ConfigMismatch
 from ..io import open_dataset
-from ..io.base import DatasetReader, Sample, ShardRef, read_deferred
-from ..utils import (ErrorRecord, caption_hash, errors_frame, is_utf8, package_versions, remove_temporary_files,
-                     utf8_safe, write_json, write_npy, write_parquet)
-from .config import DecodeConfig, EmbedderConfig, IndexConfig
-from .store import INDEX_DIR, INDEX_FORMAT_VERSION, NOT_INDEXED_COLUMNS, SAMPLE_COLUMNS, SAMPLE_SCHEMA, SHARDS_DIR, \
-    IndexStore
+from ..io.base import ShardRef
+from ..utils import errors_frame, package_versions, remove_temporary_files, write_json, write_parquet
+from .config import IndexConfig
+from .engines import build_engine
+from .shard import IndexJob, empty_table
+from .store import INDEX_DIR, INDEX_FORMAT_VERSION, NOT_INDEXED_COLUMNS, SHARDS_DIR, IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -49,104 +45,6 @@ _EMBEDDER_RUNTIME_KEYS = {"device", "batch_size"}
 
 class IndexConfigMismatch(ConfigMismatch, RuntimeError):
     pass
-
-
-# ------------------------------------------------------------------------------------------------------
-# worker side
-# ------------------------------------------------------------------------------------------------------
-@dataclass
-class ChunkResult:
-    shard: str
-    records: list[dict] = field(default_factory=list)
-    errors: list[ErrorRecord] = field(default_factory=list)
-    not_indexed: list[dict] = field(default_factory=list)
-    pixels: Optional[np.ndarray] = None  # preprocessed embedder input, row-aligned with records
-    raw: Optional[list[bytes]] = None    # the stored bytes, row-aligned with records (``gpu_decode``)
-
-
-_PREPROCESS_CACHE: dict[str, Any] = {}
-
-
-def _preprocess_fn(embedder_cfg: Optional[dict]):
-    if not embedder_cfg:
-        return None
-    import json
-
-    key = json.dumps(embedder_cfg, sort_keys=True)
-    fn = _PREPROCESS_CACHE.get(key)
-    if fn is None:
-        from .embedders import build_preprocess
-
-        fn = build_preprocess(EmbedderConfig.model_validate(embedder_cfg))
-        _PREPROCESS_CACHE[key] = fn
-    return fn
-
-
-def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optional[dict],
-                  keep_bytes: bool = False) -> ChunkResult:
-    """Decode, hash and preprocess one chunk of samples (runs in a worker process). ``keep_bytes``: return the
-    stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them)."""
-    from .decode import DecodeError, decode_for_index, sniff_format
-    from .dihedral import hash_columns
-    from .hashing import bytes_sha256, gray_thumbnails, pixel_hash_array
-
-    dc = DecodeConfig.model_validate(decode_cfg)
-    preprocess = _preprocess_fn(embedder_cfg)
-    shard = samples[0].shard if samples else ""
-    out = ChunkResult(shard=shard)
-    thumbs, recs, arrays, raw = [], [], [], []
-    for s in samples:
-        if s.status == "__empty__":  # placeholder for a shard with no samples
-            continue
-        data, read_error = read_deferred(s, dc.max_bytes)  # a deferred sample's file is read here, in the worker
-        if data is None:
-            if s.status not in ("success", "error"):
-                out.not_indexed.append({"key": s.key, "shard": s.shard, "url": utf8_safe(s.url),
-                                        "caption": utf8_safe(s.caption), "status": utf8_safe(s.status),
-                                        "error": utf8_safe(s.error)})
-            else:
-                out.errors.append(ErrorRecord(s.key, s.shard, "read", read_error or "no image bytes"))
-            continue
-        try:
-            dec = decode_for_index(data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
-            arr = preprocess(dec.rgb_image()) if preprocess is not None else None
-            thumb = gray_thumbnails(dec.gray)  # two small arrays: the decoded image is not kept past this sample
-            pixel_hash = pixel_hash_array(dec.rgb)
-        except DecodeError as exc:
-            out.errors.append(ErrorRecord(s.key, s.shard, "decode", str(exc)))
-            continue
-        except Exception as exc:  # noqa: BLE001 - a bad sample must never stop the run
-            out.errors.append(ErrorRecord(s.key, s.shard, "decode", f"{type(exc).__name__}: {exc}"))
-            continue
-        thumbs.append(thumb)
-        arrays.append(arr)
-        caption, url = utf8_safe(s.caption), utf8_safe(s.url)  # hostile JSON may hold lone surrogates
-        if keep_bytes:
-            raw.append(data)
-        recs.append({
-            "key": s.key,
-            "shard": s.shard,
-            "caption": caption,
-            "url": url,
-            "sha256": bytes_sha256(data),
-            "pixel_blake3": pixel_hash,
-            "width": dec.width,
-            "height": dec.height,
-            "format": sniff_format(data),
-            "stored_ext": s.stored_ext,
-            "nbytes": len(data),
-            "caption_hash": caption_hash(caption),
-        })
-    cols = hash_columns(thumbs)
-    for r, p, d, pv, dv in zip(recs, cols["phash"].tolist(), cols["dhash"].tolist(), cols["phash_dihedral"].tolist(),
-                               cols["dhash_dihedral"].tolist()):
-        r["phash"], r["dhash"], r["phash_dihedral"], r["dhash_dihedral"] = p, d, pv, dv
-    out.records = recs
-    if preprocess is not None and arrays:
-        out.pixels = np.stack(arrays)
-    if keep_bytes:
-        out.raw = raw
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -170,176 +68,12 @@ def _check_out_dir(dataset: str, run_dir: Path) -> None:
         raise ValueError(f"refusing to write the run folder {out} inside the input dataset {root}: pass another --out")
 
 
-def _chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
-            errors_by_shard: dict[str, list[ErrorRecord]], deferred: bool = False) -> Iterator[list[Sample]]:
-    """Fixed-size chunks per shard (never spanning shards); an empty list marks an empty shard.
-    Duplicate keys within a shard are recorded as errors here (the first occurrence is indexed). ``deferred``:
-    local image files are left for the chunk's worker to read (``DatasetReader.read_shard_deferred``)."""
-    for ref in shards:
-        buf: list[Sample] = []
-        seen: set[str] = set()
-        emitted = False
-        try:
-            for s in (reader.read_shard_deferred(ref) if deferred else reader.read_shard(ref)):
-                if not is_utf8(s.key):  # a non-UTF-8 file/member name: no key the index can store and look up
-                    errors_by_shard.setdefault(ref.id, []).append(
-                        ErrorRecord(s.key, ref.id, "read", "key (file or tar member name) is not valid UTF-8; "
-                                                           "not indexed: rename it to index it"))
-                    continue
-                if s.key in seen:
-                    errors_by_shard.setdefault(ref.id, []).append(
-                        ErrorRecord(s.key, ref.id, "read", "duplicate key in shard (first occurrence indexed)"
-                                    + (f": {s.error}" if s.error else "")))
-                    continue
-                seen.add(s.key)
-                buf.append(s)
-                if len(buf) >= size:
-                    emitted = True
-                    yield buf
-                    buf = []
-        except Exception as exc:  # noqa: BLE001 - reader failure: record and close the shard with what we have
-            errors_by_shard.setdefault(ref.id, []).append(
-                ErrorRecord(f"{ref.id}/__shard__", ref.id, "read", f"{type(exc).__name__}: {exc}"))
-        if buf or not emitted:
-            yield buf or [Sample(key="", shard=ref.id, data=None, status="__empty__")]
-
-
-class _ShardAccumulator:
-    def __init__(self, shard: str):
-        self.shard = shard
-        self.records: list[dict] = []
-        self.errors: list[ErrorRecord] = []
-        self.not_indexed: list[dict] = []
-        self.pixels: list[np.ndarray] = []
-        self.raw: list[bytes] = []
-        # set by an engine that embedded the shard elsewhere (Ray actors): the float16 matrix (None: no embedder)
-        self.embedded = False
-        self.emb: Optional[np.ndarray] = None
-
-    def add(self, res: ChunkResult) -> None:
-        self.records.extend(res.records)
-        self.errors.extend(res.errors)
-        self.not_indexed.extend(res.not_indexed)
-        if res.pixels is not None:
-            self.pixels.append(res.pixels)
-        if res.raw is not None:
-            self.raw.extend(res.raw)
-
-
-def _embed_batch(embed_fn, inputs, keys: list[str], shard: str):
-    """Embed one batch with ``embed_fn``; when the batch fails, retry one by one to isolate the bad samples.
-    Returns (float32 [n, dim] or None when the whole batch failed row by row, ok mask [n], error records)."""
-    n = len(keys)
-    errors: list[ErrorRecord] = []
-    try:
-        return np.asarray(embed_fn(inputs), dtype=np.float32), np.ones(n, dtype=bool), errors
-    except Exception:  # noqa: BLE001 - retry one by one to isolate the bad sample
-        pass
-    rows: list[Optional[np.ndarray]] = []
-    ok = np.ones(n, dtype=bool)
-    for i in range(n):
-        try:
-            rows.append(np.asarray(embed_fn(inputs[i:i + 1]), dtype=np.float32)[0])
-        except Exception as exc:  # noqa: BLE001
-            ok[i] = False
-            rows.append(None)
-            errors.append(ErrorRecord(keys[i], shard, "embed", f"{type(exc).__name__}: {exc}"))
-    good = [r for r in rows if r is not None]
-    dim = good[0].shape[0] if good else 0
-    out = np.zeros((n, dim), dtype=np.float32)
-    for i, r in enumerate(rows):
-        if r is not None:
-            out[i] = r
-    return out, ok, errors
-
-
-def _batch_slices(n: int, batch_size: int) -> list[slice]:
-    """The shard's embedding batches: fixed, from row 0 (the same for every engine and worker count)."""
-    return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-
-
-def _apply_embeddings(acc: _ShardAccumulator, dim: int, parts: list[tuple]) -> np.ndarray:
-    """Join per-batch ``_embed_batch`` results (in batch order): record the embed errors, drop the failed rows,
-    return float16 [rows, dim]."""
-    out = np.zeros((len(acc.records), dim), dtype=np.float32)
-    ok = np.ones(len(acc.records), dtype=bool)
-    start = 0
-    for emb, k, errs in parts:
-        n = len(k)
-        if emb is not None and emb.shape[1] == dim:
-            out[start:start + n] = emb
-        ok[start:start + n] = k
-        acc.errors.extend(errs)
-        start += n
-    if start != len(acc.records):
-        raise RuntimeError(f"shard {acc.shard}: {start} embedded rows for {len(acc.records)} records")
-    if not ok.all():
-        acc.records = [r for r, k in zip(acc.records, ok) if k]
-        out = out[ok]
-    return out.astype(np.float16)
-
-
-def _embed_shard(acc: _ShardAccumulator, embedder, batch_size: int, gpu=None) -> Optional[np.ndarray]:
-    """Embed the shard's preprocessed images in fixed batches from row 0; drop (and record) samples whose
-    embedding fails. Returns float16 [rows, dim]. ``gpu``: a :class:`auditor.index.gpu.GpuPath` that decodes
-    and preprocesses the stored bytes on the embedder's device instead."""
-    if embedder is None:
-        return None
-    if not acc.records:
-        return np.zeros((0, embedder.dim), dtype=np.float16)
-    keys = [r["key"] for r in acc.records]
-    if gpu is not None:
-        inputs, embed_fn = acc.raw, gpu.embed
-    else:
-        inputs, embed_fn = (np.concatenate(acc.pixels) if acc.pixels else None), embedder.embed
-    parts = [_embed_batch(embed_fn, inputs[sl], keys[sl], acc.shard)
-             for sl in _batch_slices(len(acc.records), batch_size)]
-    return _apply_embeddings(acc, embedder.dim, parts)
-
-
-@functools.cache
-def _empty_table(kind: str) -> pa.Table:
-    frame = errors_frame([]) if kind == "errors" else pd.DataFrame(columns=NOT_INDEXED_COLUMNS).astype("string")
-    return pa.Table.from_pandas(frame, preserve_index=False)
-
-
-def _errors_table(errors: list[ErrorRecord]):
-    """The shard's errors as written (the usual empty one is built once: pandas costs ~2 ms a frame)."""
-    return errors_frame(errors) if errors else _empty_table("errors")
-
-
-def _not_indexed_table(rows: list[dict]):
-    return pd.DataFrame(rows, columns=NOT_INDEXED_COLUMNS).astype("string") if rows else _empty_table("not_indexed")
-
-
-def _finish_shard(acc: _ShardAccumulator, shard_dir: Path, embedder, batch_size: int,
-                  extra_errors: list[ErrorRecord], gpu=None) -> dict:
-    emb = acc.emb if acc.embedded else _embed_shard(acc, embedder, batch_size, gpu)
-    errors = extra_errors + acc.errors
-    table = pa.Table.from_pylist(acc.records, schema=SAMPLE_SCHEMA) if acc.records else SAMPLE_SCHEMA.empty_table()
-    write_parquet(shard_dir / f"{acc.shard}.parquet", table)
-    if emb is not None:
-        write_npy(shard_dir / f"{acc.shard}.emb.npy", emb)
-    write_parquet(shard_dir / f"{acc.shard}.errors.parquet", _errors_table(errors))
-    write_parquet(shard_dir / f"{acc.shard}.not_indexed.parquet", _not_indexed_table(acc.not_indexed))
-    counts = {"indexed": len(acc.records), "errors": len(errors), "not_indexed": len(acc.not_indexed)}
-    write_json(shard_dir / f"{acc.shard}.done", counts)  # the completion marker, always last
-    return counts
-
-
-def _resolve_workers(n: int) -> int:
-    if n < 0:
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    return n
-
-
-def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg=None) -> IndexStore:
-    """Index ``dataset`` into ``run_dir/index``; resumable. ``cfg`` is an AuditorConfig or IndexConfig."""
-    from ..config import AuditorConfig
-
+def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: IndexConfig | None = None) -> IndexStore:
+    """Index ``dataset`` into ``run_dir/index``; resumable. ``cfg``: the typed ``index`` config section (None: the
+    defaults). An object with an ``.index`` section (the whole AuditorConfig) is still accepted for compatibility."""
     if cfg is None:
-        cfg = AuditorConfig()
-    icfg: IndexConfig = cfg.index if isinstance(cfg, AuditorConfig) else cfg
+        cfg = IndexConfig()
+    icfg: IndexConfig = cfg if isinstance(cfg, IndexConfig) else cfg.index
     dataset = str(dataset)
     run_dir = Path(run_dir)
     _check_out_dir(dataset, run_dir)
@@ -353,8 +87,6 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg=None) 
     fingerprint = _fingerprint(icfg)
     info_path = index_dir / "index.json"
     if info_path.exists():
-        import json
-
         old = json.loads(info_path.read_text(encoding="utf-8"))
         if old.get("format_version") != INDEX_FORMAT_VERSION:
             raise IndexConfigMismatch(
@@ -370,8 +102,6 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg=None) 
     all_shards = reader.shards()
     done = {p.name[: -len(".done")] for p in shard_dir.glob("*.done")}
     pending = [s for s in all_shards if s.id not in done]
-
-    from ..engines import build_engine
 
     engine = build_engine(icfg)
     try:
@@ -394,37 +124,9 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg=None) 
     return _finalize(run_dir, all_shards, base_info)
 
 
-@dataclass
-class IndexJob:
-    """What an engine indexes: the pending shards of one run, in order, into ``shard_dir``."""
-
-    reader: DatasetReader
-    shards: list[ShardRef]
-    icfg: IndexConfig
-    shard_dir: Path
-    embedder_dim: int = 0
-
-    @property
-    def decode_cfg(self) -> dict:
-        return self.icfg.decode.model_dump()
-
-    @property
-    def worker_embedder_cfg(self) -> Optional[dict]:
-        """The embedder config the decode workers preprocess for (None: no embedder, or ``gpu_decode``)."""
-        if self.icfg.embedder.name == "none" or self.icfg.gpu_decode:
-            return None
-        return self.icfg.embedder.model_dump(mode="json")
-
-    @property
-    def keep_bytes(self) -> bool:
-        return self.icfg.gpu_decode and self.icfg.embedder.name != "none"
-
-
 def _finalize(run_dir: Path, all_shards: list[ShardRef], base_info: dict) -> IndexStore:
     index_dir = run_dir / INDEX_DIR
     shard_dir = index_dir / SHARDS_DIR
-    import json
-
     ids = [s.id for s in all_shards]
     per_shard = []
     errs, skipped = [], []
@@ -440,9 +142,9 @@ def _finalize(run_dir: Path, all_shards: list[ShardRef], base_info: dict) -> Ind
             skipped.append(pd.read_parquet(shard_dir / f"{sid}.not_indexed.parquet"))
     err_df = pd.concat(errs, ignore_index=True) if errs else errors_frame([])
     skip_df = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=NOT_INDEXED_COLUMNS)
-    write_parquet(index_dir / "errors.parquet", err_df.astype(str) if len(err_df) else _empty_table("errors"))
+    write_parquet(index_dir / "errors.parquet", err_df.astype(str) if len(err_df) else empty_table("errors"))
     write_parquet(index_dir / "not_indexed.parquet", skip_df.astype("string") if len(skip_df)
-                  else _empty_table("not_indexed"))
+                  else empty_table("not_indexed"))
     totals = {k: int(sum(s[k] for s in per_shard)) for k in ("indexed", "errors", "not_indexed")}
     info = dict(base_info)
     info.update({"shards": per_shard, "counts": {"shards": len(per_shard), **totals},

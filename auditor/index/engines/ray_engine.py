@@ -4,14 +4,14 @@
 
     driver: ray.data.from_items(pending shard numbers), one block per shard
       -> map_batches(_shard_stage)   CPU tasks, one shard each: the reader streams the shard, fixed chunks of
-                                     ``chunk_size`` go through ``runner.process_chunk`` (decode + hashes + the
+                                     ``chunk_size`` go through ``shard.process_chunk`` (decode + hashes + the
                                      embedder's CPU preprocessing); the preprocessed rows are cut into the shard's
                                      fixed embedding batches (``batch_size`` rows from row 0) as they come, and
                                      the shard's table rows follow as one ``meta`` row
       -> map_batches(_EmbedActor)    actors holding the embedder (``num_gpus=1`` each when the cluster has GPUs,
-                                     one per GPU; else CPU actors), ``runner._embed_batch`` per batch
+                                     one per GPU; else CPU actors), ``shard.embed_batch`` per batch
       -> driver: rows stream back (``iter_rows``); a shard whose meta row and every batch have arrived is joined
-                 (``runner._apply_embeddings``) and written by ``runner._finish_shard``, marker last.
+                 (``shard.apply_embeddings``) and written by ``shard.write_shard``, marker last.
 
 The chunks, the batches and the functions are the local engine's, so the index folder is byte-identical to
 ``engine=local`` on the same input (on the same kind of device), and resume works the same (shards with a
@@ -48,12 +48,12 @@ def _row(shard: str, kind: str, seq: int, payload: Any) -> dict:
 def _shard_stage(batch: dict, *, reader, shards, chunk_size: int, decode_cfg: dict, emb_cfg: Optional[dict],
                  keep_bytes: bool, embeds: bool, batch_size: int) -> Iterator[dict]:
     """CPU task: one shard -> its embedding batches (``pix`` rows, if an embedder runs) then one ``meta`` row."""
-    from ..index.runner import _ShardAccumulator, _chunks, process_chunk
+    from ..shard import ShardAccumulator, iter_chunks, process_chunk
 
     for idx in batch["i"]:
         ref = shards[int(idx)]
         read_errors: dict = {}
-        acc = _ShardAccumulator(ref.id)
+        acc = ShardAccumulator(ref.id)
         keys: list[str] = []
         inputs: list = []           # preprocessed arrays (or stored bytes) not yet cut into a batch
         pending = 0
@@ -74,7 +74,7 @@ def _shard_stage(batch: dict, *, reader, shards, chunk_size: int, decode_cfg: di
             pending -= n
             return out
 
-        for chunk in _chunks(reader, [ref], chunk_size, read_errors):
+        for chunk in iter_chunks(reader, [ref], chunk_size, read_errors):
             res = process_chunk(chunk, decode_cfg, emb_cfg, keep_bytes)
             n_samples += len(res.records) + len(res.errors) + len(res.not_indexed)
             acc.records.extend(res.records)
@@ -103,18 +103,18 @@ class _EmbedActor:
     """Holds one embedder (on the actor's GPU when it has one); embeds ``pix`` rows, passes ``meta`` rows."""
 
     def __init__(self, emb_cfg: dict, gpu_decode: bool, decode_cfg: dict):
-        from ..index.config import DecodeConfig, EmbedderConfig
-        from ..index.embedders import build_embedder
+        from ..config import DecodeConfig, EmbedderConfig
+        from ..embedders import build_embedder
 
         self.embedder = build_embedder(EmbedderConfig.model_validate(emb_cfg))
         self.gpu = None
         if gpu_decode:
-            from ..index.gpu import GpuPath
+            from ..gpu import GpuPath
 
             self.gpu = GpuPath.for_embedder(self.embedder, DecodeConfig.model_validate(decode_cfg))
 
     def __call__(self, batch: dict) -> dict:
-        from ..index.runner import _embed_batch
+        from ..shard import embed_batch
 
         payloads = []
         for shard, kind, payload in zip(batch["shard"], batch["kind"], batch["payload"]):
@@ -123,9 +123,9 @@ class _EmbedActor:
                 continue
             d = pickle.loads(payload)
             if self.gpu is not None:
-                emb, ok, errs = _embed_batch(self.gpu.embed, d["raw"], d["keys"], str(shard))
+                emb, ok, errs = embed_batch(self.gpu.embed, d["raw"], d["keys"], str(shard))
             else:
-                emb, ok, errs = _embed_batch(self.embedder.embed, d["pixels"], d["keys"], str(shard))
+                emb, ok, errs = embed_batch(self.embedder.embed, d["pixels"], d["keys"], str(shard))
             payloads.append(pickle.dumps((emb, ok, errs), protocol=pickle.HIGHEST_PROTOCOL))
         return {"shard": batch["shard"], "kind": batch["kind"], "seq": batch["seq"],
                 "payload": np.array(payloads, dtype=object)}
@@ -188,7 +188,7 @@ class RayEngine(IndexEngine):
         ray = self._ray()
         from tqdm.auto import tqdm
 
-        from ..index.runner import _ShardAccumulator, _apply_embeddings, _finish_shard
+        from ..shard import ShardAccumulator, apply_embeddings, write_shard
 
         icfg = self.icfg
         ctx = ray.data.DataContext.get_current()
@@ -223,13 +223,13 @@ class RayEngine(IndexEngine):
                 meta = st["meta"]
                 if meta is None or len(st["batches"]) < meta["n_batches"]:
                     continue
-                acc = _ShardAccumulator(sid)
+                acc = ShardAccumulator(sid)
                 acc.records, acc.errors, acc.not_indexed = meta["records"], meta["errors"], meta["not_indexed"]
                 acc.embedded = True
                 if embeds:
                     parts = [st["batches"][k] for k in range(meta["n_batches"])]
-                    acc.emb = _apply_embeddings(acc, job.embedder_dim, parts)
-                _finish_shard(acc, job.shard_dir, None, icfg.embedder.batch_size, meta["read_errors"])
+                    acc.emb = apply_embeddings(acc, job.embedder_dim, parts)
+                write_shard(acc, job.shard_dir, None, icfg.embedder.batch_size, meta["read_errors"])
                 del state[sid]
                 bar.update(1)
         finally:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..registry import Registry
+from ...registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..index.config import IndexConfig
-    from ..index.runner import IndexJob
+    from ..config import IndexConfig
+    from ..shard import IndexJob
 
 
 class IndexEngine:
@@ -16,7 +16,7 @@ class IndexEngine:
 
     ``start()`` loads the embedder (or finds out where it will run) and returns its ``describe()`` dict, which
     goes into ``index.json``; ``run(job)`` indexes ``job.shards`` and writes every shard through
-    :func:`auditor.index.runner._finish_shard` (files atomically, ``.done`` marker last), in any shard order;
+    :func:`auditor.index.shard.write_shard` (files atomically, ``.done`` marker last), in any shard order;
     ``close()`` releases what ``start`` acquired. Engines must not change outputs: chunks are fixed by position
     in a shard and embedding batches start at each shard's row 0.
     """

@@ -4,8 +4,8 @@
 * ``ray``: a Ray cluster through Ray Data; CPU tasks decode + hash + preprocess, GPU (or CPU) actors embed, the
   driver writes the shard files (``pip install 'auditor[ray]'``).
 
-An engine is a class registered in :data:`ENGINES` (see :class:`auditor.engines.base.IndexEngine`); both engines
-run the functions of :mod:`auditor.index.runner` on the same fixed chunks and embedding batches, so their outputs
+An engine is a class registered in :data:`ENGINES` (see :class:`auditor.index.engines.base.IndexEngine`); both engines
+run the functions of :mod:`auditor.index.shard` on the same fixed chunks and embedding batches, so their outputs
 are byte-identical.
 """
 

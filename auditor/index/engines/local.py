@@ -16,8 +16,8 @@ from typing import Callable, Iterable, Optional
 
 from tqdm.auto import tqdm
 
-from ..io.base import Sample
-from ..utils import ErrorRecord
+from ...io.base import Sample
+from ...utils import ErrorRecord
 from .base import ENGINES, IndexEngine
 
 log = logging.getLogger(__name__)
@@ -35,33 +35,33 @@ class LocalEngine(IndexEngine):
     def start(self) -> dict:
         if self.icfg.embedder.name == "none":
             return {"name": "none", "dim": 0}
-        from ..index.embedders import build_embedder
+        from ..embedders import build_embedder
 
         self.embedder = build_embedder(self.icfg.embedder)
         desc = self.embedder.describe()
         if self.icfg.gpu_decode:
-            from ..index.gpu import GpuPath
+            from ..gpu import GpuPath
 
             self.gpu = GpuPath.for_embedder(self.embedder, self.icfg.decode)
             desc = {**desc, "gpu_decode": self.gpu.describe()}
         return desc
 
     def run(self, job) -> None:
-        from ..index.runner import _ShardAccumulator, _chunks, _finish_shard, _resolve_workers, process_chunk
+        from ..shard import ShardAccumulator, iter_chunks, process_chunk, resolve_workers, write_shard
 
         icfg = self.icfg
-        workers = _resolve_workers(icfg.workers)
+        workers = resolve_workers(icfg.workers)
         log.info("local engine: %d workers", workers)
         decode_cfg, emb_cfg, keep = job.decode_cfg, job.worker_embedder_cfg, job.keep_bytes
         read_errors: dict[str, list[ErrorRecord]] = {}
         # pool workers read local image files themselves: the main process only lists them
-        chunk_iter = _chunks(job.reader, job.shards, icfg.chunk_size, read_errors, deferred=workers > 0)
+        chunk_iter = iter_chunks(job.reader, job.shards, icfg.chunk_size, read_errors, deferred=workers > 0)
         bar = tqdm(total=len(job.shards), unit="shard", desc="index", disable=not icfg.progress)
         nbar = tqdm(unit="img", desc="samples", disable=not icfg.progress, position=1, leave=False)
-        acc: Optional[_ShardAccumulator] = None
+        acc: Optional[ShardAccumulator] = None
 
-        def finish(a: _ShardAccumulator) -> None:
-            _finish_shard(a, job.shard_dir, self.embedder, icfg.embedder.batch_size, read_errors.pop(a.shard, []),
+        def finish(a: ShardAccumulator) -> None:
+            write_shard(a, job.shard_dir, self.embedder, icfg.embedder.batch_size, read_errors.pop(a.shard, []),
                           gpu=self.gpu)
             bar.update(1)
 
@@ -71,7 +71,7 @@ class LocalEngine(IndexEngine):
                 finish(acc)
                 acc = None
             if acc is None:
-                acc = _ShardAccumulator(res.shard)
+                acc = ShardAccumulator(res.shard)
             acc.add(res)
             nbar.update(len(res.records) + len(res.errors) + len(res.not_indexed))
 
@@ -171,7 +171,7 @@ def worker_context():
 def run_pool(chunks: Iterable[list[Sample]], workers: int, decode_cfg: dict, emb_cfg: Optional[dict],
              consume: Callable, keep_bytes: bool = False) -> None:
     """Bounded, in-order pipeline over a process pool (at most ``2 * workers`` chunks in flight)."""
-    from ..index.runner import process_chunk
+    from ..shard import process_chunk
 
     ctx = worker_context()
     window: deque[Future] = deque()
