@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print("auditor: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure is one line; -v adds the traceback
-        from .extras import missing_extra  # H6: a missing optional extra is one line naming it, exit 2
+        from .extras import missing_extra  # a missing optional extra is one line naming it, exit 2
 
         exc = missing_extra(exc, args.command) or exc
         code = exit_code(exc)

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import config_from_args
-    from ..gate import clean_text  # TODO(H4): auditor/text.py
+    from ..gate import clean_text  # to move to a shared auditor/text.py (issue 16 item 7)
 
     from ..errors import UserError
 

@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         val = getattr(args, attr)
         if val is not None:
             args.overrides.append(f"{key}={val}")
-    if getattr(args, "embeddings", None):  # precomputed embeddings: hash only, then attach (H6)
+    if getattr(args, "embeddings", None):  # precomputed embeddings: hash only, then attach
         args.overrides.append("index.embedder.name=none")
     cfg = config_from_args(args)
     check_dataset(args.dataset)
