@@ -6,7 +6,7 @@ over the defaults in auditor/configs/default.yaml, or a shipped name such as car
 sub-commands through a ``register(subparsers)`` function listed in ``STAGE_CLIS``; a stage that fails to import
 (an optional dependency missing) is reported when its command is used, not at start-up.
 
-Paths given on the command line are made absolute once, as they are read (the argparse ``type=`` helpers below),
+Paths given on the command line are made absolute once, as they are read (the argparse ``type=`` helpers of ``auditor/cliutil.py``),
 so nothing later depends on the current folder. A mistake prints one ``auditor: error: ...`` line: exit 2 for a
 bad argument or configuration (:class:`auditor.errors.UserError`), exit 1 for a runtime failure; ``-v`` adds the
 traceback.
@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
-from pathlib import Path
 
 from . import __version__
 from .errors import UserError
@@ -31,7 +29,7 @@ STAGE_CLIS: dict[str, tuple[str, ...]] = {
     "auditor.probe.cli": ("probe",),
     "auditor.report.cli": ("report",),
     "auditor.gate": ("gate",),
-    "auditor.guard": ("guard",),
+    "auditor.guard.cli": ("guard",),
     "auditor.lab.cli": ("lab", "demo"),
 }
 
@@ -48,69 +46,10 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"auditor: error: {where}{' '.join(message.split())} (see '{self.prog} --help')\n")
 
 
-# --- argparse type= helpers: every user path is made absolute here, once --------------------------------------
-
-def abs_path(value: str) -> str:
-    """A local path as an absolute one (``~`` expanded); nothing is checked yet."""
-    if not value:
-        raise argparse.ArgumentTypeError("an empty path")
-    return str(Path(value).expanduser().absolute())
-
-
-def dataset_path(value: str) -> str:
-    """A dataset root: fsspec URLs (``s3://...``) as given, ``file://`` and local paths made absolute."""
-    if "://" in value and not value.startswith("file://"):
-        return value
-    if value.startswith("file://"):
-        return "file://" + abs_path(value[len("file://"):])
-    return abs_path(value)
-
-
-def config_file(value: str) -> str:
-    """``--config`` / ``--policy``: an existing YAML file (made absolute) or the name of a shipped one."""
-    from .config import resolve_config_file
-
-    try:
-        return str(resolve_config_file(value))
-    except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("bad configuration: ", "")) from None
-
-
-# --- checks the commands run before any work ---------------------------------------------------------------
-
-def require_dir(path: str | os.PathLike, what: str = "RUN_DIR") -> Path:
-    """``path`` must be an existing folder (a file or a missing path is a :class:`UserError`)."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{what} {p} does not exist")
-    if not p.is_dir():
-        raise UserError(f"{what} {p} is a file; give a folder")
-    return p
-
-
-def writable_dir(path: str | os.PathLike, what: str = "--out", empty: bool = False) -> Path:
-    """``path`` may be created: it is missing or a folder (and, with ``empty``, an empty one)."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"{what} {p} is a file; give a folder")
-    if empty and p.is_dir() and any(p.iterdir()):
-        raise UserError(f"{what} {p} is not empty: pass a new or empty folder")
-    return p
-
-
-def add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", type=config_file,
-                   help="YAML config over the defaults: a path, or a shipped name (default, carlini2023)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set index.workers=4 (repeatable)")
-
-
-def config_from_args(args: argparse.Namespace, base: dict | None = None, top: dict | None = None):
-    """The AuditorConfig of ``--config`` and ``--set`` (over ``base``, under ``top``: a command's explicit
-    flags); a mistake is a one-line ConfigError."""
-    from .config import load_config
-
-    return load_config(getattr(args, "config", None), getattr(args, "overrides", []) or [], base=base, top=top)
+# the helpers the stage CLIs share live in auditor/cliutil.py (stage CLIs never import this module); re-exported
+# for older callers
+from .cliutil import (abs_path, add_config_options, config_file, config_from_args, dataset_path,  # noqa: E402,F401
+                      require_dir, writable_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

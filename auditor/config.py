@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from .dedup.config import DedupConfig
 from .errors import ConfigError
 from .index.config import IndexConfig
-from .lab.config import LabConfig
 from .probe.config import ProbeConfig
 from .report.config import ReportConfig
 
@@ -35,7 +34,17 @@ from .report.config import ReportConfig
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+#: top-level sections owned by commands built on top of the stages, which extend :class:`AuditorConfig` with them
+#: (``lab``: ``auditor.lab.config.LabRunConfig``). A shared YAML file (``default.yaml``) may hold them; a config
+#: model without the field drops them unread, and the command that owns the section validates it. Names only:
+#: this module never imports those commands (the lab imports the stages, not the other way round).
+EXTENSION_SECTIONS = ("lab",)
+
+
 class AuditorConfig(BaseModel):
+    """The stages' configuration: one typed section per stage, each passed down to its stage alone
+    (``run_index(dataset, run_dir, cfg.index)``, ``run_dedup(run_dir, cfg.dedup, seed=cfg.seed)``, ...)."""
+
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
@@ -43,7 +52,15 @@ class AuditorConfig(BaseModel):
     dedup: DedupConfig = DedupConfig()
     probe: ProbeConfig = ProbeConfig()
     report: ReportConfig = ReportConfig()
-    lab: LabConfig = LabConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_extension_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            drop = [k for k in EXTENSION_SECTIONS if k in data and k not in cls.model_fields]
+            if drop:
+                data = {k: v for k, v in data.items() if k not in drop}
+        return data
 
 
 def shipped_configs() -> list[str]:
@@ -182,16 +199,18 @@ def validate_config(data: dict, model: type[BaseModel] = AuditorConfig, prefix: 
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
-                base: Optional[dict] = None, top: Optional[dict] = None) -> AuditorConfig:
+                base: Optional[dict] = None, top: Optional[dict] = None,
+                model: type[BaseModel] = AuditorConfig) -> AuditorConfig:
     """The config of a run: ``base`` (e.g. a command's own defaults), then the YAML file ``path`` (a path or a
-    shipped name), then the ``--set`` overrides, then ``top`` (a command's explicit flags), validated. Raises
-    :class:`ConfigError` for any mistake."""
+    shipped name), then the ``--set`` overrides, then ``top`` (a command's explicit flags), validated by
+    ``model`` (:class:`AuditorConfig`, or a command's extension of it such as the lab's ``LabRunConfig``).
+    Raises :class:`ConfigError` for any mistake."""
     data: dict[str, Any] = copy.deepcopy(base or {})
     if path is not None:
         data = deep_merge(data, read_yaml_mapping(path))
     data = deep_merge(data, parse_overrides(overrides))
     data = deep_merge(data, top or {})
-    return validate_config(data)
+    return validate_config(data, model)
 
 
 def config_to_yaml(cfg: BaseModel) -> str:

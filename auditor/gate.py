@@ -22,7 +22,6 @@ token), or that covers none of the top risk clusters, is exit **2** (the built-i
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any, ClassVar, Literal, Optional
 from xml.etree import ElementTree as ET
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .text import clean_text, md_cell
 
 PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skipped"
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -76,18 +77,6 @@ class RuleResult:
 
 # ------------------------------------------------------------------------------------------------------------
 # text hygiene: captions and paths from the run go into terminals, XML and markdown
-
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
-_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f]")
-
-
-def clean_text(s: Any, n: int = 120) -> str:
-    """One line, no control characters (ANSI escapes, characters XML 1.0 forbids), no bidi overrides."""
-    s = "" if s is None else str(s)
-    s = _BIDI.sub("", _CONTROL.sub("\ufffd", s))
-    s = " ".join(s.split())
-    return s if len(s) <= n else s[: n - 1] + "\u2026"
-
 
 def _fmt(x: Any) -> str:
     if x is None:
@@ -267,7 +256,6 @@ def junit_xml(results: list[RuleResult], run_name: str, error: Optional[str] = N
 
 
 def markdown(results: list[RuleResult], run_name: str, code: int) -> str:
-    from .report.render import md_cell
 
     head = {EXIT_PASS: "passed", EXIT_FAIL: "FAILED", EXIT_ERROR: "could not evaluate"}[code]
     lines = [f"### auditor gate: {head} ({md_cell(run_name, 100)})", "", "| rule | limit | actual | result | detail |",
@@ -283,7 +271,7 @@ def markdown(results: list[RuleResult], run_name: str, code: int) -> str:
 
 
 def register(subparsers) -> None:
-    from .cli import abs_path
+    from .cliutil import abs_path
 
     p = subparsers.add_parser(
         "gate", help="check a run against a release policy (exit 0 pass, 1 fail, 2 could not evaluate)",
@@ -300,7 +288,7 @@ def register(subparsers) -> None:
 def _policy_arg(value: str) -> str:
     """A shipped policy name (``policy``) becomes its file; anything else is a path, made absolute. A missing
     file is reported by :func:`run` (exit 2, with the JUnit/markdown files written), not by argparse."""
-    from .cli import abs_path
+    from .cliutil import abs_path
     from .config import CONFIG_DIR
 
     if "/" not in value and "\\" not in value and not Path(value).exists():

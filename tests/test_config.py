@@ -17,8 +17,10 @@ CONFIGS = CONFIG_DIR  # shipped inside the package (auditor/configs); the top-le
 
 def test_default_yaml_equals_code_defaults():
     data = yaml.safe_load((CONFIGS / "default.yaml").read_text(encoding="utf-8"))
-    assert data == AuditorConfig().model_dump(mode="json"), \
-        "regenerate auditor/configs/default.yaml from AuditorConfig()"
+    from auditor.lab.config import LabRunConfig  # every section: the stages' and the lab's extension
+
+    assert data == LabRunConfig().model_dump(mode="json"), \
+        "regenerate auditor/configs/default.yaml from LabRunConfig()"
 
 
 def test_configs_ship_inside_the_package_and_load_by_name(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ import pandas as pd
 from ..index.store import IndexStore
 from ..utils import write_json, write_parquet
 from .cluster import REASONS
-from .config import resolve_cosine
+from .config import DedupConfig, resolve_cosine
 from .edges import HashRules, search_options
 from .runner import DEDUP_DIR, MANIFEST_COLUMNS, dedup_config, has_embeddings, pixel_groups
 from .search import dhash_confirmed, embedding_cross_pairs, hash_cross_pairs
@@ -65,8 +65,9 @@ def _same_embedder(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg=None) -> pd.DataFrame:
-    dcfg, seed = dedup_config(cfg)
+def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg: DedupConfig | None = None,
+                seed: int = 0) -> pd.DataFrame:
+    dcfg, seed = dedup_config(cfg, seed)
     run_dir, other_run = Path(run_dir), Path(other_run)
     if run_dir.resolve() == other_run.resolve():
         raise ValueError("--against needs another run folder, not the run being deduplicated")

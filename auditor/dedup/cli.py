@@ -7,7 +7,7 @@ import json
 
 
 def register(subparsers) -> None:
-    from ..cli import abs_path, add_config_options
+    from ..cliutil import abs_path, add_config_options
 
     p = subparsers.add_parser(
         "dedup", help="duplicate clusters, keep/drop manifest and memorization-risk ranking of an index",
@@ -36,9 +36,9 @@ def register(subparsers) -> None:
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from ..cli import config_from_args, require_dir
+    from ..cliutil import config_from_args, require_dir
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args)  # a mistake: one "bad configuration" line, exit 2
     require_dir(args.run_dir)
     for other in args.against:
         require_dir(other, "--against")
@@ -46,17 +46,17 @@ def _dedup(args: argparse.Namespace) -> int:
     from .against import run_against
     from .runner import run_dedup
 
-    summary = run_dedup(args.run_dir, cfg, full=args.full)
+    summary = run_dedup(args.run_dir, cfg.dedup, full=args.full, seed=cfg.seed)
     print(json.dumps({k: summary[k] for k in ("samples", "kept", "dropped", "duplicate_rate", "duplicate_clusters",
                                               "placeholder_clusters", "risk_rows")}, indent=2))
     for other in args.against:
-        out = run_against(args.run_dir, other, cfg)
+        out = run_against(args.run_dir, other, cfg.dedup, seed=cfg.seed)
         print(f"{len(out)} samples duplicate samples of {other}")
     return 0
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from ..cli import config_from_args, require_dir, writable_dir
+    from ..cliutil import config_from_args, require_dir, writable_dir
     from ..errors import UserError
 
     cfg = config_from_args(args)

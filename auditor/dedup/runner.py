@@ -77,15 +77,15 @@ _TABLE_COLUMNS = ["key", "shard", "caption", "sha256", "pixel_blake3", "phash", 
                   "nbytes", "caption_hash"]
 
 
-def dedup_config(cfg) -> tuple[DedupConfig, int]:
-    """``(DedupConfig, seed)`` of an AuditorConfig, a DedupConfig (seed 0) or None (the defaults)."""
-    from ..config import AuditorConfig
-
+def dedup_config(cfg, seed: int = 0) -> tuple[DedupConfig, int]:
+    """``(DedupConfig, seed)`` of a DedupConfig (with ``seed``), None (the defaults), or, for older callers, a
+    whole config with ``dedup`` and ``seed`` sections (read by attribute: the config flows down, this module never
+    imports the root config)."""
     if cfg is None:
-        cfg = AuditorConfig()
-    if isinstance(cfg, AuditorConfig):
-        return cfg.dedup, cfg.seed
-    return cfg, 0
+        return DedupConfig(), seed
+    if isinstance(cfg, DedupConfig):
+        return cfg, seed
+    return cfg.dedup, int(getattr(cfg, "seed", seed))
 
 
 def has_embeddings(store: IndexStore, dcfg: DedupConfig) -> bool:
@@ -96,10 +96,18 @@ def has_embeddings(store: IndexStore, dcfg: DedupConfig) -> bool:
 # ------------------------------------------------------------------------------------------------------
 # the stage
 # ------------------------------------------------------------------------------------------------------
-def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
-    """Deduplicate the index in ``run_dir``; returns the summary. ``cfg``: AuditorConfig or DedupConfig.
-    ``full=True`` ignores the stored search state and searches everything again."""
-    dcfg, seed = dedup_config(cfg)
+def run_dedup(run_dir: str | os.PathLike, cfg: DedupConfig | None = None, full: bool = False,
+              seed: int = 0) -> dict:
+    """Deduplicate the index in ``run_dir``; returns the summary. ``cfg``: the typed ``dedup`` config section
+    (None: the defaults; a whole config is still accepted for older callers); ``seed``: the run's seed (the
+    config's top-level ``seed``; ivf/partitioned training). ``full=True`` ignores the stored search state and
+    searches everything again.
+
+    Example:
+        >>> from auditor.dedup.config import DedupConfig
+        >>> summary = run_dedup("runs/laion-1m", DedupConfig(phash_max_distance=6))  # doctest: +SKIP
+    """
+    dcfg, seed = dedup_config(cfg, seed)
     run_dir = Path(run_dir)
     store = IndexStore(run_dir)
     dcfg = resolve_cosine(dcfg, store.embedder.get("name"))

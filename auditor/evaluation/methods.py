@@ -135,7 +135,7 @@ def pipeline_labels(es, run_dir: str | Path, cfg=None) -> tuple[np.ndarray, dict
     t0 = time.perf_counter()
     store = run_index(es.root, run_dir, cfg.index)
     t1 = time.perf_counter()
-    summary = run_dedup(run_dir, cfg)
+    summary = run_dedup(run_dir, cfg.dedup, seed=cfg.seed)
     t2 = time.perf_counter()
     man = pd.read_parquet(run_dir / "dedup" / "manifest.parquet", columns=["key", "cluster_id", "cluster_size"])
     labels = np.full(es.n, -1, np.int64)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..text import clean_text
 from .lookup import COPY, ERROR, NEAR, OK, RANK, Guard
 from .server import make_server
 
 
 def register(subparsers) -> None:
-    from ..cli import abs_path, add_config_options
+    from ..cliutil import abs_path, add_config_options
 
     p = subparsers.add_parser(
         "guard", help="nearest training images (and a copy/near/ok verdict) for generated images; --serve for HTTP",
@@ -30,9 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import config_from_args
-    from ..gate import clean_text  # to move to a shared auditor/text.py (issue 16 item 7)
-
+    from ..cliutil import config_from_args
     from ..errors import UserError
 
     cfg = config_from_args(args).report.guard  # a mistake: one "bad configuration" line, exit 2

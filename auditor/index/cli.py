@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import get_args
-
-from ..cli import abs_path, add_config_options, config_from_args, dataset_path, writable_dir
+from ..cliutil import abs_path, add_config_options, config_from_args, dataset_path, flag_values, writable_dir
 from ..errors import UserError
+from ..io import READERS
 from .config import EmbedderConfig
+from .embedders import EMBEDDERS
+from .engines import ENGINES
+
+# argparse dest -> the dotted config key the flag sets (the flag wins over --config and --set)
+FLAGS = {"layout": "index.reader.layout", "embedder": "index.embedder.name", "model": "index.embedder.model",
+         "pretrained": "index.embedder.pretrained", "checkpoint": "index.embedder.checkpoint",
+         "workers": "index.workers", "engine": "index.engine"}
 
 
 def register(sub) -> None:
@@ -21,9 +27,9 @@ def register(sub) -> None:
                    help="dataset folder (or one .tar/.parquet shard), or an fsspec URL (s3://, gs://, ...)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", type=abs_path,
                    help="run folder (never inside the dataset)")
-    p.add_argument("--layout", choices=["auto", "webdataset", "parquet", "files", "folder"],
+    p.add_argument("--layout", choices=["auto", *READERS.names()],
                    help="dataset layout (default: detect)")
-    p.add_argument("--embedder", choices=get_args(EmbedderConfig.model_fields["name"].annotation),
+    p.add_argument("--embedder", choices=EMBEDDERS.names(),
                    help="embedding backend (index.embedder.name)")
     p.add_argument("--model", help="open_clip model name (e.g. ViT-B-32)")
     p.add_argument("--pretrained", help="open_clip pretrained tag (e.g. laion2b_s34b_b79k)")
@@ -33,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--embeddings", metavar="DIR_OR_GLOB",
                    help="attach precomputed embeddings instead of running a model: a clip-retrieval/LAION folder "
                         "(img_emb/ + metadata/), NeMo-style parquet (id/key + list<float>) or .npy + ids parquet")
-    p.add_argument("--engine", choices=["local", "ray"],
+    p.add_argument("--engine", choices=ENGINES.names(),
                    help="where the pipeline runs: local (default) or a Ray cluster (--set index.ray_address=auto)")
     add_config_options(p)
     p.set_defaults(func=_run)
@@ -81,16 +87,10 @@ def check_weights(emb: EmbedderConfig) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    flags = {"layout": "index.reader.layout", "embedder": "index.embedder.name", "model": "index.embedder.model",
-             "pretrained": "index.embedder.pretrained", "checkpoint": "index.embedder.checkpoint",
-             "workers": "index.workers", "engine": "index.engine"}
-    for attr, key in flags.items():
-        val = getattr(args, attr)
-        if val is not None:
-            args.overrides.append(f"{key}={val}")
+    top = flag_values(args, FLAGS)
     if getattr(args, "embeddings", None):  # precomputed embeddings: hash only, then attach
-        args.overrides.append("index.embedder.name=none")
-    cfg = config_from_args(args)
+        top.setdefault("index", {}).setdefault("embedder", {})["name"] = "none"
+    cfg = config_from_args(args, top=top)  # a mistake: one "bad configuration" line, exit 2
     check_dataset(args.dataset)
     check_out(args.dataset, args.out)
     check_weights(cfg.index.embedder)

@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import abs_path, add_config_options
+from ..cliutil import abs_path, add_config_options, config_from_args, flag_values, writable_dir
+
+# argparse dest -> the dotted config key the flag sets (the flag wins over --config and --set)
+FLAGS = {"out": "lab.out_dir", "seed": "lab.seed", "progress": "lab.progress"}
 
 
 def _lab_options(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -23,7 +26,8 @@ def _lab_options(p: argparse.ArgumentParser, default_out: str) -> None:
                    help=f"output folder (default: ./{default_out} in the current folder)")
     p.add_argument("--seed", type=int, help="lab seed (lab.seed)")
     p.add_argument("--train-only", action="store_true", help="stop after training and the lab's quick check")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (lab.progress=false)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bars (lab.progress=false)")
     p.add_argument("--results", metavar="DIR", type=abs_path, help="also write <command>.json and <command>.md "
                    "(timings, extraction tables) into DIR, e.g. benchmarks/results")
     add_config_options(p)
@@ -41,23 +45,18 @@ def register(subparsers) -> None:
 
 
 def configs_from_args(args):
-    """(LabConfig, AuditorConfig): the demo's stage settings under the user's --config / --set; the lab's own
-    settings are the config's ``lab`` section, with --out / --seed / --no-progress on top. A mistake is a
+    """(LabConfig, LabRunConfig): the demo's stage settings under the user's --config / --set; the lab's own
+    settings are the config's ``lab`` section, with --out / --seed / --no-progress on top. The lab extends the
+    stages' config (:class:`~auditor.lab.config.LabRunConfig`) and loads it with the same loader. A mistake is a
     one-line ConfigError."""
-    from ..cli import config_from_args
+    from .config import LabRunConfig
     from .demo import DEMO_OVERRIDES
 
-    lab = {"out_dir": args.out}
-    if args.seed is not None:
-        lab["seed"] = args.seed
-    if args.no_progress:
-        lab["progress"] = False
-    acfg = config_from_args(args, base=DEMO_OVERRIDES, top={"lab": lab})
+    acfg = config_from_args(args, base=DEMO_OVERRIDES, top=flag_values(args, FLAGS), model=LabRunConfig)
     return acfg.lab, acfg
 
 
 def main(args) -> int:
-    from ..cli import writable_dir
     from .train import format_table
 
     cfg, acfg = configs_from_args(args)

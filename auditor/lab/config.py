@@ -6,6 +6,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..config import AuditorConfig
+
 
 class LabConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -69,3 +71,16 @@ class LabConfig(BaseModel):
         if self.resolution % (self.vae_factor * 2 ** (len(self.unet_channels) - 1)):
             raise ValueError("resolution must be divisible by the VAE factor times the UNet downsampling")
         return self
+
+
+class LabRunConfig(AuditorConfig):
+    """The lab's config: the stages' :class:`~auditor.config.AuditorConfig` extended with the ``lab`` section
+    (the lab builds on the stages, so it extends their config; ``auditor/config.py`` never imports the lab).
+
+    Example:
+        >>> from auditor.config import load_config
+        >>> load_config(None, ["lab.seed=3"], model=LabRunConfig).lab.seed
+        3
+    """
+
+    lab: LabConfig = LabConfig()

@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from ..utils import package_versions, write_json, write_text
-from .config import LabConfig
+from .config import LabConfig, LabRunConfig
 from .train import by_copy_count, format_table, quick_eval, to_training_array, train_pipeline
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,6 @@ def summary_markdown(summary: dict) -> str:
 
 def run_lab(cfg: LabConfig, auditor_cfg=None, stages: bool = True) -> dict:
     """Build, download, train and (``stages=True``) audit. Returns the summary written to ``OUT/lab.json``."""
-    from ..config import AuditorConfig
-
     out = Path(cfg.out_dir).expanduser().absolute()  # a relative out dir is taken from the current folder, once
     _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +219,7 @@ def run_lab(cfg: LabConfig, auditor_cfg=None, stages: bool = True) -> dict:
         log.info("lab quick extraction check:\n%s", format_table(ev["by_copy_count"]))
 
     if stages and cfg.download:
-        acfg = auditor_cfg if auditor_cfg is not None else AuditorConfig.model_validate(DEMO_OVERRIDES)
+        acfg = auditor_cfg if auditor_cfg is not None else LabRunConfig.model_validate(DEMO_OVERRIDES)
         n_dup = len(cfg.copy_counts)
         update = {"model": str(model_dir), "progress": cfg.progress}
         if "compare_max_side" not in acfg.probe.model_fields_set:
@@ -245,11 +243,11 @@ def run_lab(cfg: LabConfig, auditor_cfg=None, stages: bool = True) -> dict:
         with timer.stage("dedup"):
             from ..dedup.runner import run_dedup
 
-            run_dedup(run_dir, acfg)
+            run_dedup(run_dir, acfg.dedup, seed=acfg.seed)
         with timer.stage("probe"):
             from ..probe.runner import run_probe
 
-            run_probe(run_dir, acfg)
+            run_probe(run_dir, acfg.probe)
         with timer.stage("report"):
             from ..report.render import build_report
 

@@ -12,13 +12,19 @@ import os
 import re
 from pathlib import Path
 
-from ..cli import abs_path, add_config_options, config_from_args, require_dir
+from ..cliutil import abs_path, add_config_options, config_from_args, flag_values, require_dir
 from ..errors import UserError
+from .generators import GENERATORS
 
 log = logging.getLogger(__name__)
 
 # what a Hugging Face hub id looks like ("org/name" or "name"); anything else is taken for a local path
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+# argparse dest -> the dotted config key the flag sets (the flag wins over --config and --set)
+FLAGS = {"model": "probe.model", "top_n": "probe.top_n", "budget": "probe.budget_unet_evals",
+         "generator": "probe.generator", "url": "probe.http.url", "fn": "probe.python.callable",
+         "progress": "probe.progress", "prompts": "probe.prompts_file"}
 
 
 def register(subparsers) -> None:
@@ -30,11 +36,12 @@ def register(subparsers) -> None:
     p.add_argument("--top-n", type=int, help="risky captions to probe, by rank (probe.top_n)")
     p.add_argument("--budget", type=int, metavar="UNET_EVALS",
                    help="UNet evaluations to spend at most (probe.budget_unet_evals)")
-    p.add_argument("--generator", choices=["diffusers", "http", "python"],
+    p.add_argument("--generator", choices=GENERATORS.names(),
                    help="how images are generated (probe.generator; default diffusers)")
     p.add_argument("--url", help="http generator endpoint (probe.http.url)")
     p.add_argument("--callable", dest="fn", metavar="MODULE:FUNCTION", help="python generator (probe.python.callable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (probe.progress=false)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bars (probe.progress=false)")
     p.add_argument("--prompts", metavar="FILE", type=abs_path,
                    help="CSV (any delimiter), JSONL or parquet with a caption column, instead of dedup/risk.parquet "
                         "(probe.prompts_file)")
@@ -65,24 +72,7 @@ def resolve_model(model: str) -> str:
 
 
 def main(args) -> int:
-    upd = {}
-    if args.model is not None:
-        upd["model"] = args.model
-    if args.top_n is not None:
-        upd["top_n"] = args.top_n
-    if args.budget is not None:
-        upd["budget_unet_evals"] = args.budget
-    if args.generator is not None:
-        upd["generator"] = args.generator
-    if args.no_progress:
-        upd["progress"] = False
-    if getattr(args, "prompts", None) is not None:
-        upd["prompts_file"] = str(args.prompts)
-    if args.url is not None:
-        upd["http"] = {"url": args.url}
-    if args.fn is not None:
-        upd["python"] = {"callable": args.fn}
-    cfg = config_from_args(args, top={"probe": upd})
+    cfg = config_from_args(args, top=flag_values(args, FLAGS))  # a mistake: one "bad configuration" line, exit 2
     p = cfg.probe
     require_dir(args.run_dir)
     if p.generator == "diffusers":

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from ..cli import abs_path, add_config_options
+    from ..cliutil import abs_path, add_config_options
 
     p = subparsers.add_parser(
         "report", help="render a run folder into one self-contained HTML report (+ summary.md, summary.json)",
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import config_from_args, require_dir
+    from ..cliutil import config_from_args, require_dir
 
     cfg = config_from_args(args)  # a mistake: one "bad configuration" line, exit 2 (auditor.cli.main)
     require_dir(args.run_dir)

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from ..text import clip
 from .paths import PathScrubber, display_name
 
 EXTRACTED_VERDICTS = ("verbatim", "template")
@@ -338,7 +339,7 @@ def summarize(data: RunData, max_caption_chars: int = 300) -> dict:
             "n_template_copies": int(rows["template_count"].fillna(0).astype(int).sum()),
             "extracted": [
                 {
-                    "caption": _clip(str(r["caption"]), max_caption_chars),
+                    "caption": clip(str(r["caption"]), max_caption_chars),
                     "variant": str(r["variant"]),
                     "verdict": str(r["verdict"]),
                     "cluster_size": _num(r.get("cluster_size")),
@@ -351,7 +352,3 @@ def summarize(data: RunData, max_caption_chars: int = 300) -> dict:
             ],
         }
     return out
-
-
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "\u2026"

@@ -3,37 +3,9 @@ comment). Everything from the run is escaped for markdown tables and for GitHub'
 
 from __future__ import annotations
 
-import html
-import re
-from typing import Any, Optional
+from typing import Optional
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
-
-
-def clip(text: Any, n: int) -> str:
-    if text is None or (isinstance(text, float) and text != text):
-        return ""
-    text = str(text)
-    return text if len(text) <= n else text[: n - 1] + "\u2026"
-
-
-def pct(x: Optional[float]) -> str:
-    return "\u2013" if x is None else f"{100.0 * float(x):.2f}%"
-
-
-def md_cell(text: Any, n: int = 120) -> str:
-    """Markdown-table-safe text: HTML escaped (GitHub renders inline HTML), markdown punctuation escaped,
-    one line, at most ``n`` characters.
-
-    Example:
-        ```python
-        md_cell("a|b\\nc")   # 'a\\\\|b c'
-        ```
-    """
-    s = clip("" if text is None else str(text), n)
-    s = " ".join(s.split())
-    s = _MD_SPECIAL.sub(r"\\\1", s)
-    return html.escape(s, quote=False)
+from ..text import clip, md_cell, pct  # noqa: F401 - shared with the gate (auditor/text.py)
 
 
 def render_markdown(summary: dict, report_name: Optional[str] = None, max_rows: int = 10) -> str:

@@ -25,8 +25,9 @@ from ..utils import write_json, write_text
 from .collect import RunData, cluster_sizes, labels, load_run, probe_rows, scrubber, size_histogram, summarize
 from .config import ReportConfig
 from .images import ImageSlots, data_uri, fetch_training_images, safe_probe_file, thumbnail_uri  # noqa: F401
-from .markdown import clip as _clip
-from .markdown import md_cell, pct, render_markdown  # noqa: F401  (md_cell: gate.py imports it from here)
+from ..text import clip as _clip
+from ..text import md_cell, pct  # noqa: F401 - re-exported for older callers (they live in auditor/text.py)
+from .markdown import render_markdown
 
 log = logging.getLogger(__name__)
 
