@@ -32,7 +32,8 @@ from ..utils import write_json, write_parquet
 from .cluster import REASONS
 from .config import DedupConfig, resolve_cosine
 from .edges import HashRules, search_options
-from .runner import DEDUP_DIR, MANIFEST_COLUMNS, dedup_config, has_embeddings, pixel_groups
+from ..rundir import DEDUP_DIR, MANIFEST
+from .runner import MANIFEST_COLUMNS, dedup_config, has_embeddings, pixel_groups
 from .search import dhash_confirmed, embedding_cross_pairs, hash_cross_pairs
 from .schema import AGAINST_SCHEMA, to_table
 
@@ -71,7 +72,7 @@ def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg: D
     run_dir, other_run = Path(run_dir), Path(other_run)
     if run_dir.resolve() == other_run.resolve():
         raise ValueError("--against needs another run folder, not the run being deduplicated")
-    manifest_path = run_dir / DEDUP_DIR / "manifest.parquet"
+    manifest_path = run_dir / DEDUP_DIR / MANIFEST
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path} is missing: run `auditor dedup {run_dir}` first")
     a_store, b_store = IndexStore(run_dir), IndexStore(other_run)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..index.store import INDEX_DIR, IndexStore
+from ..index.store import IndexStore
+from ..rundir import DEDUP_DIR, INDEX_DIR, MANIFEST
 from ..utils import ErrorRecord, errors_frame, write_json, write_parquet
-from .runner import DEDUP_DIR
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def apply_manifest(run_dir: str | os.PathLike, out_dir: str | os.PathLike, shard
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     store = IndexStore(run_dir)
-    manifest_path = run_dir / DEDUP_DIR / "manifest.parquet"
+    manifest_path = run_dir / DEDUP_DIR / MANIFEST
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path} is missing: run `auditor dedup {run_dir}` first")
     check_out_dir(store, out_dir)

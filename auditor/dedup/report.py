@@ -10,6 +10,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..index.store import IndexStore
+from ..rundir import CAPTIONS, CLUSTERS, MANIFEST, RISK
 from .cluster import REASONS, Clustering
 from .config import DedupConfig
 from .risk import rank_risk
@@ -156,7 +157,7 @@ def build_outputs(store: IndexStore, table: pd.DataFrame, res: Clustering, dcfg:
         "similarity_to_representative": res.similarity.astype(np.float64),
         "caption_dup_count": caption_dup_count,
     })
-    out.frames["manifest.parquet"] = manifest
+    out.frames[MANIFEST] = manifest
 
     # --- captions table ---------------------------------------------------------------------------------
     first_row_of_cap = np.full(len(cap_uniques), -1, dtype=np.int64)
@@ -170,12 +171,12 @@ def build_outputs(store: IndexStore, table: pd.DataFrame, res: Clustering, dcfg:
         "n_clusters": cap_n_clusters[dup_caps].astype(np.int64),
     }).sort_values(["count", "n_clusters", "caption_hash"], ascending=[False, False, True], kind="mergesort")
     captions["caption"] = captions["caption"].astype(str)
-    out.frames["captions.parquet"] = captions.reset_index(drop=True)
+    out.frames[CAPTIONS] = captions.reset_index(drop=True)
 
     # --- risk -------------------------------------------------------------------------------------------
     risk = rank_risk(table, cid, is_rep, clusters, cap_codes, cap_count)
-    out.frames["risk.parquet"] = risk
-    out.frames["clusters.parquet"] = clusters[["cluster_id", "size", "representative_key", "representative_shard",
+    out.frames[RISK] = risk
+    out.frames[CLUSTERS] = clusters[["cluster_id", "size", "representative_key", "representative_shard",
                                                "n_captions", "is_placeholder", "placeholder_why",
                                                "exact_members", "reasons"]]
 

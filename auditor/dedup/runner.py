@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 
 from ..index.store import IndexStore
+from ..rundir import DEDUP_DIR, DEDUP_SUMMARY, GROUP_PHASH, SEARCH_IDS, fingerprint_changes
 from ..utils import remove_temporary_files, write_json, write_npy, write_parquet, write_text
 from .cluster import Signals, cluster, group_codes, star_edges
 from .config import DedupConfig, resolve_cosine
@@ -69,7 +70,6 @@ from .rules import pixel_groups  # noqa: F401 - shared with the guard (moved to 
 
 log = logging.getLogger(__name__)
 
-DEDUP_DIR = "dedup"
 SIGNAL_CODE = {"phash": 2, "dhash": 3, "embedding": 4}
 
 MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
@@ -89,8 +89,8 @@ def dedup_config(cfg, seed: int = 0) -> tuple[DedupConfig, int]:
 
 
 def has_embeddings(store: IndexStore, dcfg: DedupConfig) -> bool:
-    """Whether the embedding signal is on and the index was built with an embedder."""
-    return bool(dcfg.embedding) and int(store.embedder.get("dim") or 0) > 0 and store.embedder.get("name") != "none"
+    """Whether the embedding signal is on and the index holds embeddings (:attr:`IndexStore.has_embeddings`)."""
+    return bool(dcfg.embedding) and store.has_embeddings
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -135,14 +135,16 @@ def run_dedup(run_dir: str | os.PathLike, cfg: DedupConfig | None = None, full: 
     old_edges = pd.DataFrame({"a": pd.Series(dtype=str), "b": pd.Series(dtype=str), "signal": pd.Series(dtype="int8")})
     state = load_state(state_dir)
     mode = "full"
-    if state and not full and state.get("fingerprint") == fingerprint and all(
+    changes = fingerprint_changes(state.get("fingerprint"), fingerprint, "dedup") if state else []
+    if state and not full and not changes and all(
             shard_digests.get(s) == d for s, d in state.get("shards", {}).items()):
         ids = pd.read_parquet(state_dir / state["groups"])
         old_groups = ids["pixel_group"].tolist()
         old_edges = pd.read_parquet(state_dir / state["edges"])
         mode = "incremental"
     elif state and not full:
-        log.info("dedup state does not match the index or the config: searching everything again")
+        log.info("dedup state does not match the index or the config (%s): searching everything again",
+                 "; ".join(changes) or "the index changed")
 
     # groups in search order: old groups (stored order), then new groups in index order
     first_row = pd.Series(np.arange(n), index=pg.to_numpy()).groupby(level=0, sort=False).first()
@@ -238,13 +240,13 @@ def run_dedup(run_dir: str | os.PathLike, cfg: DedupConfig | None = None, full: 
         write_parquet(out / name, to_table(frame, SCHEMAS[name]))
     write_text(out / "keep_keys.txt", outputs.keep_text)
     write_text(out / "drop_keys.txt", outputs.drop_text)
-    write_json(out / "summary.json", outputs.summary)
+    write_json(out / DEDUP_SUMMARY, outputs.summary)
     # the search index for later queries (guard stage), one row per pixel group, in search order
     ids = pd.DataFrame({"pixel_group": garr.astype(str) if len(garr) else np.zeros(0, dtype=str),
                         "shard": table["shard"].to_numpy(object)[group_first].astype(str),
                         "key": table["key"].to_numpy(object)[group_first].astype(str)})
-    write_parquet(out / "search_ids.parquet", ids)
-    write_npy(out / "phash.npy", phash[group_first])
+    write_parquet(out / SEARCH_IDS, ids)
+    write_npy(out / GROUP_PHASH, phash[group_first])
     if dcfg.dhash_max_distance >= 0:
         write_npy(out / "dhash.npy", dhash[group_first])
     faiss_base = None

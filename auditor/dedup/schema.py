@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
+from ..rundir import CAPTIONS, CLUSTERS, MANIFEST, RISK
+
 MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()),
     ("shard", pa.string()),
@@ -60,10 +62,10 @@ AGAINST_SCHEMA = pa.schema(list(MANIFEST_SCHEMA) + [
 ])
 
 SCHEMAS = {
-    "manifest.parquet": MANIFEST_SCHEMA,
-    "clusters.parquet": CLUSTERS_SCHEMA,
-    "captions.parquet": CAPTIONS_SCHEMA,
-    "risk.parquet": RISK_SCHEMA,
+    MANIFEST: MANIFEST_SCHEMA,
+    CLUSTERS: CLUSTERS_SCHEMA,
+    CAPTIONS: CAPTIONS_SCHEMA,
+    RISK: RISK_SCHEMA,
 }
 
 

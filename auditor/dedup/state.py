@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..index.store import IndexStore
+from ..rundir import DEDUP_STATE_DIR, SEARCH_INDEX
 from ..utils import file_sha256, write_json, write_parquet
 from .config import DedupConfig
 from .edges import search_options
@@ -27,7 +28,7 @@ from .search import build_search_index, load_search_index, save_search_index
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "state"
+STATE_DIR = DEDUP_STATE_DIR
 STATE_VERSION = 2  # 2: generation files named by state.json (1: three files replaced one by one)
 
 __all__ = ["STATE_DIR", "STATE_VERSION", "file_digest", "search_fingerprint", "load_state", "commit_state",
@@ -65,7 +66,7 @@ def save_faiss(out: Path, group_emb: np.ndarray, n_old: int, mode: str, dcfg: De
     When the old index is not the one the state describes (a run killed after writing it, before committing
     its state, had already added its groups), it is rebuilt the same way -- built on the first ``base_rows``
     rows, the rest added -- so the file is what the uninterrupted incremental run writes."""
-    path = out / "embeddings.faiss"
+    path = out / SEARCH_INDEX
     index = None
     base = len(group_emb)
     if mode == "incremental" and n_old:

@@ -32,6 +32,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..rundir import RunDir
+
 TARGET_PRECISION = 0.99
 
 
@@ -137,7 +139,7 @@ def pipeline_labels(es, run_dir: str | Path, cfg=None) -> tuple[np.ndarray, dict
     t1 = time.perf_counter()
     summary = run_dedup(run_dir, cfg.dedup, seed=cfg.seed)
     t2 = time.perf_counter()
-    man = pd.read_parquet(run_dir / "dedup" / "manifest.parquet", columns=["key", "cluster_id", "cluster_size"])
+    man = pd.read_parquet(RunDir(run_dir).manifest, columns=["key", "cluster_id", "cluster_size"])
     labels = np.full(es.n, -1, np.int64)
     for key, cid, size in zip(man["key"], man["cluster_id"], man["cluster_size"]):
         k = es.pos.get(key)

@@ -10,6 +10,7 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
+from ..rundir import RunDir
 from .config import GuardConfig
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,12 @@ class Guard:
         """``self.keys``/``self.shards``/``self.phash`` (aligned) and where embeddings come from."""
         import pandas as pd
 
-        d = self.run_dir / "dedup"
-        ids_p, ph_p, fa_p = d / "search_ids.parquet", d / "phash.npy", d / "embeddings.faiss"
+        run = RunDir(self.run_dir)
+        d = run.dedup
+        ids_p, ph_p, fa_p = run.search_ids, run.group_phash, run.search_index
         table = self.store.table(columns=["key", "shard", "phash", "pixel_blake3", "sha256"])
         self.n_indexed = len(table)
-        self.has_embeddings = (self.store.embedder.get("name") or "none") != "none" and int(
-            self.store.embedder.get("dim") or 0) > 0
+        self.has_embeddings = self.store.has_embeddings
         self.source = "index"
         if ids_p.exists() and ph_p.exists() and (fa_p.exists() or not self.has_embeddings):
             try:
@@ -130,20 +131,12 @@ class Guard:
     def embedder(self):
         """The index's embedder, rebuilt from index.json; refused if its weights differ from the index's."""
         if self._embedder is None and self.has_embeddings:
-            from ..index.config import EmbedderConfig
-            from ..index.embedders import build_embedder
+            from ..index.store import EmbedderMismatch
 
-            stored = dict((self.store.info.get("config") or {}).get("embedder") or {})
-            if not stored:
-                raise GuardSetupError("index.json has no embedder configuration to rebuild the embedder from")
-            if self.device:
-                stored["device"] = self.device
-            emb = build_embedder(EmbedderConfig.model_validate(stored))
-            desc, want = emb.describe(), self.store.embedder
-            for k in ("name", "dim", "checkpoint_sha256", "model", "pretrained"):
-                if want.get(k) is not None and desc.get(k) != want.get(k):
-                    raise GuardSetupError(f"the rebuilt embedder differs from the index's in {k!r}: "
-                                          f"{desc.get(k)!r} != {want.get(k)!r}")
+            try:
+                emb = self.store.build_embedder(self.device, verify=True)
+            except EmbedderMismatch as exc:
+                raise GuardSetupError(str(exc)) from None
             self._embedder = emb
         return self._embedder
 

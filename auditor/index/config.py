@@ -6,6 +6,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..rundir import RUNTIME  # keys marked RUNTIME are left out of the index's resume fingerprint
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -37,9 +39,9 @@ class EmbedderConfig(_Strict):
     pretrained: Optional[str] = None
     # sscd: TorchScript file; onnx: .onnx file; open_clip: optional local checkpoint
     checkpoint: Optional[str] = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = Field("auto", json_schema_extra=RUNTIME)  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, json_schema_extra=RUNTIME)
     # sscd / onnx preprocessing (open_clip uses its own)
     image_size: int = Field(288, ge=8)
     resize_mode: Literal["resize", "center_crop"] = "resize"
@@ -50,15 +52,15 @@ class EmbedderConfig(_Strict):
 
 class IndexConfig(_Strict):
     # worker processes for read+decode+hash; 0 = in-process (no pool); -1 = one per CPU core
-    workers: int = -1
+    workers: int = Field(-1, json_schema_extra=RUNTIME)
     # samples handed to a worker at a time
-    chunk_size: int = Field(64, ge=1)
-    progress: bool = True
+    chunk_size: int = Field(64, ge=1, json_schema_extra=RUNTIME)
+    progress: bool = Field(True, json_schema_extra=RUNTIME)
     # where the pipeline runs: "local" (this machine: process pool + in-process embedder) or "ray" (Ray Data:
     # CPU tasks decode + hash, GPU actors embed; see docs/scale.md). Both give byte-identical index folders.
-    engine: Literal["local", "ray"] = "local"
+    engine: Literal["local", "ray"] = Field("local", json_schema_extra=RUNTIME)
     # engine=ray: the cluster to join ("auto" = the running cluster of `ray start --head`; None = start a local one)
-    ray_address: Optional[str] = None
+    ray_address: Optional[str] = Field(None, json_schema_extra=RUNTIME)
     # decode + resize + normalise the stored bytes on the embedder's device (nvJPEG through torchvision on CUDA,
     # batched, PIL fallback per image) instead of in the workers, which then only hash. Hashes are unchanged;
     # embeddings differ from the PIL preprocessing within resampling tolerance (so it is part of the index config).

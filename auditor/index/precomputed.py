@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..utils import errors_frame, write_json, write_npy, write_parquet
-from .store import INDEX_DIR, SHARDS_DIR, IndexStore
+from ..rundir import INDEX_DIR, INDEX_JSON, SHARDS_DIR
+from .store import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -294,4 +295,4 @@ def _refresh_info(store: IndexStore, sids: list[str], embedder: dict) -> None:
     info["shards"] = per_shard
     info.setdefault("counts", {}).update(
         {k: int(sum(int(x.get(k, 0)) for x in per_shard)) for k in ("indexed", "errors")})
-    write_json(store.dir / "index.json", info)
+    write_json(store.dir / INDEX_JSON, info)

@@ -28,20 +28,16 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ConfigMismatch
+from ..rundir import INDEX_DIR, INDEX_ERRORS, INDEX_JSON, NOT_INDEXED, SHARDS_DIR, check_resume, without_runtime
 from ..io import open_dataset
 from ..io.base import ShardRef
 from ..utils import errors_frame, package_versions, remove_temporary_files, write_json, write_parquet
 from .config import IndexConfig
 from .engines import build_engine
 from .shard import IndexJob, empty_table
-from .store import INDEX_DIR, INDEX_FORMAT_VERSION, NOT_INDEXED_COLUMNS, SHARDS_DIR, IndexStore
+from .store import INDEX_FORMAT_VERSION, NOT_INDEXED_COLUMNS, IndexStore
 
 log = logging.getLogger(__name__)
-
-# config keys that do not change the outputs (so a resume may change them)
-_RUNTIME_KEYS = {"workers", "chunk_size", "progress", "engine", "ray_address"}
-_EMBEDDER_RUNTIME_KEYS = {"device", "batch_size"}
-
 
 class IndexConfigMismatch(ConfigMismatch, RuntimeError):
     pass
@@ -50,13 +46,10 @@ class IndexConfigMismatch(ConfigMismatch, RuntimeError):
 # ------------------------------------------------------------------------------------------------------
 # main side
 # ------------------------------------------------------------------------------------------------------
-def _fingerprint(cfg: IndexConfig) -> dict:
-    d = cfg.model_dump(mode="json")
-    for k in _RUNTIME_KEYS:
-        d.pop(k, None)
-    for k in _EMBEDDER_RUNTIME_KEYS:
-        d["embedder"].pop(k, None)
-    return d
+def fingerprint(cfg: IndexConfig) -> dict:
+    """The index config a resumed run must keep: every key but those marked ``RUNTIME`` on the fields
+    (workers, chunk size, progress, engine, Ray address, the embedder's device and batch size)."""
+    return without_runtime(IndexConfig, cfg.model_dump(mode="json"))
 
 
 def _check_out_dir(dataset: str, run_dir: Path) -> None:
@@ -84,21 +77,16 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: Index
 
     reader_opts = {k: v for k, v in icfg.reader.model_dump().items() if k != "layout" and v is not None}
     reader = open_dataset(dataset, layout=icfg.reader.layout, **reader_opts)
-    fingerprint = _fingerprint(icfg)
-    info_path = index_dir / "index.json"
+    fp = fingerprint(icfg)
+    info_path = index_dir / INDEX_JSON
     if info_path.exists():
         old = json.loads(info_path.read_text(encoding="utf-8"))
         if old.get("format_version") != INDEX_FORMAT_VERSION:
             raise IndexConfigMismatch(
                 f"{run_dir} holds an index in format {old.get('format_version')}, this auditor writes format "
                 f"{INDEX_FORMAT_VERSION}; it cannot resume it (pass a new --out to start over)")
-        if old.get("config") != fingerprint:
-            from ..errors import differences
-
-            raise IndexConfigMismatch(
-                f"{run_dir} was indexed with a different index config; resume needs the same config "
-                f"(pass a new --out to start over); changed: "
-                + "; ".join(differences(old.get("config"), fingerprint, "index")))
+        check_resume(old.get("config") or {}, fp, f"{run_dir} was indexed with a different index config; resume "
+                     "needs the same config (pass a new --out to start over)", "index", error=IndexConfigMismatch)
     all_shards = reader.shards()
     done = {p.name[: -len(".done")] for p in shard_dir.glob("*.done")}
     pending = [s for s in all_shards if s.id not in done]
@@ -109,7 +97,7 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: Index
         base_info = {
             "format_version": INDEX_FORMAT_VERSION,
             "dataset": {"root": str(reader.root), "layout": reader.layout, "options": reader_opts},
-            "config": fingerprint,
+            "config": fp,
             "embedder": emb_desc,
             "versions": package_versions(),
             "complete": False,
@@ -142,14 +130,14 @@ def _finalize(run_dir: Path, all_shards: list[ShardRef], base_info: dict) -> Ind
             skipped.append(pd.read_parquet(shard_dir / f"{sid}.not_indexed.parquet"))
     err_df = pd.concat(errs, ignore_index=True) if errs else errors_frame([])
     skip_df = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=NOT_INDEXED_COLUMNS)
-    write_parquet(index_dir / "errors.parquet", err_df.astype(str) if len(err_df) else empty_table("errors"))
-    write_parquet(index_dir / "not_indexed.parquet", skip_df.astype("string") if len(skip_df)
+    write_parquet(index_dir / INDEX_ERRORS, err_df.astype(str) if len(err_df) else empty_table("errors"))
+    write_parquet(index_dir / NOT_INDEXED, skip_df.astype("string") if len(skip_df)
                   else empty_table("not_indexed"))
     totals = {k: int(sum(s[k] for s in per_shard)) for k in ("indexed", "errors", "not_indexed")}
     info = dict(base_info)
     info.update({"shards": per_shard, "counts": {"shards": len(per_shard), **totals},
                  "complete": len(per_shard) == len(ids)})
-    write_json(index_dir / "index.json", info)
+    write_json(index_dir / INDEX_JSON, info)
     store = IndexStore(run_dir)
     log.info("index %s: %d indexed, %d errors, %d not downloaded", index_dir, totals["indexed"], totals["errors"],
              totals["not_indexed"])

@@ -18,18 +18,19 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from ..rundir import INDEX_DIR, INDEX_ERRORS, INDEX_JSON, NOT_INDEXED, SHARDS_DIR  # noqa: F401 - the layout
 
 # 3: ``phash_dihedral`` / ``dhash_dihedral`` (the hashes of the flipped and rotated thumbnail); 2: the pixel hash is
 # BLAKE3 (``pixel_blake3``); format 1 had ``pixel_sha256``
 INDEX_FORMAT_VERSION = 3
-INDEX_DIR = "index"
-SHARDS_DIR = "shards"
 
 # column -> arrow type of the per-shard sample table
 SAMPLE_SCHEMA = pa.schema([
@@ -61,6 +62,10 @@ class IndexFormatError(RuntimeError):
     """The index was written by an auditor whose on-disk format this one does not read."""
 
 
+class EmbedderMismatch(RuntimeError):
+    """The index's embedder cannot be rebuilt as it was (no stored config, other weights)."""
+
+
 class IndexStore:
     """Read access to a finished (or partial) index in ``run_dir``."""
 
@@ -68,8 +73,8 @@ class IndexStore:
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / INDEX_DIR
         self.shard_dir = self.dir / SHARDS_DIR
-        if not (self.dir / "index.json").exists():
-            raise FileNotFoundError(f"{self.run_dir} holds no index (no {INDEX_DIR}/index.json): run `auditor index` first")
+        if not (self.dir / INDEX_JSON).exists():
+            raise FileNotFoundError(f"{self.run_dir} holds no index (no {INDEX_DIR}/{INDEX_JSON}): run `auditor index` first")
         fmt = self.info.get("format_version")
         if fmt != INDEX_FORMAT_VERSION:
             raise IndexFormatError(f"{self.dir} is in index format {fmt}; this auditor reads format "
@@ -78,11 +83,13 @@ class IndexStore:
     # --- metadata -----------------------------------------------------------------------------------
     @cached_property
     def info(self) -> dict:
-        return json.loads((self.dir / "index.json").read_text(encoding="utf-8"))
+        return json.loads((self.dir / INDEX_JSON).read_text(encoding="utf-8"))
 
     @property
     def has_embeddings(self) -> bool:
-        return int(self.embedder.get("dim") or 0) > 0
+        """Whether the index holds embeddings (an embedder other than ``none`` ran, or some were attached): the
+        one answer every later stage uses."""
+        return (self.embedder.get("name") or "none") != "none" and int(self.embedder.get("dim") or 0) > 0
 
     @property
     def embedder(self) -> dict:
@@ -142,11 +149,11 @@ class IndexStore:
         return np.concatenate(mats, axis=0) if len(mats) > 1 else np.asarray(mats[0])
 
     def errors(self) -> pd.DataFrame:
-        p = self.dir / "errors.parquet"
+        p = self.dir / INDEX_ERRORS
         return pd.read_parquet(p) if p.exists() else pd.DataFrame(columns=["key", "shard", "stage", "error"])
 
     def not_indexed(self) -> pd.DataFrame:
-        p = self.dir / "not_indexed.parquet"
+        p = self.dir / NOT_INDEXED
         return pd.read_parquet(p) if p.exists() else pd.DataFrame(columns=NOT_INDEXED_COLUMNS)
 
     # --- images -------------------------------------------------------------------------------------
@@ -158,29 +165,67 @@ class IndexStore:
         ds = self.info["dataset"]
         return open_dataset(ds["root"], layout=ds["layout"], **(ds.get("options") or {}))
 
+    def fetch_bytes(self, wanted: Iterable[tuple[str, str]], progress: bool = False,
+                    desc: str = "training images") -> dict[tuple[str, str], Any]:
+        """The stored bytes of the training images ``(shard, key)``, read through the index's dataset reader: the
+        one image-loading path of every later stage (probe references and calibration, report thumbnails).
+
+        Each shard is asked once (:meth:`DatasetReader.get_many`: layouts with direct access look each key up,
+        sequential ones such as tars read the shard once, stopping when every wanted key was seen). Values are
+        ``bytes`` or the exception that prevented it (a missing sample, an unreadable shard); nothing raises.
+
+        Example:
+            >>> got = IndexStore("runs/laion").fetch_bytes([("00000", "000000012")])  # doctest: +SKIP
+        """
+        wanted = sorted(set(wanted))
+        out: dict[tuple[str, str], Any] = {}
+        if not wanted:
+            return out
+        try:
+            reader = self.reader
+        except Exception as exc:  # noqa: BLE001 - the dataset moved or is unreadable: every image says why
+            return {w: exc for w in wanted}
+        by_shard: dict[str, list[str]] = {}
+        for shard, key in wanted:
+            by_shard.setdefault(shard, []).append(key)
+        for shard in tqdm(sorted(by_shard), desc=desc, unit="shard", disable=not progress):
+            keys = by_shard[shard]
+            try:
+                got = reader.get_many(shard, keys)
+            except Exception as exc:  # noqa: BLE001 - an unreadable shard: its images say why
+                got, err = {}, exc
+            else:
+                err = None
+            for k in keys:
+                s = got.get(k)
+                if s is not None and s.data is not None:
+                    out[(shard, k)] = s.data
+                else:
+                    out[(shard, k)] = err or KeyError(f"{k!r} not found in shard {shard!r}" if s is None
+                                                      else f"{k}: no image bytes")
+        return out
+
     def image_bytes(self, shard: str, key: str) -> bytes:
+        """The stored bytes of one training image (the reader's own lookup); raises the reason when it cannot be
+        had (``KeyError`` for a missing sample)."""
         sample = self.reader.get(shard, key)
         if sample.data is None:
             raise KeyError(f"sample {key!r} of shard {shard!r} has no image bytes")
         return sample.data
 
-    def load_images(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], "object"]:
-        """Several training images as RGB PIL images, keyed by (shard, key); each shard is read at most once.
+    def load_images(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """Several training images as RGB PIL images, keyed by (shard, key) (:meth:`fetch_bytes`, then decoded).
         Samples that are missing or fail to decode are absent from the result."""
         from .decode import decode_rgb
 
-        by_shard: dict[str, list[str]] = {}
-        for shard, key in pairs:
-            by_shard.setdefault(shard, []).append(key)
         out = {}
-        for shard in sorted(by_shard):
-            for key, sample in self.reader.get_many(shard, by_shard[shard]).items():
-                if sample.data is None:
-                    continue
-                try:
-                    out[(shard, key)] = decode_rgb(sample.data)
-                except Exception:  # noqa: BLE001 - the caller reports what is missing
-                    continue
+        for k, data in self.fetch_bytes(pairs).items():
+            if isinstance(data, BaseException):
+                continue
+            try:
+                out[k] = decode_rgb(data)
+            except Exception:  # noqa: BLE001 - the caller reports what is missing
+                continue
         return out
 
     def load_image(self, shard: str, key: str):
@@ -188,3 +233,36 @@ class IndexStore:
         from .decode import decode_rgb
 
         return decode_rgb(self.image_bytes(shard, key))
+
+    # --- the index's embedder -------------------------------------------------------------------------
+    def build_embedder(self, device: Optional[str] = None, verify: bool = True):
+        """The embedder the index was built with, rebuilt from ``index.json`` (None when the index has no
+        embeddings); ``device`` overrides the stored one. With ``verify``, an embedder whose description differs
+        from the index's (another checkpoint, by its SHA-256; another model or dimension) is refused with
+        :class:`EmbedderMismatch`.
+
+        Example:
+            >>> emb = IndexStore("runs/laion").build_embedder(device="cpu")  # doctest: +SKIP
+            >>> emb.embed_images([img]).shape  # doctest: +SKIP
+            (1, 128)
+        """
+        if not self.has_embeddings:
+            return None
+        from .config import EmbedderConfig
+        from .embedders import build_embedder
+
+        stored = dict((self.info.get("config") or {}).get("embedder") or {})
+        if not stored and verify:
+            raise EmbedderMismatch("index.json has no embedder configuration to rebuild the embedder from")
+        stored.setdefault("name", self.embedder.get("name"))
+        if device:
+            stored["device"] = device
+        emb = build_embedder(EmbedderConfig.model_validate(
+            {k: v for k, v in stored.items() if k in EmbedderConfig.model_fields}))
+        if verify:
+            desc, want = emb.describe(), self.embedder
+            for k in ("name", "dim", "checkpoint_sha256", "model", "pretrained"):
+                if want.get(k) is not None and desc.get(k) != want.get(k):
+                    raise EmbedderMismatch(f"the rebuilt embedder differs from the index's in {k!r}: "
+                                           f"{desc.get(k)!r} != {want.get(k)!r}")
+        return emb

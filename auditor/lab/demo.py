@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..rundir import RunDir
 from ..utils import package_versions, write_json, write_text
 from .config import LabConfig, LabRunConfig
 from .train import by_copy_count, format_table, quick_eval, to_training_array, train_pipeline
@@ -119,7 +120,7 @@ def probe_table(run_dir: Path, planted: pd.DataFrame) -> Optional[list[dict]]:
     """Map the probe's verdicts back to the planted groups (through the main captions) and tabulate by copy
     count: a group counts as extracted when a probed variant of its caption got a verbatim copy (Carlini et al.'s
     criterion: the whole image within delta); a template verdict (part of the tiles) is counted apart."""
-    p = run_dir / "probe" / "results.parquet"
+    p = RunDir(run_dir).results
     if not p.exists():
         return None
     res = pd.read_parquet(p)

@@ -11,27 +11,29 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..rundir import RUNTIME, without_runtime  # RUNTIME keys: left out of the resume fingerprint
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class DiffusersGeneratorConfig(_Strict):
-    device: str = "auto"                       # auto | cpu | cuda | cuda:N
+    device: str = Field("auto", json_schema_extra=RUNTIME)  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on cuda, fp32 on cpu
-    batch_size: int = Field(8, ge=1)           # images per pipeline call (captions x seeds are batched)
+    batch_size: int = Field(8, ge=1, json_schema_extra=RUNTIME)  # images per pipeline call (captions x seeds are batched)
     scheduler: Optional[str] = None            # a diffusers scheduler class name, e.g. DDIMScheduler; None = the model's
     variant: Optional[str] = None              # weight variant passed to from_pretrained (e.g. fp16)
     disable_safety_checker: bool = True        # a blacked-out image would hide the very copies being audited
 
 
 class HttpGeneratorConfig(_Strict):
-    url: Optional[str] = None                  # POST endpoint; see auditor/probe/generators/http.py for the schema
+    url: Optional[str] = Field(None, json_schema_extra=RUNTIME)  # POST endpoint; see auditor/probe/generators/http.py for the schema
     headers: dict[str, str] = {}
-    timeout_s: float = Field(120.0, gt=0)      # overall deadline of one attempt: connect, headers and whole body
+    timeout_s: float = Field(120.0, gt=0, json_schema_extra=RUNTIME)  # overall deadline of one attempt: connect, headers and whole body
     retries: int = Field(3, ge=0)              # extra attempts after the first, on timeouts/5xx/connection errors
     backoff_s: float = Field(1.0, ge=0)        # sleep backoff_s * 2**attempt between attempts
-    concurrency: int = Field(4, ge=1)
+    concurrency: int = Field(4, ge=1, json_schema_extra=RUNTIME)
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_pixels: int = Field(64 * 1024 * 1024, ge=1)     # per-image decode budget of a response image
     max_jpeg_scans: int = Field(64, ge=1)                # progressive-JPEG scan cap (each scan costs a full pass)
@@ -47,10 +49,10 @@ class PythonGeneratorConfig(_Strict):
 class ProbeConfig(_Strict):
     generator: Literal["diffusers", "http", "python"] = "diffusers"
     model: Optional[str] = None                # a local pipeline folder or a hub id (diffusers generator)
-    top_n: int = Field(20, ge=1)               # risky captions taken from dedup/risk.parquet, by rank
+    top_n: int = Field(20, ge=1, json_schema_extra=RUNTIME)  # risky captions taken from dedup/risk.parquet, by rank
     include_placeholders: bool = False         # probe clusters dedup flagged as placeholder images
     seed: int = 0                              # generation seeds are seed, seed+1, ... for every caption
-    progress: bool = True
+    progress: bool = Field(True, json_schema_extra=RUNTIME)
 
     # sampling
     steps: int = Field(50, ge=1)
@@ -64,7 +66,7 @@ class ProbeConfig(_Strict):
     screen_generations: int = Field(4, ge=1)   # black-box screen: generations per caption variant
     screen_clique_k: int = Field(2, ge=2)      # black-box screen: flag when this many generations are near-identical
     confirm_generations: int = Field(16, ge=1)  # total generations for a flagged caption variant (screen ones reused)
-    budget_unet_evals: Optional[int] = Field(None, ge=0)  # stop probing new captions once spent (None = no limit)
+    budget_unet_evals: Optional[int] = Field(None, ge=0, json_schema_extra=RUNTIME)  # stop probing new captions once spent (None = no limit)
 
     # white-box first-step screen (Wen et al. 2024)
     whitebox_seeds: int = Field(4, ge=1)
@@ -121,13 +123,7 @@ def public_config(p: ProbeConfig) -> dict:
 
 
 def fingerprint(p: ProbeConfig) -> dict:
-    """The config keys a resumed run must keep (runtime-only keys and the endpoint URL dropped)."""
-    d = public_config(p)
-    d["http"].pop("url", None)  # rotating a key or moving the endpoint does not force a re-probe
-    for k in ("progress", "budget_unet_evals", "top_n"):  # may change between resumed runs
-        d.pop(k, None)
-    d["diffusers"].pop("batch_size", None)
-    d["diffusers"].pop("device", None)
-    d["http"].pop("concurrency", None)
-    d["http"].pop("timeout_s", None)
-    return d
+    """The config keys a resumed run must keep: the public config without the keys marked ``RUNTIME`` on the
+    fields (progress, how far the run goes: ``top_n``, ``budget_unet_evals``; device, batch sizes, the endpoint
+    URL, its timeout and concurrency: rotating a key or moving the endpoint does not force a re-probe)."""
+    return without_runtime(ProbeConfig, public_config(p))

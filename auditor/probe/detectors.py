@@ -230,18 +230,9 @@ class CopyDescriptorDetector:
     @classmethod
     def from_index(cls, store, threshold: float = 0.5, device: str = "auto") -> Optional["CopyDescriptorDetector"]:
         """Build the index's own embedder (None when the index has none)."""
-        info = store.info
-        emb = store.embedder
-        if not emb or emb.get("name", "none") == "none" or not int(emb.get("dim") or 0):
+        embedder = store.build_embedder(device, verify=False)
+        if embedder is None:
             return None
-        from ..index.config import EmbedderConfig
-        from ..index.embedders import build_embedder
-
-        raw = dict(((info.get("config") or {}).get("embedder")) or {})
-        raw.setdefault("name", emb.get("name"))
-        raw["device"] = device
-        ecfg = EmbedderConfig.model_validate({k: v for k, v in raw.items() if k in EmbedderConfig.model_fields})
-        embedder = build_embedder(ecfg)
 
         def embed_fn(images: Sequence[Image.Image]) -> np.ndarray:
             if not images:
@@ -249,7 +240,7 @@ class CopyDescriptorDetector:
             out = np.asarray(embedder.embed_images([im.convert("RGB") for im in images]), dtype=np.float32)
             return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
-        return cls(embed_fn, threshold, describe=dict(emb))
+        return cls(embed_fn, threshold, describe=dict(store.embedder))
 
     def similarities(self, gen_emb: np.ndarray, ref_emb: np.ndarray) -> np.ndarray:
         """[n_gen, n_ref] cosine similarities."""

@@ -39,6 +39,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..rundir import GENERATIONS, PROBE_FINGERPRINT, PROVENANCE, RESULTS, RunDir, check_resume
 from ..utils import (ErrorRecord, caption_hash, errors_frame, package_versions, remove_temporary_files, write_json,
                      write_parquet)
 from .budget import Budget
@@ -78,15 +79,15 @@ class ProbeRunner:
 
     # --- inputs ---------------------------------------------------------------------------------------
     def load_inputs(self) -> None:
-        dedup = self.run_dir / "dedup"
-        risk_p = dedup / "risk.parquet"
+        run = RunDir(self.run_dir)
+        risk_p = run.risk
         if self.cfg.prompts_file:
             self.risk = prompts_as_risk(load_prompts(self.cfg.prompts_file))
         elif not risk_p.exists():
             raise FileNotFoundError(f"{risk_p} not found: run `auditor dedup` first (or give --prompts FILE)")
         else:
             self.risk = pd.read_parquet(risk_p).sort_values("rank", kind="stable").reset_index(drop=True)
-        man_p = dedup / "manifest.parquet"
+        man_p = run.manifest
         self.manifest = pd.read_parquet(man_p) if (man_p.exists() and not self.cfg.prompts_file) else None
         try:
             from ..index.store import IndexStore
@@ -173,17 +174,12 @@ class ProbeRunner:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         remove_temporary_files(self.out)  # what a killed run was writing
-        fp_path = self.out / "fingerprint.json"
+        fp_path = self.out / PROBE_FINGERPRINT
         fp = {"format_version": FORMAT_VERSION, "config": fingerprint(cfg)}
         if fp_path.exists():
-            old = json.loads(fp_path.read_text(encoding="utf-8"))
-            if old != fp:
-                from ..errors import ConfigMismatch, differences
-
-                raise ConfigMismatch(f"{self.out} was probed with a different config; resume needs the same "
-                                     f"config (delete {self.out} or use another run dir); changed: "
-                                     + "; ".join(differences(old.get("config"), fp["config"], "probe")
-                                                 or differences(old, fp)))
+            check_resume(json.loads(fp_path.read_text(encoding="utf-8")), fp,
+                         f"{self.out} was probed with a different config; resume needs the same config (delete "
+                         f"{self.out} or use another run dir)", "probe", section="config")
         self.load_inputs()
         sel = self.selected()
         if self.generator is None:
@@ -335,8 +331,8 @@ class ProbeRunner:
             errs += m.get("errors", [])
         results = results_table(rows)
         generations = generations_table(gens)
-        write_parquet(self.out / "results.parquet", results)
-        write_parquet(self.out / "generations.parquet", generations)
+        write_parquet(self.out / RESULTS, results)
+        write_parquet(self.out / GENERATIONS, generations)
         uniq = {(e["key"], e["shard"], e["stage"], e["error"]) for e in errs}
         write_parquet(self.out / "errors.parquet",
                       errors_frame([ErrorRecord(*u) for u in sorted(uniq)]))
@@ -364,7 +360,7 @@ class ProbeRunner:
             "config": public_config(cfg),
             "versions": package_versions(),
         }
-        write_json(self.out / "provenance.json", prov)
+        write_json(self.out / PROVENANCE, prov)
         return results.to_pandas()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-PROBE_DIR = "probe"
+from ..rundir import PROBE_DIR  # noqa: E402,F401 - the run folder layout lives in auditor/rundir.py
 FORMAT_VERSION = 1
 
 RESULT_SCHEMA = pa.schema([

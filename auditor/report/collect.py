@@ -16,6 +16,8 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from ..rundir import (CAPTIONS, CLUSTERS, DEDUP_DIR, DEDUP_SUMMARY, GENERATIONS, INDEX_DIR, INDEX_JSON, MANIFEST,
+                      PROBE_DIR, PROVENANCE, RESULTS, RISK, RunDir)
 from ..text import clip
 from .paths import PathScrubber, display_name
 
@@ -48,7 +50,7 @@ class RunData:
 
     @property
     def probe_dir(self) -> Path:
-        return self.run_dir / "probe"
+        return self.run_dir / PROBE_DIR
 
 
 def run_name(run_dir: str | Path) -> str:
@@ -146,7 +148,8 @@ def load_run(run_dir: str | Path) -> RunData:
     data = RunData(run_dir=run_dir, name=run_name(run_dir))
 
     # index
-    if (run_dir / "index" / "index.json").exists():
+    run = RunDir(run_dir)
+    if run.index_json.exists():
         try:
             from ..index.store import IndexStore
 
@@ -158,28 +161,28 @@ def load_run(run_dir: str | Path) -> RunData:
             data.index = None
             data.index_table = None
     else:
-        data.missing.append("index/index.json")
+        data.missing.append(f"{INDEX_DIR}/{INDEX_JSON}")
 
     # dedup
-    d = run_dir / "dedup"
+    d = run.dedup
     if d.is_dir():
-        data.manifest = _read_parquet(data, d / "manifest.parquet", MANIFEST_COLUMNS)
-        data.clusters = _read_parquet(data, d / "clusters.parquet", CLUSTER_COLUMNS)
-        data.risk = _read_parquet(data, d / "risk.parquet", RISK_COLUMNS)
-        data.dedup_summary = _read_json(data, d / "summary.json")
-        if (d / "captions.parquet").exists():  # optional output; not listed as missing
-            data.captions = _read_parquet(data, d / "captions.parquet", ["caption", "count", "n_clusters"])
+        data.manifest = _read_parquet(data, d / MANIFEST, MANIFEST_COLUMNS)
+        data.clusters = _read_parquet(data, d / CLUSTERS, CLUSTER_COLUMNS)
+        data.risk = _read_parquet(data, d / RISK, RISK_COLUMNS)
+        data.dedup_summary = _read_json(data, d / DEDUP_SUMMARY)
+        if (d / CAPTIONS).exists():  # optional output; not listed as missing
+            data.captions = _read_parquet(data, d / CAPTIONS, ["caption", "count", "n_clusters"])
     else:
-        data.missing.append("dedup/")
+        data.missing.append(f"{DEDUP_DIR}/")
 
     # probe
-    p = run_dir / "probe"
+    p = run.probe
     if p.is_dir():
-        data.results = _read_parquet(data, p / "results.parquet", RESULT_COLUMNS)
-        data.generations = _read_parquet(data, p / "generations.parquet", ["caption", "variant", "path"])
-        data.provenance = _read_json(data, p / "provenance.json")
+        data.results = _read_parquet(data, p / RESULTS, RESULT_COLUMNS)
+        data.generations = _read_parquet(data, p / GENERATIONS, ["caption", "variant", "path"])
+        data.provenance = _read_json(data, p / PROVENANCE)
     else:
-        data.missing.append("probe/")
+        data.missing.append(f"{PROBE_DIR}/")
     return data
 
 

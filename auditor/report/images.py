@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import io
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import pandas as pd
 from tqdm.auto import tqdm
+
+from ..rundir import RunDir
 
 MAX_EVIDENCE_BYTES = 64 * 1024 * 1024
 MAX_EVIDENCE_PIXELS = 89_478_485
@@ -87,67 +88,16 @@ def thumbnail_uri(img, px: int, quality: int) -> str:
 
 def fetch_training_images(store, wanted: Iterable[tuple[str, str]], progress: bool = True
                           ) -> dict[tuple[str, str], Any]:
-    """Bytes of the training images ``(shard, key)``, read through the index's dataset reader.
-
-    Readers without their own random access are read one shard at a time (each shard once, stopping when every
-    wanted key of it was seen), not once per image. Values are ``bytes`` or the exception that prevented it.
-    """
-    from ..io.base import DatasetReader
-
-    wanted = sorted(set(wanted))
-    out: dict[tuple[str, str], Any] = {}
-    if not wanted:
-        return out
-    try:
-        reader = store.reader
-    except Exception as exc:
-        return {w: exc for w in wanted}
-    by_shard: dict[str, set[str]] = defaultdict(set)
-    for shard, key in wanted:
-        by_shard[shard].add(key)
-
-    if type(reader).get is not DatasetReader.get:  # the layout has random access: use it
-        for shard, key in tqdm(wanted, desc="report: training images", unit="image", disable=not progress):
-            try:
-                s = reader.get(shard, key)
-                out[(shard, key)] = s.data if s.data is not None else KeyError(f"{key}: no image bytes")
-            except Exception as exc:
-                out[(shard, key)] = exc
-        return out
-
-    try:
-        refs = {r.id: r for r in reader.shards()}
-    except Exception as exc:
-        return {w: exc for w in wanted}
-    for shard in tqdm(sorted(by_shard), desc="report: reading shards", unit="shard", disable=not progress):
-        keys = by_shard[shard]
-        ref = refs.get(shard)
-        if ref is None:
-            for k in keys:
-                out[(shard, k)] = KeyError(f"shard {shard!r} is not in the dataset any more")
-            continue
-        left = set(keys)
-        try:
-            for s in reader.read_shard(ref):
-                if s.key in left:
-                    out[(shard, s.key)] = s.data if s.data is not None else KeyError(f"{s.key}: no image bytes")
-                    left.discard(s.key)
-                    if not left:
-                        break
-        except Exception as exc:
-            for k in left:
-                out[(shard, k)] = exc
-            left = set()
-        for k in left:
-            out[(shard, k)] = KeyError(f"{k!r} not found in shard {shard!r}")
-    return out
+    """Bytes of the training images ``(shard, key)`` (or the exception that prevented each):
+    :meth:`auditor.index.store.IndexStore.fetch_bytes`, the index's one image-loading path."""
+    return store.fetch_bytes(wanted, progress=progress, desc="report: training images")
 
 
 def safe_probe_file(run_dir: Path, rel: str) -> Path:
     """Resolve a path stored in the probe tables (relative to RUN_DIR, as the probe writes them; a path relative
     to RUN_DIR/probe is accepted too). It must stay inside RUN_DIR/probe: a hostile run folder must not make
     the report inline arbitrary local files."""
-    base = (Path(run_dir) / "probe").resolve()
+    base = RunDir(run_dir).probe.resolve()
     rel = str(rel)
     if not rel:
         raise FileNotFoundError("no image (the generation failed)")
