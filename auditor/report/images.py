@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import pandas as pd
 from tqdm.auto import tqdm
