@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from auditor.index.engines import ENGINES, build_engine
-from auditor.index.runner import _fingerprint, run_index
+from auditor.index.runner import fingerprint, run_index
 from helpers import index_config, tree_digest
 
 TINY = {
@@ -28,8 +28,8 @@ def test_registry_and_runtime_keys():
     assert ENGINES.names() == ["local", "ray"]
     assert type(build_engine(index_config(engine="ray").index)).__name__ == "RayEngine"
     # the engine and the cluster address do not change outputs: a run may resume under another engine
-    assert _fingerprint(index_config(engine="ray", ray_address="auto").index) == _fingerprint(index_config().index)
-    assert _fingerprint(index_config(gpu_decode=True).index) != _fingerprint(index_config().index)
+    assert fingerprint(index_config(engine="ray", ray_address="auto").index) == fingerprint(index_config().index)
+    assert fingerprint(index_config(gpu_decode=True).index) != fingerprint(index_config().index)
     with pytest.raises(Exception, match="engine"):
         index_config(engine="spark")
 
