@@ -368,7 +368,7 @@ def quick_run(tmp_path_factory, shared_data):
 
     if len(small_sources(shared_data)) < 100:
         pytest.skip("cifar10-test photos absent")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dedup_accuracy.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_dedup_accuracy.py"
     spec = importlib.util.spec_from_file_location("bench_dedup_accuracy", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,7 @@ from auditor.index.embedders import build_embedder  # noqa: E402
 from auditor.index.gpu import GpuPath, ResizeSpec, jpeg_header  # noqa: E402
 from auditor.index.runner import run_index  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import CORPUS_MAX_PIXELS, make_corrupt_corpus  # noqa: E402
+from support.corpus import CORPUS_MAX_PIXELS, make_corrupt_corpus  # noqa: E402
 
 TINY = {
     "embed_dim": 16,

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-PACKAGE = Path(__file__).resolve().parents[1] / "auditor"
+PACKAGE = Path(__file__).resolve().parents[2] / "auditor"
 
 # (file relative to the package, call) -> why it is allowed. Anything else found fails the test.
 ALLOWED = {
@@ -209,7 +209,7 @@ def _check_index(store, n_samples: int) -> None:
 @given(data=st.data())
 def test_property_folder_reader_random_image_bytes(tmp_path_factory, seed_photos, data):
     from auditor.index.runner import run_index
-    from test_reliability import corpus_config
+    from support.reliability import corpus_config
 
     blobs = data.draw(st.lists(_mutations(seed_photos), min_size=1, max_size=6))
     exts = data.draw(st.lists(st.sampled_from(["jpg", "png", "webp", "gif", "JPEG", "tiff", "bmp"]),
@@ -227,7 +227,7 @@ def test_property_folder_reader_random_image_bytes(tmp_path_factory, seed_photos
 @given(data=st.data())
 def test_property_parquet_reader_random_image_bytes(tmp_path_factory, seed_photos, data):
     from auditor.index.runner import run_index
-    from test_reliability import corpus_config
+    from support.reliability import corpus_config
 
     blobs = data.draw(st.lists(st.one_of(st.none(), _mutations(seed_photos)), min_size=1, max_size=8))
     captions = data.draw(st.lists(st.one_of(st.none(), st.binary(max_size=40)), min_size=len(blobs),

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from auditor.dedup.runner import run_dedup
-from test_dedup_support import config, index, write_dataset
+from support.dedup import config, index, write_dataset
 
 N_COPIES = 200
 N_UNRELATED = 4000

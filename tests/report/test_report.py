@@ -39,7 +39,7 @@ ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h
                 "p", "img", "figure", "figcaption", "span", "bdi", "strong", "em", "pre", "br"}
 LOCAL_ROOTS = ("/work", "/tmp", "/home", "/root")
 DATA_URI = re.compile(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class _Collect(HTMLParser):

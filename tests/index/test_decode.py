@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from auditor.index.decode import DecodeError, decode_rgb, open_image, sniff_format, to_rgb
-from corpus import CORPUS_MAX_PIXELS, make_corrupt_corpus
+from support.corpus import CORPUS_MAX_PIXELS, make_corrupt_corpus
 
 BIG = 1 << 26
 
@@ -74,7 +74,7 @@ def test_exif_orientation_not_applied(corpus):
 
 def test_cmyk_converts_close_to_source(corpus):
     d, _ = corpus
-    from corpus import _photo
+    from support.corpus import _photo
 
     rgb = np.asarray(decode_rgb((d / "cmyk.jpg").read_bytes()), dtype=np.int16)
     assert np.abs(rgb - np.asarray(_photo(), dtype=np.int16)).mean() < 12

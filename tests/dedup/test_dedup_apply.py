@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from auditor.cli import main
 from auditor.dedup.runner import run_dedup
-from test_dedup_support import cc3m_captions, config, encode, index, write_dataset
+from support.dedup import cc3m_captions, config, encode, index, write_dataset
 
 PH = "dedup.placeholder_min_cluster=5"
 

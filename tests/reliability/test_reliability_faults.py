@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import JsonStubHandler
+from support.helpers import JsonStubHandler
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_reliability import CORPUS_SETS, _real_photos, build_webdataset  # noqa: E402
-from test_reliability_crash import assert_complete_files, leftovers, tree  # noqa: E402
+from support.reliability import CORPUS_SETS, real_photos, build_webdataset  # noqa: E402
+from support.crash import assert_complete_files, leftovers, tree  # noqa: E402
 
 
 def _main(argv) -> int:
@@ -162,7 +161,7 @@ def test_probe_run_survives_a_misbehaving_api(risky_run, api, tmp_path):
 def corpus(tmp_path_factory, imagenet, kodak) -> tuple[Path, Path]:
     """(webdataset corpus dataset, a complete reference run of index + dedup on it)."""
     base = tmp_path_factory.mktemp("faults_corpus")
-    build_webdataset(base / "data", _real_photos(imagenet, kodak), base)
+    build_webdataset(base / "data", real_photos(imagenet, kodak), base)
     ref = base / "ref"
     assert _main(["index", base / "data", "--out", ref, "--workers", "0", *CORPUS_SETS]) == 0
     assert _main(["dedup", ref, *CORPUS_SETS]) == 0

@@ -15,7 +15,7 @@ from PIL import Image
 
 from auditor.probe.config import ProbeConfig
 from auditor.probe.generators import GENERATORS, build_generator
-from helpers import JsonStubHandler
+from support.helpers import JsonStubHandler
 
 
 def _png(seed: int) -> bytes:

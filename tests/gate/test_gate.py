@@ -18,7 +18,7 @@ from auditor.cli import main
 from auditor.gate import Policy, evaluate, exit_code, load_policy
 from auditor.utils import write_parquet
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RULES = list(Policy.RULES)
 
 

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_reliability import CORPUS_SETS, build_webdataset, photo_items, _real_photos, _tar_add  # noqa: E402
-from helpers import is_tmp, tree_digest
+from support.crash import assert_complete_files, leftovers, tree
+from support.helpers import is_tmp, tree_digest  # noqa: F401
+from support.reliability import CORPUS_SETS, build_webdataset, photo_items, real_photos, tar_add
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -40,32 +39,6 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 # ------------------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------------------
-tree = tree_digest  # sha256 of every final output file (temporary files are checked separately)
-
-
-def leftovers(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and is_tmp(p))
-
-
-def assert_complete_files(root: Path) -> int:
-    """Every file under a final name is complete: parquet reads, JSON parses, .npy loads, PNG decodes."""
-    n = 0
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or is_tmp(p):
-            continue
-        n += 1
-        if p.suffix == ".parquet":
-            pq.read_table(p)
-        elif p.suffix in (".json", ".done"):
-            json.loads(p.read_text(encoding="utf-8"))
-        elif p.suffix == ".npy":
-            np.load(p, allow_pickle=False)
-        elif p.suffix == ".png":
-            with Image.open(p) as im:
-                im.load()
-    return n
-
-
 def count_renames(argv: list[str]) -> int:
     """Run the CLI in-process, counting os.replace calls (the number of atomic writes)."""
     from auditor.cli import main
@@ -163,7 +136,7 @@ def sweep(ks, prepare, argv_for, out_of, ref_tree: dict[str, str], stale: list |
 @pytest.fixture(scope="module")
 def corpus_wds(tmp_path_factory, imagenet, kodak) -> Path:
     base = tmp_path_factory.mktemp("crash_wds")
-    build_webdataset(base / "data", _real_photos(imagenet, kodak), base)
+    build_webdataset(base / "data", real_photos(imagenet, kodak), base)
     return base / "data"
 
 
@@ -283,10 +256,10 @@ def _grow(data: Path, photos: list[Path]) -> None:
     Image.open(io.BytesIO(orig)).convert("RGB").save(buf, "JPEG", quality=70)
     with tarfile.open(data / "00002.tar", "w", format=tarfile.GNU_FORMAT) as tf:
         for it in items:
-            _tar_add(tf, f"{it['key']}.jpg", it["data"])
-            _tar_add(tf, f"{it['key']}.txt", it["caption"].encode())
-        _tar_add(tf, "p2_copy.jpg", buf.getvalue())
-        _tar_add(tf, "p2_copy.txt", b"a re-encoded copy")
+            tar_add(tf, f"{it['key']}.jpg", it["data"])
+            tar_add(tf, f"{it['key']}.txt", it["caption"].encode())
+        tar_add(tf, "p2_copy.jpg", buf.getvalue())
+        tar_add(tf, "p2_copy.txt", b"a re-encoded copy")
 
 
 def test_incremental_dedup_killed_at_every_write_reruns_identically(indexed, corpus_wds, tmp_path, imagenet):
@@ -318,12 +291,12 @@ def test_incremental_dedup_killed_at_every_write_reruns_identically(indexed, cor
 
 
 # ------------------------------------------------------------------------------------------------------------
-# probe (the tiny diffusers pipeline of tests/tiny_pipeline.py on CPU)
+# probe (the tiny diffusers pipeline of tests/support/tiny_pipeline.py on CPU)
 # ------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def probe_run(tmp_path_factory, kodak) -> tuple[Path, Path]:
     """(run folder with a real index + dedup of kodak photos and two re-encoded copies, tiny model folder)."""
-    from tiny_pipeline import save_tiny_pipeline
+    from support.tiny_pipeline import save_tiny_pipeline
 
     base = tmp_path_factory.mktemp("crash_probe")
     model = save_tiny_pipeline(base / "sd")

@@ -11,7 +11,7 @@ import pytest
 from auditor.dedup.risk import RISK_COLUMNS
 from auditor.index.dihedral import hamming_dihedral
 from auditor.dedup.runner import MANIFEST_COLUMNS, run_dedup
-from test_dedup_support import (EMBEDDER, cc3m_captions, config, descriptor, index, output_bytes, planted,
+from support.dedup import (EMBEDDER, cc3m_captions, config, descriptor, index, output_bytes, planted,
                                 write_dataset)
 
 COS = "dedup.cosine_threshold=0.95"
@@ -211,7 +211,7 @@ def test_chaining_guard_splits_a_real_blend_chain(tmp_path, imagenet):
     are ~30 bits apart. Connected components chain them all; the guard must not."""
     from PIL import Image
 
-    from test_dedup_support import encode, rgb
+    from support.dedup import encode, rgb
 
     a = rgb(imagenet[10]).resize((256, 256))
     b = rgb(imagenet[11]).resize((256, 256))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from auditor.dedup.runner import run_dedup
-from test_dedup_support import config, index, rgb, write_dataset
+from support.dedup import config, index, rgb, write_dataset
 
 
 def _manifest(run) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos"
+PHOTOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "photos"
 AS_LIMIT = 4 << 30   # the normal one-photo run peaks at ~150 MB RSS; address space of the venv is larger
 CPU_LIMIT = 60
 

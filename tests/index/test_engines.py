@@ -13,7 +13,7 @@ import pytest
 
 from auditor.index.engines import ENGINES, build_engine
 from auditor.index.runner import fingerprint, run_index
-from helpers import index_config, tree_digest
+from support.helpers import index_config, tree_digest
 
 TINY = {
     "embed_dim": 16,

@@ -13,7 +13,7 @@ from PIL import ImageOps
 from auditor.cli import main
 from auditor.dedup.runner import MANIFEST_COLUMNS, run_dedup
 from auditor.index.store import IndexStore
-from test_dedup_support import (add_embeddings, cc3m_captions, config, encode, index, output_bytes, planted, rgb,
+from support.dedup import (add_embeddings, cc3m_captions, config, encode, index, output_bytes, planted, rgb,
                                 write_dataset)
 
 COS = "dedup.cosine_threshold=0.95"

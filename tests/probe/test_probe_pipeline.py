@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_pipeline import save_tiny_pipeline  # noqa: E402
+from support.tiny_pipeline import save_tiny_pipeline  # noqa: E402
 
 from auditor.probe.config import ProbeConfig  # noqa: E402
 from auditor.utils import file_sha256, write_parquet  # noqa: E402

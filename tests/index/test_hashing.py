@@ -17,7 +17,7 @@ from auditor.index.hashing import (
     PHASH_DCT, _bits_to_u64, bytes_sha256, dhash_batch_gray, hamming, hash_thumbnails, hash_to_hex, hex_to_hash,
     phash_batch_gray, phash_dhash, pixel_hash,
 )
-from corpus import CORPUS_MAX_PIXELS, make_corrupt_corpus
+from support.corpus import CORPUS_MAX_PIXELS, make_corrupt_corpus
 
 
 def ref_hashes(images):

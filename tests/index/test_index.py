@@ -19,7 +19,7 @@ from PIL import Image
 
 from auditor.index.runner import IndexConfigMismatch, run_index
 from auditor.index.store import IndexStore
-from helpers import index_config, tree_digest
+from support.helpers import index_config, tree_digest
 
 
 

@@ -11,7 +11,7 @@ import pytest
 from auditor.errors import UserError
 from auditor.probe.prompts import load_prompts
 
-SHIPPED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "prompts" / "memorized_laion_prompts.csv"
+SHIPPED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "prompts" / "memorized_laion_prompts.csv"
 
 
 def test_shipped_memorized_prompts_load_as_is():

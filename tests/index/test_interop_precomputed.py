@@ -14,7 +14,7 @@ from PIL import Image
 
 from auditor.cli import main
 
-PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos" / "kodak"
+PHOTOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "photos" / "kodak"
 pytestmark = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"real photos not found at {PHOTOS}")
 
 
