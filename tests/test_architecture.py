@@ -127,3 +127,16 @@ def test_the_graph_sees_lazy_imports():
     assert g.number_of_edges() > 300
     assert g.has_edge("auditor.cli", "auditor.cliutil")
     assert g.has_edge("auditor.index.cli", "auditor.index.runner")  # imported inside _run
+
+
+def test_tests_do_not_import_each_other():
+    """Shared builders live in tests/support/; a test file never imports another test file (issue 16 item 9)."""
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for p in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{p.relative_to(tests)} imports {n}" for n in names
+                          if n.split(".")[-1].startswith(("test_", "conftest"))]
+    assert offenders == []
