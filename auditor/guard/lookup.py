@@ -10,6 +10,7 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
+from ..index.decode_bounds import DEFAULT_CPU_BUDGET_S, DEFAULT_MAX_JPEG_SCANS
 from .config import GuardConfig
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class Guard:
         decode = (info.get("config") or {}).get("decode") or {}
         self.max_pixels = int(self.cfg.max_pixels or decode.get("max_pixels") or 89_478_485)
         self.max_bytes = int(decode.get("max_bytes") or 64 * 1024 * 1024)
+        # the index's scan cap and per-image CPU budget (an index older than them: the decoder's defaults)
+        self.max_jpeg_scans = int(decode.get("max_jpeg_scans") or DEFAULT_MAX_JPEG_SCANS)
+        self.cpu_budget_s = float(decode.get("cpu_budget_s") or DEFAULT_CPU_BUDGET_S)
         self._lock = threading.Lock()
         self._embedder = None
         self._faiss = None
@@ -157,7 +161,7 @@ class Guard:
         """(image in its original mode for hashing, RGB image for embedding)."""
         from PIL import Image
 
-        from ..index.decode import decode_rgb, open_image, to_rgb  # noqa: F401
+        from ..index.decode import CpuBudget, open_image, rgb_array, to_rgb
 
         if isinstance(item, Image.Image):
             return item, to_rgb(item)
@@ -166,8 +170,12 @@ class Guard:
             if p.stat().st_size > self.max_bytes:
                 raise ValueError(f"{p} is larger than {self.max_bytes} bytes")
             item = p.read_bytes()
-        im = open_image(bytes(item), max_pixels=self.max_pixels, max_bytes=self.max_bytes)
-        return im, to_rgb(im)
+        budget = CpuBudget(self.cpu_budget_s)  # per image, on this request thread's CPU time
+        im = open_image(bytes(item), max_pixels=self.max_pixels, max_bytes=self.max_bytes,
+                        max_jpeg_scans=self.max_jpeg_scans, budget=budget)
+        rgb = im if im.mode == "RGB" else Image.fromarray(rgb_array(im, budget), mode="RGB")
+        budget.check()
+        return im, rgb
 
     def _verdict(self, dist: Optional[int], cos: Optional[float]) -> tuple[str, str]:
         c = self.cfg

@@ -26,6 +26,12 @@ class DecodeConfig(_Strict):
     max_pixels: int = Field(89_478_485, ge=1)  # PIL's own default warning limit
     # stored-bytes limit per sample
     max_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    # progressive-JPEG scans, counted from the markers before decoding (each scan is a full pass; encoders
+    # write <= ~20): a JPEG with more is recorded as a decode error "too_many_scans"
+    max_jpeg_scans: int = Field(100, ge=1)
+    # CPU seconds (the worker thread's CPU time) one image may spend in decoding + RGB conversion; past it the
+    # sample is a decode error "over_cpu_budget" (checked between decoder blocks; see index/decode_bounds.py)
+    cpu_budget_s: float = Field(30.0, gt=0, allow_inf_nan=False)
 
 
 class EmbedderConfig(_Strict):

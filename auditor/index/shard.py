@@ -80,7 +80,8 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
                 out.errors.append(ErrorRecord(s.key, s.shard, "read", read_error or "no image bytes"))
             continue
         try:
-            dec = decode_for_index(data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
+            dec = decode_for_index(data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes,
+                                   max_jpeg_scans=dc.max_jpeg_scans, cpu_budget_s=dc.cpu_budget_s)
             arr = preprocess(dec.rgb_image()) if preprocess is not None else None
             thumb = gray_thumbnails(dec.gray)  # two small arrays: the decoded image is not kept past this sample
             pixel_hash = pixel_hash_array(dec.rgb)

@@ -35,6 +35,7 @@ class HttpGeneratorConfig(_Strict):
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_pixels: int = Field(64 * 1024 * 1024, ge=1)     # per-image decode budget of a response image
     max_jpeg_scans: int = Field(64, ge=1)                # progressive-JPEG scan cap (each scan costs a full pass)
+    cpu_budget_s: float = Field(30.0, gt=0, allow_inf_nan=False)  # CPU seconds to decode one response image
     extra: dict[str, Any] = {}                 # merged into every request body
 
 
