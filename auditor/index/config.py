@@ -19,6 +19,12 @@ class ReaderConfig(_Strict):
     captions_file: Optional[str] = None
     # img2dataset parquet layout: column with the image bytes; None = the encode format (jpg, png, webp)
     image_column: Optional[str] = None
+    # captions (.txt) and .json members/files, and parquet caption values, larger than this are not read: the
+    # sample is a read error "too_many_bytes" (8 MiB: a 1M-character caption escaped in img2dataset's .json)
+    max_text_bytes: int = Field(8 << 20, ge=1)
+    # a compressed tar (.tar.gz/.bz2/.xz) or a parquet column chunk may decompress to at most this many times
+    # its stored bytes (or 256 MiB, whichever is larger); beyond it the container is recorded as broken
+    max_expansion: int = Field(100, ge=1)
 
 
 class DecodeConfig(_Strict):

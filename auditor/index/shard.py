@@ -131,6 +131,7 @@ def iter_chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
         buf: list[Sample] = []
         seen: set[str] = set()
         emitted = False
+        last: Optional[str] = None
         try:
             for s in (reader.read_shard_deferred(ref) if deferred else reader.read_shard(ref)):
                 if not is_utf8(s.key):  # a non-UTF-8 file/member name: no key the index can store and look up
@@ -144,14 +145,19 @@ def iter_chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
                                     + (f": {s.error}" if s.error else "")))
                     continue
                 seen.add(s.key)
+                last = s.key
                 buf.append(s)
                 if len(buf) >= size:
                     emitted = True
                     yield buf
                     buf = []
         except Exception as exc:  # noqa: BLE001 - reader failure: record and close the shard with what we have
+            # the readers confine per-sample failures to their sample, so this is a reader bug or a broken
+            # container the reader did not catch: never silent, it says where the shard stopped
+            where = f"after key {last!r}" if last is not None else "before its first sample"
             errors_by_shard.setdefault(ref.id, []).append(
-                ErrorRecord(f"{ref.id}/__shard__", ref.id, "read", f"{type(exc).__name__}: {exc}"))
+                ErrorRecord(f"{ref.id}/__shard__", ref.id, "read", f"the shard stopped {where}; the rest of it "
+                                                                  f"was not read: {type(exc).__name__}: {exc}"))
         if buf or not emitted:
             yield buf or [Sample(key="", shard=ref.id, data=None, status="__empty__")]
 

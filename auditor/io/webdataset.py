@@ -17,6 +17,10 @@ import zlib
 from typing import Any, Iterator, Optional
 
 from .base import (
+    DEFAULT_MAX_EXPANSION,
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_TEXT_BYTES,
+    EXPANSION_FLOOR,
     IMAGE_EXTS,
     READ_ERROR,
     READERS,
@@ -34,8 +38,13 @@ from .base import (
 log = logging.getLogger(__name__)
 
 TAR_SUFFIXES = (".tar",)
-#: members larger than this are not read (recorded as an error instead); a guard against hostile tars
-DEFAULT_MAX_MEMBER_BYTES = 1 << 30
+TEXT_EXTS = ("txt", "json")
+# magic bytes of the compressions tarfile's "r|*" opens (gzip, bzip2, xz)
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+
+class Oversized(str):
+    """A member that was not read (over its size limit): the text is the error its sample is recorded with."""
 
 _TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
 
@@ -69,8 +78,8 @@ def parse_json_meta(data: bytes | None) -> tuple[dict, Optional[str]]:
         return {}, None
     try:
         obj = json.loads(decode_text(data) or "{}")
-    except ValueError as exc:
-        return {}, f"unreadable .json: {exc}"
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
+        return {}, f"unreadable .json: {type(exc).__name__}: {exc}"
     return (obj if isinstance(obj, dict) else {}), None
 
 
@@ -86,6 +95,10 @@ def build_sample(key: str, shard: str, members: dict[str, bytes], side: Optional
         meta["duplicate_key"] = True
     if source:
         meta["source"] = source
+    over = next((v for v in members.values() if isinstance(v, Oversized)), None)
+    if over is not None:  # a caption/JSON too large to read: the sample is recorded, its image not indexed
+        return Sample(key=key, shard=shard, data=None, status=READ_ERROR, error=str(over),
+                      url=side.get("url") if side else None, meta=meta)
     j, jerr = parse_json_meta(members.get("json"))
     if jerr:
         meta["json_error"] = jerr
@@ -153,14 +166,29 @@ class WebDatasetReader(DatasetReader):
         """Stream (key, {ext: bytes}) groups of consecutive members. On a broken tar, stops and appends an
         error description to ``errors``."""
         max_bytes = int(self.options.get("max_member_bytes") or DEFAULT_MAX_MEMBER_BYTES)
+        max_text = int(self.options.get("max_text_bytes") or DEFAULT_MAX_TEXT_BYTES)
         key: Optional[str] = None
         group: dict[str, bytes] = {}
         current = ""
+        lost: Optional[str] = None  # the key of the member being read when the tar broke
         try:
             fs, path = url_to_fs(shard.path)
+            stored = int(fs.size(path) or 0)
             with fs.open(path, "rb") as fh:
+                compressed = fh.read(6).startswith(_COMPRESSED)
+                fh.seek(0)
+                # where a member may end: the file's real size; a compressed tar's decompressed bytes are capped
+                # (tarfile's stream mode skips a member by reading up to its declared end: a header claiming
+                # 2**60 bytes spun forever, a gzip bomb decompressed to 9 GB)
+                end_limit = max(EXPANSION_FLOOR, stored * int(self.options.get("max_expansion")
+                                                               or DEFAULT_MAX_EXPANSION)) if compressed else stored
+                what = "the decompressed-bytes cap (max_expansion)" if compressed else "the end of the file"
                 tf = tarfile.open(fileobj=fh, mode="r|*")
                 for m in tf:
+                    if m.offset_data + max(m.size, 0) > end_limit:
+                        current, lost = m.name, split_key(m.name)[0]
+                        raise tarfile.ReadError(f"member header of {m.name} claims {m.size} bytes, past {what} "
+                                                f"({end_limit} bytes); the rest of the tar was not read")
                     if not m.isfile():
                         if not m.isdir():  # links, devices, FIFOs: recorded, never followed
                             errors.append(("member", split_key(m.name)[0], f"tar member {m.name} is not a "
@@ -174,18 +202,25 @@ class WebDatasetReader(DatasetReader):
                         if group:
                             yield key, group
                         key, group = k, {}
+                    if ext in TEXT_EXTS and m.size > max_text:
+                        group[ext] = Oversized(f"too_many_bytes: tar member {m.name} is {m.size} bytes, over "
+                                               f"max_text_bytes={max_text}; not read")
+                        continue
                     if m.size > max_bytes:
                         errors.append(("member", k, f"tar member {m.name} is {m.size} bytes, over the "
                                                     f"{max_bytes}-byte limit; not read"))
                         continue
                     f = tf.extractfile(m)
+                    lost = k
                     group[ext] = f.read() if f is not None else b""
+                    lost = None
                 # tarfile stops silently at an invalid header after the first member: anything but zero
                 # padding after the end-of-archive block means the rest of the tar was unreadable
-                rest = tf.fileobj
+                rest, tail = tf.fileobj, tf.offset
                 while True:
                     chunk = rest.read(1 << 16)
-                    if not chunk:
+                    tail += len(chunk)
+                    if not chunk or tail > end_limit:
                         break
                     if chunk.count(0) != len(chunk):
                         raise tarfile.ReadError("invalid tar header after member "
@@ -193,7 +228,7 @@ class WebDatasetReader(DatasetReader):
                 tf.close()
         except _TAR_ERRORS as exc:
             where = f" (while reading member {current})" if current else ""
-            errors.append(("tar", None, f"broken tar {shard.path}{where}: {type(exc).__name__}: {exc}"))
+            errors.append(("tar", lost, f"broken tar {shard.path}{where}: {type(exc).__name__}: {exc}"))
         if group:
             yield key, group
 
@@ -215,14 +250,27 @@ class WebDatasetReader(DatasetReader):
                     continue  # its image was over the size limit: reported just above
                 if errors and errors[-1][0] == "tar":
                     continue  # its image was being read when the tar broke: reported below
-            yield build_sample(key, shard.id, members, by_key.get(key), key in seen)
+            try:
+                yield build_sample(key, shard.id, members, by_key.get(key), key in seen)
+            except Exception as exc:  # noqa: BLE001 - one sample's bad metadata is confined to that sample
+                yield Sample(key=key, shard=shard.id, data=None, status=READ_ERROR,
+                             error=f"unreadable sample: {type(exc).__name__}: {exc}")
             yield from extra_image_errors(key, shard.id, members)
             seen.add(key)
         tar_broken = False
         for kind, k, msg in errors:
             if kind == "tar":
                 tar_broken = True
+                # the first key lost: the one being read at the break (unless it was still indexed), else the
+                # first sidecar row the tar did not give
+                first = k if k is not None and k not in seen else next(
+                    (r.get("key") for r in rows if r.get("status") == "success" and r.get("key") not in seen), None)
+                msg += (f"; first key lost: {first}" if first
+                        else "; no sidecar row lost (keys after the break, if any, are unknown without one)")
                 yield Sample(key=f"{shard.id}/__tar__", shard=shard.id, data=None, status=READ_ERROR, error=msg)
+                if first is not None and first == k and k not in by_key:  # no sidecar row will record it
+                    yield Sample(key=k, shard=shard.id, data=None, status=READ_ERROR,
+                                 error="the tar broke while reading this sample")
             else:
                 yield Sample(key=k, shard=shard.id, data=None, status=READ_ERROR, error=msg)
         # rows the tar does not hold: img2dataset's failures, and "success" rows missing from the tar
