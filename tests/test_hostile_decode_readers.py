@@ -306,3 +306,34 @@ def test_parquet_declared_bomb_big_caption_and_bad_value(tmp_path, baseline):
     assert all("max_expansion" in errors[("00001", k)]["error"] for k in ("z0", "z1"))
     print(f"peak RSS {rss:.0f} MB, baseline {baseline:.0f} MB")
     assert rss <= 2 * baseline, (rss, baseline)
+
+
+def test_folder_and_files_captions_are_stat_ed_and_capped(tmp_path):
+    """A FIFO caption (``cat`` would block forever) and a 9 MiB caption are read errors with their keys; the
+    photo beside them is read. In-process: nothing here can block once the stat comes first."""
+    from auditor.io.detect import open_dataset
+
+    ph = _photos(3)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for k, data in zip("abc", ph):
+        (folder / f"{k}.jpg").write_bytes(data)
+    os.mkfifo(folder / "b.txt")
+    (folder / "c.txt").write_bytes(b"z" * (9 << 20))
+    (folder / "a.txt").write_text("caption a")
+    r = open_dataset(folder, layout="folder")
+    out = {s.key: s for ref in r.shards() for s in r.read_shard(ref)}
+    assert out["a.jpg"].data == ph[0] and out["a.jpg"].caption == "caption a"
+    assert out["b.jpg"].data is None and "not_a_regular_file" in out["b.jpg"].error
+    assert out["c.jpg"].data is None and "too_many_bytes" in out["c.jpg"].error
+    files = tmp_path / "files" / "00000"
+    files.mkdir(parents=True)
+    for k, data in zip("abc", ph):
+        (files / f"{k}.jpg").write_bytes(data)
+    os.mkfifo(files / "b.json")
+    (files / "c.txt").write_bytes(b"z" * (9 << 20))
+    r = open_dataset(files.parent, layout="files")
+    out = {s.key: s for ref in r.shards() for s in r.read_shard(ref)}
+    assert out["a"].data == ph[0]
+    assert out["b"].data is None and "not_a_regular_file" in out["b"].error
+    assert out["c"].data is None and "too_many_bytes" in out["c"].error
