@@ -304,6 +304,12 @@ def test_parquet_declared_bomb_big_caption_and_bad_value(tmp_path, baseline):
     assert "max_text_bytes" in errors[("00000", "k1")]["error"]
     assert "OverflowError" in errors[("00000", "k2")]["error"]
     assert all("max_expansion" in errors[("00001", k)]["error"] for k in ("z0", "z1"))
+    from auditor.io.detect import open_dataset
+
+    reader = open_dataset(ds)  # the report's and the guard's one-image lookups pass the same footer check
+    assert reader.get("00001", "z2").data == ph[1]
+    assert reader.get("00001", "z0").data is None and "max_expansion" in reader.get("00001", "z0").error
+    assert reader.get("00000", "k3").data == ph[3]
     print(f"peak RSS {rss:.0f} MB, baseline {baseline:.0f} MB")
     assert rss <= 2 * baseline, (rss, baseline)
 

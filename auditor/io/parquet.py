@@ -259,15 +259,35 @@ class ParquetReader(DatasetReader):
             raise KeyError(f"no shard {shard!r} in {self.root}")
         fs, path = url_to_fs(ref.path)
         with fs.open(path, "rb") as fh:
-            schema = pq.ParquetFile(fh).schema_arrow
-        if "key" not in schema.names:
-            return super().get(shard, key)
-        # row-group statistics prune the row groups that cannot hold the key
-        table = pq.read_table(path, filesystem=fs, filters=[("key", "==", key)])
-        if table.num_rows == 0:
-            raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")
-        cols = self._columns(table.schema)
-        batch = table.slice(0, 1).to_batches()[0]
-        sample = next(self._rows_to_samples(shard, batch, cols, 0))
-        sample.meta.pop("row", None)
-        return sample
+            pf = pq.ParquetFile(fh)
+            schema = pf.schema_arrow
+            if "key" in schema.names:
+                return self._get_by_key(pf, shard, key)
+        return super().get(shard, key)
+
+    def _get_by_key(self, pf, shard: str, key: str) -> Sample:
+        """The first row with ``key``: row groups pruned by the key column's min/max statistics, the key
+        column read alone, and the row group's other columns only when its footer passes :meth:`_bomb`."""
+        cols = self._columns(pf.schema_arrow)
+        wanted = self._wanted(pf.schema_arrow, cols)
+        md = pf.metadata
+        for rg in range(md.num_row_groups):
+            meta = md.row_group(rg)
+            kc = next((meta.column(j) for j in range(meta.num_columns) if meta.column(j).path_in_schema == "key"),
+                      None)
+            st = kc.statistics if kc is not None else None
+            if st is not None and st.has_min_max and isinstance(st.min, str) and not (st.min <= key <= st.max):
+                continue
+            keys = pf.read_row_group(rg, columns=["key"]).column(0).to_pylist()
+            if key not in keys:
+                continue
+            why = self._bomb(meta, wanted)
+            if why:
+                return Sample(key=key, shard=shard, data=None, status=READ_ERROR, error=why)
+            table = pf.read_row_group(rg, columns=wanted)
+            i = keys.index(key)
+            batch = table.slice(i, 1).combine_chunks().to_batches()[0]
+            sample = next(self._rows_to_samples(shard, batch, cols, 0))
+            sample.meta.pop("row", None)
+            return sample
+        raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")
