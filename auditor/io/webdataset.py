@@ -43,6 +43,30 @@ TEXT_EXTS = ("txt", "json")
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
+def next_header(fh, pos: int, end: int) -> Optional[int]:
+    """The offset of the first 512-aligned block at or after ``pos`` (and before ``end``) that parses as a
+    ustar/GNU header with a valid checksum, or None: GNU tar's resync after a bad header. The ``ustar`` magic
+    is searched in 1 MiB reads (one C-level ``find`` each), and only blocks with it at offset 257 are parsed."""
+    pos = -(-pos // 512) * 512
+    while pos + 512 <= end:
+        fh.seek(pos)
+        chunk = fh.read(1 << 20)
+        if len(chunk) < 512:
+            return None
+        j = chunk.find(b"ustar", 257)
+        while j >= 0:
+            start = j - 257
+            if start % 512 == 0 and start + 512 <= len(chunk):
+                try:
+                    tarfile.TarInfo.frombuf(chunk[start:start + 512], "utf-8", "surrogateescape")
+                    return pos + start
+                except tarfile.HeaderError:
+                    pass
+            j = chunk.find(b"ustar", j + 1)
+        pos += len(chunk) - len(chunk) % 512
+    return None
+
+
 class Oversized(str):
     """A member that was not read (over its size limit): the text is the error its sample is recorded with."""
 
@@ -183,40 +207,56 @@ class WebDatasetReader(DatasetReader):
                 end_limit = max(EXPANSION_FLOOR, stored * int(self.options.get("max_expansion")
                                                                or DEFAULT_MAX_EXPANSION)) if compressed else stored
                 what = "the decompressed-bytes cap (max_expansion)" if compressed else "the end of the file"
-                tf = tarfile.open(fileobj=fh, mode="r|*")
-                for m in tf:
-                    if m.offset_data + max(m.size, 0) > end_limit:
-                        current, lost = m.name, split_key(m.name)[0]
-                        raise tarfile.ReadError(f"member header of {m.name} claims {m.size} bytes, past {what} "
-                                                f"({end_limit} bytes); the rest of the tar was not read")
-                    if not m.isfile():
-                        if not m.isdir():  # links, devices, FIFOs: recorded, never followed
-                            errors.append(("member", split_key(m.name)[0], f"tar member {m.name} is not a "
-                                           f"regular file (tar type {m.type!r}); not read"))
-                        continue
-                    current = m.name
-                    k, ext = split_key(m.name)
-                    if posixpath.basename(k).startswith(".") or k.startswith("__"):
-                        continue  # hidden files / webdataset meta members
-                    if k != key or ext in group:
-                        if group:
-                            yield key, group
-                        key, group = k, {}
-                    if ext in TEXT_EXTS and m.size > max_text:
-                        group[ext] = Oversized(f"too_many_bytes: tar member {m.name} is {m.size} bytes, over "
-                                               f"max_text_bytes={max_text}; not read")
-                        continue
-                    if m.size > max_bytes:
-                        errors.append(("member", k, f"tar member {m.name} is {m.size} bytes, over the "
-                                                    f"{max_bytes}-byte limit; not read"))
-                        continue
-                    f = tf.extractfile(m)
-                    lost = k
-                    group[ext] = f.read() if f is not None else b""
-                    lost = None
+                start_at = 0  # where the current tarfile stream starts (moves on after a resync)
+                while True:
+                    fh.seek(start_at)
+                    tf = tarfile.open(fileobj=fh, mode="r|*")
+                    resync = None
+                    for m in tf:
+                        if start_at + m.offset_data + max(m.size, 0) > end_limit:
+                            # an uncompressed tar is resynced, as GNU tar does, at the next block that parses
+                            # as a checksummed ustar header; none after it (a truncated tar): a broken container
+                            resync = None if compressed else next_header(fh, start_at + m.offset + 512, stored)
+                            if resync is None:
+                                current, lost = m.name, split_key(m.name)[0]
+                                raise tarfile.ReadError(f"member header of {m.name} claims {m.size} bytes, "
+                                                        f"past {what} ({end_limit} bytes); the rest of the tar "
+                                                        "was not read")
+                            errors.append(("member", split_key(m.name)[0], f"tar member header of {m.name} "
+                                           f"claims {m.size} bytes, past {what} ({end_limit} bytes); not read; "
+                                           f"reading resumed at the next valid header (byte {resync})"))
+                            break
+                        if not m.isfile():
+                            if not m.isdir():  # links, devices, FIFOs: recorded, never followed
+                                errors.append(("member", split_key(m.name)[0], f"tar member {m.name} is not a "
+                                               f"regular file (tar type {m.type!r}); not read"))
+                            continue
+                        current = m.name
+                        k, ext = split_key(m.name)
+                        if posixpath.basename(k).startswith(".") or k.startswith("__"):
+                            continue  # hidden files / webdataset meta members
+                        if k != key or ext in group:
+                            if group:
+                                yield key, group
+                            key, group = k, {}
+                        if ext in TEXT_EXTS and m.size > max_text:
+                            group[ext] = Oversized(f"too_many_bytes: tar member {m.name} is {m.size} bytes, over "
+                                                   f"max_text_bytes={max_text}; not read")
+                            continue
+                        if m.size > max_bytes:
+                            errors.append(("member", k, f"tar member {m.name} is {m.size} bytes, over the "
+                                                        f"{max_bytes}-byte limit; not read"))
+                            continue
+                        f = tf.extractfile(m)
+                        lost = k
+                        group[ext] = f.read() if f is not None else b""
+                        lost = None
+                    if resync is None:
+                        break
+                    start_at = resync
                 # tarfile stops silently at an invalid header after the first member: anything but zero
                 # padding after the end-of-archive block means the rest of the tar was unreadable
-                rest, tail = tf.fileobj, tf.offset
+                rest, tail = tf.fileobj, start_at + tf.offset
                 while True:
                     chunk = rest.read(1 << 16)
                     tail += len(chunk)
@@ -238,12 +278,14 @@ class WebDatasetReader(DatasetReader):
             yield side_err
         by_key = sidecar_rows_by_key(rows)
         seen: set[str] = set()
+        recorded: set[str] = set()  # keys already yielded as a member error: their sidecar row is not repeated
         errors: list = []
         for key, members in self._groups(shard, errors):
             reported = set()
             while errors and errors[0][0] == "member":
                 _, k, msg = errors.pop(0)
                 reported.add(k)
+                recorded.add(k)
                 yield Sample(key=k, shard=shard.id, data=None, status=READ_ERROR, error=msg)
             if not any(e in IMAGE_EXTS for e in members):
                 if key in reported:
@@ -272,12 +314,13 @@ class WebDatasetReader(DatasetReader):
                     yield Sample(key=k, shard=shard.id, data=None, status=READ_ERROR,
                                  error="the tar broke while reading this sample")
             else:
+                recorded.add(k)
                 yield Sample(key=k, shard=shard.id, data=None, status=READ_ERROR, error=msg)
         # rows the tar does not hold: img2dataset's failures, and "success" rows missing from the tar
         for r in rows:
             if r.get("status") != "success":
                 yield failed_sample(r, shard.id)
-            elif r.get("key") not in seen:
+            elif r.get("key") not in seen and r.get("key") not in recorded:
                 why = "the tar broke before it" if tar_broken else "absent from the tar"
                 yield Sample(key=r.get("key") or "", shard=shard.id, data=None, caption=r.get("caption"),
                              url=r.get("url"), status=READ_ERROR,
