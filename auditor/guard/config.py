@@ -17,7 +17,7 @@ class GuardConfig(BaseModel):
     set them for yours.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     top_k: int = Field(5, ge=1, le=100)
     copy_phash_distance: int = Field(4, ge=0, le=64)
