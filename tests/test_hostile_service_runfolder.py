@@ -350,3 +350,17 @@ def test_files_reader_get_refuses_paths_out_of_the_dataset(tmp_path, kodak):
                        (".", "00000/000000000"), ("00000", ".."), ("", "x")]:
         with pytest.raises(KeyError):
             r.get(shard, key)
+
+
+def test_folder_reader_get_refuses_an_absolute_key(tmp_path, kodak):
+    """``posixpath.join(root, "/elsewhere/x.png")`` is ``/elsewhere/x.png``: an absolute key is no sample."""
+    from auditor.io.folder import FolderReader
+
+    root = _photos(kodak, tmp_path / "data", 1)
+    secret = tmp_path / "secret.png"
+    shutil.copy(kodak[1], secret)
+    r = FolderReader(str(root))
+    assert r.get("00000", kodak[0].name).data == kodak[0].read_bytes()
+    for key in (str(secret), "../secret.png", "//" + str(secret).lstrip("/")):
+        with pytest.raises(KeyError):
+            r.get("00000", key)
