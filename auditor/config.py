@@ -36,7 +36,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class AuditorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     seed: int = 0
     index: IndexConfig = IndexConfig()

@@ -39,7 +39,7 @@ FAIL_CLOSED_TOP = 20  # top risk clusters of which the probe must cover at least
 class Policy(BaseModel):
     """The release policy. Every limit is inclusive (``actual <= limit`` passes); ``None`` turns a rule off."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_extracted_captions: Optional[int] = Field(0, ge=0)
     extracted_verdicts: list[Literal["verbatim", "template"]] = Field(default_factory=lambda: ["verbatim", "template"],

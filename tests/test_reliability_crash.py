@@ -297,7 +297,12 @@ def test_incremental_dedup_killed_at_every_write_reruns_identically(indexed, cor
     shutil.copytree(indexed, base)
     assert _main(_dedup_argv(base)) == 0  # dedup state of the 2-shard index
     _grow(data, imagenet[20:22])
-    # the index resumes on the grown dataset (same root recorded: copy the run with the new data path)
+    # the index resumes on the grown dataset (same root recorded: copy the run with the new data path; a run
+    # folder names its dataset, and another root is refused)
+    info_path = base / "index" / "index.json"
+    info = json.loads(info_path.read_text())
+    info["dataset"]["root"] = str(data)
+    info_path.write_text(json.dumps(info))
     assert _main(_index_argv(data, base)) == 0
     ref = tmp_path / "ref"
     shutil.copytree(base, ref)

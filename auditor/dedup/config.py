@@ -14,7 +14,7 @@ UNCALIBRATED_COSINE = 0.9
 
 
 class DedupConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # exact: identical stored bytes (sha256) / identical decoded RGB pixels (pixel_blake3)
     exact_bytes: bool = True

@@ -16,8 +16,8 @@ Verdict: ``copy`` when pHash distance <= ``copy_phash_distance`` or cosine >= ``
 the looser ``near_*`` thresholds; ``ok`` otherwise; ``error`` when the submitted bytes are not a safely
 decodable image. Thresholds live in ``report.guard`` (:class:`auditor.guard.config.GuardConfig`).
 
-``auditor guard RUN_DIR IMAGE...`` checks files; ``auditor guard RUN_DIR --serve`` runs a small HTTP service
-(bound to 127.0.0.1 by default): ``POST /check`` with the image bytes as the body answers the JSON verdict,
+``auditor guard RUN_DIR IMAGE...`` checks files; ``auditor guard RUN_DIR --serve`` runs the HTTP service under
+waitress from a bounded pool (bound to 127.0.0.1 by default; ``server.py`` lists its bounds): ``POST /check`` with the image bytes as the body answers the JSON verdict,
 ``GET /healthz`` answers the index size. Bodies over ``max_request_bytes`` get 413 without being read.
 """
 

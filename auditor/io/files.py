@@ -20,6 +20,11 @@ def _by_image_order(paths: dict[str, str]) -> dict[str, str]:
     return dict(sorted(paths.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
 
+def _one_name(name: str) -> bool:
+    """True when ``name`` is one path component: no separator, not ``.`` or ``..``, no NUL."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
 def is_shard_dir_name(name: str) -> bool:
     return name.isdigit()
 
@@ -110,6 +115,10 @@ class FilesReader(DatasetReader):
                              meta={"source": "sidecar"})
 
     def get(self, shard: str, key: str) -> Sample:
+        # a shard is one folder under the root and a key one file name in it: a "/", ".." or "." (from a hostile
+        # run folder's index) would read a file outside the dataset, so it is no sample of it
+        if not (_one_name(shard) and _one_name(key)):
+            raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")
         fs, root = url_to_fs(self.root)
         folder = posixpath.join(root, shard)
         if not fs.isdir(folder):

@@ -166,7 +166,8 @@ class FolderReader(DatasetReader):
     def get(self, shard: str, key: str) -> Sample:
         fs, root = self._fs()
         root = root.rstrip("/")
-        if not image_ext(key) or ".." in key.split("/") or not fs.isfile(posixpath.join(root, key)):
+        if (not image_ext(key) or key.startswith("/") or ".." in key.split("/")  # absolute: join() would drop root
+                or not fs.isfile(posixpath.join(root, key))):
             raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")
         sidecar = next((c for c in self._sidecar_candidates(key) if fs.isfile(posixpath.join(root, c))), None)
         return self._sample(fs, root, shard, key, sidecar)

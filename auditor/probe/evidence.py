@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..utils import atomic_path
+from ..utils import atomic_path, bounded_name
 from .detectors import capped_size, center_crop_to_aspect
 
 
 def safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    """``name`` as a file-name part: letters, digits, ``-`` and ``_`` kept, anything else ``_``; hashed when long
+    (a 250-character key must not push an evidence file name past NAME_MAX)."""
+    return bounded_name("".join(c if c.isalnum() or c in "-_" else "_" for c in name), 96)
 
 
 def write_evidence(run_dir: Path, folder: Path, cfg, variant: str, ok: list[dict], ims: list[Image.Image],
