@@ -64,10 +64,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..index.store import IndexStore
+from ..index.store import SAMPLE_COLUMNS, IndexStore
 from ..utils import remove_temporary_files, write_json, write_npy, write_parquet, write_text
 from .cluster import Signals, cluster, group_codes, star_edges
 from .config import DedupConfig, resolve_cosine
+from .keep import columns_needed
 from .edges import HashRules, embedding_edges, hash_edges, phash_confirmed, search_options  # noqa: F401 - public
 from .schema import MANIFEST_SCHEMA, SCHEMAS, to_table
 from .state import STATE_DIR, commit_state, file_digest, load_state, save_faiss, search_fingerprint
@@ -115,15 +116,13 @@ def run_dedup(run_dir: str | os.PathLike, cfg=None, full: bool = False) -> dict:
     if n_tmp:
         log.info("removed %d temporary files left by an interrupted dedup run in %s", n_tmp, out)
     shard_ids = store.shard_ids()
-    from .keep import columns_needed
-
     carried = store.extra_columns()  # for the keep policy and keep_urls.parquet
     wanted = _TABLE_COLUMNS + ["url", "stored_ext"] + carried + columns_needed(dcfg.keep, dcfg.protect)
-    table = store.table(columns=list(dict.fromkeys(wanted)))
     for c in columns_needed(dcfg.keep, dcfg.protect):
-        if c not in table.columns:
+        if c not in carried and c not in SAMPLE_COLUMNS:
             raise UserError(f"dedup.keep / dedup.protect: the index has no column {c!r} (carried: "
                             f"{', '.join(carried) or 'none'}; see index.carry_columns)")
+    table = store.table(columns=list(dict.fromkeys(wanted)))
     n = len(table)
     log.info("dedup %s: %d samples in %d shards", run_dir, n, len(shard_ids))
 
