@@ -143,7 +143,8 @@ def main() -> None:
         res = {"date": date.today().isoformat(), "machine": f"{cpu_model()}, {os.cpu_count()} cores, Python "
                                                             f"{platform.python_version()}",
                "rows": args.rows, "dim": args.dim, "index_shards": args.shards, "embedding_files": args.files,
-               "setup_s": round(setup, 1), "auditor_attach_s": round(t_auditor, 2), "peer_bare_join_s": round(t_peer, 2),
+               "setup_s": round(setup, 1), "auditor_attach_s": round(t_auditor, 2),
+               "peer_bare_join_s": round(t_peer, 2),
                "ratio": round(t_auditor / t_peer, 2), "embedded_rows": int(n_emb), "missing_rows_in_errors": n_err,
                "target_s": 120, "meets_target": t_auditor <= 120}
         out = REPO / "benchmarks" / "results"

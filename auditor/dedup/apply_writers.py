@@ -116,7 +116,8 @@ class TarWriter(ShardWriter):
     def add(self, key, files, record):
         for ext, data in files.items():  # the input's member order
             ti = tarfile.TarInfo(f"{key}.{ext}")
-            ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = len(data), TAR_MTIME, TAR_MODE, 0, 0, "", ""
+            ti.size, ti.mtime, ti.mode = len(data), TAR_MTIME, TAR_MODE
+            ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, "", ""
             self._tar.addfile(ti, io.BytesIO(data))
         self.rows.append(record)
 

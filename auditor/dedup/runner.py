@@ -45,7 +45,8 @@ Key formats: ``key`` is the sample's key within its shard as the reader yields i
 its shard, so the parquet tables carry the two columns and the text lists join them as ``shard/key`` (split at the
 first ``/``: shard ids never contain one). Example: ``00003/000031337`` is key ``000031337`` of shard ``00003``.
 
-Which copy is kept: ``dedup.keep`` (:mod:`auditor.dedup.keep`); by default the representative of each cluster, chosen as the largest pixel area, then the most stored bytes
+Which copy is kept: ``dedup.keep`` (:mod:`auditor.dedup.keep`); by default the representative of each cluster,
+chosen as the largest pixel area, then the most stored bytes
 (at equal area the least-compressed copy: an original beats its JPEG q60 re-save), then the lowest
 ``(key, shard)``.
 * ``summary.json``      counts, duplicate rate, cluster-size histogram, thresholds used;
