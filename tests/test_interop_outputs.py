@@ -227,3 +227,12 @@ def test_folder_manifest_path_is_the_file(tmp_path, imagenet):
     for key, row in m.iterrows():
         assert open(row.path, "rb").read() == (data / key).read_bytes()
     assert m.keep.sum() == 1
+
+
+@pytest.mark.parametrize("carry, expect", [("[aesthetic]", ["aesthetic"]), ("[]", [])])
+def test_index_carry_columns_config(run, tmp_path, carry, expect):
+    from auditor.index.runner import run_index
+
+    root, _ = run
+    run_index(root / "data", tmp_path / "run", config(f"index.carry_columns={carry}", "index.embedder.name=none").index)
+    assert IndexStore(tmp_path / "run").extra_columns() == expect

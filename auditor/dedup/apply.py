@@ -124,6 +124,15 @@ def _fingerprint(run_dir: Path, out: str, fmt: str, shard_size: int, drop_agains
             "against": {f.name: file_sha256(f) for f in against}}
 
 
+def resumes(run_dir: str | os.PathLike, out: str | os.PathLike) -> bool:
+    """Whether ``run_dir``'s last apply-manifest wrote into ``out`` (so a non-empty ``out`` is its resume)."""
+    state = Path(run_dir) / DEDUP_DIR / STATE_DIR / "state.json"
+    try:
+        return json.loads(state.read_text(encoding="utf-8")).get("out") == str(out)
+    except (OSError, ValueError):
+        return False
+
+
 def _prepare_out(fs, root: str, state_dir: Path, fingerprint: dict) -> set[str]:
     """Create ``root``; on a resume, delete the temporary files a failed run left. Returns the complete shards."""
     from .apply_writers import TMP_PREFIX

@@ -70,10 +70,10 @@ def _apply(args: argparse.Namespace) -> int:
     if args.shard_size < 1:
         raise UserError("--shard-size must be >= 1")
     require_dir(args.run_dir)
-    if "://" not in args.out:
-        writable_dir(args.out)
+    from .apply import apply_manifest, resumes
 
-    from .apply import apply_manifest
+    if "://" not in args.out:  # a non-empty --out is refused up front unless this run was writing it
+        writable_dir(args.out, empty=not resumes(args.run_dir, args.out))
 
     summary = apply_manifest(args.run_dir, args.out, shard_size=args.shard_size, progress=cfg.dedup.progress,
                              output_format=args.output_format, drop_against=args.drop_against)
