@@ -236,3 +236,20 @@ def test_index_carry_columns_config(run, tmp_path, carry, expect):
     root, _ = run
     run_index(root / "data", tmp_path / "run", config(f"index.carry_columns={carry}", "index.embedder.name=none").index)
     assert IndexStore(tmp_path / "run").extra_columns() == expect
+
+
+def test_hostile_json_metadata_is_carried_safely(tmp_path, imagenet):
+    """A sample JSON with a lone surrogate, a nested value, an empty and a huge field list: indexed, at most
+    MAX_CARRIED scalar columns, strings made UTF-8-safe."""
+    from auditor.index.shard import MAX_CARRIED
+
+    with WebDatasetWriter(tmp_path / "data", shard_size=8) as w:
+        w.write("k0", imagenet[71].read_bytes(), caption="x", meta={"bad": "\ud800", "nested": {"a": 1}, "": 3,
+                                                                   **{f"f{i:04d}": i for i in range(500)}})
+        w.write("k1", imagenet[72].read_bytes(), caption="y", meta={"bad": 2})
+    index(tmp_path / "data", tmp_path / "run", embeddings=False)
+    store = IndexStore(tmp_path / "run")
+    cols = store.extra_columns()
+    assert len(cols) == MAX_CARRIED and "nested" not in cols and "" not in cols
+    t = store.table(columns=["key", "bad"]).set_index("key")
+    assert t.loc["k0", "bad"] != "\ud800" and str(t.loc["k1", "bad"]) == "2"

@@ -67,7 +67,7 @@ class IndexConfig(_Strict):
     # fixed columns), so a dedup keep policy (dedup.keep: column:NAME) and keep_urls.parquet can use them:
     # img2dataset's --save_additional_columns, LAION's similarity, punsafe, pwatermark, aesthetic, ...
     # null = every scalar field except those the index already stores (key, url, caption, status, width, height,
-    # sha256, exif, error_message); [] = none; a list = exactly those (a missing one is null for that sample)
+    # sha256, exif, error_message; at most 64 per sample); [] = none; a list = exactly those (a missing one is null)
     carry_columns: Optional[list[str]] = None
     reader: ReaderConfig = ReaderConfig()
     decode: DecodeConfig = DecodeConfig()

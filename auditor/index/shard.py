@@ -128,6 +128,9 @@ _NOT_CARRIED = frozenset({"key", "url", "caption", "status", "error_message", "w
                           "row"}) | frozenset(f.name for f in SAMPLE_SCHEMA)
 
 
+MAX_CARRIED = 64  # carried columns per sample in the automatic mode (index.carry_columns: null)
+
+
 def carried_fields(meta: Optional[dict], carry: Optional[list[str]]) -> dict:
     """The metadata a sample carries into its index row (see ``IndexConfig.carry_columns``): scalar fields of the
     reader's ``meta["json"]`` (the sample's img2dataset JSON, or its parquet row), never one of the fixed columns.
@@ -139,16 +142,22 @@ def carried_fields(meta: Optional[dict], carry: Optional[list[str]]) -> dict:
         {'aesthetic': None}
     """
     j = (meta or {}).get("json") or {}
-    if carry is None:
-        return {k: v for k, v in j.items()
-                if k not in _NOT_CARRIED and isinstance(k, str) and is_utf8(k)
-                and (v is None or isinstance(v, (bool, int, float, str)))}
+    if carry is None:  # hostile JSON: at most MAX_CARRIED fields, names of 1-128 UTF-8 characters
+        out = {}
+        for k, v in j.items():
+            if (isinstance(k, str) and 0 < len(k) <= 128 and k not in _NOT_CARRIED and is_utf8(k)
+                    and (v is None or isinstance(v, (bool, int, float, str)))):
+                out[k] = utf8_safe(v) if isinstance(v, str) else v
+                if len(out) >= MAX_CARRIED:
+                    break
+        return out
     out = {}
     for k in carry:
         if k in _NOT_CARRIED:
             continue
         v = j.get(k)
-        out[k] = v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+        v = v if v is None or isinstance(v, (bool, int, float)) else utf8_safe(str(v))
+        out[k] = v
     return out
 
 
@@ -157,7 +166,7 @@ def _extra_column(values: list) -> pa.Array:
     integers beyond int64 as strings."""
     try:
         arr = pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeError):
         arr = pa.array([None if v is None else utf8_safe(str(v)) for v in values], pa.string())
     if pa.types.is_string(arr.type):
         arr = pa.array([None if v is None else utf8_safe(v) for v in arr.to_pylist()], pa.string())
