@@ -31,6 +31,10 @@ from xml.etree import ElementTree as ET
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .api import make_callable
+
+make_callable(__name__, "gate")  # auditor.gate(run_dir, policy) is auditor.api.gate
+
 PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skipped"
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 FAIL_CLOSED_TOP = 20  # top risk clusters of which the probe must cover at least one when no coverage rule is set

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 # the threshold used for an embedder without a calibrated one: CLIP-embedding near-duplicate dedup commonly uses
@@ -84,7 +84,27 @@ class DedupConfig(BaseModel):
     placeholder_check_pixels: bool = True                   # decode the representative (needs the dataset)
     drop_placeholders: bool = False                         # also drop the representative of a placeholder cluster
     risk_top_n: int = Field(100, ge=1)                      # clusters listed in summary.json (risk.parquet has all)
+    # which members of a duplicate cluster the manifest keeps (auditor.dedup.keep); the cluster's representative
+    # (cluster.py: the members' similarity is measured to it) does not change with it.
+    # largest: the representative (largest pixel area, then most stored bytes, then lowest key; today's rule);
+    # first: the first member in dataset order (shard, then position in the shard);
+    # column:NAME[:asc|desc]: by a carried index column (index.carry_columns: similarity, aesthetic, punsafe,
+    # ...) or a fixed one (width, nbytes, url...), desc by default, nulls last, ties by the largest rule
+    keep: str = "largest"
+    # members never dropped, whatever the policy: "NAME=VALUE" (a carried or fixed column equals VALUE, e.g.
+    # "source=licensed", "shard=00003"), "file:PATH" (a text file of keys or shard/key lines), or one key
+    # ("shard/key" or a bare key)
+    protect: list[str] = []
+    keep_per_cluster: int = Field(1, ge=1)                  # members kept per cluster, best first by `keep`
     progress: bool = True
+
+    @field_validator("keep")
+    @classmethod
+    def _keep_rule(cls, v: str) -> str:
+        from .keep import parse_keep
+
+        parse_keep(v)  # raises ValueError with the accepted forms
+        return v
 
 
 def resolve_cosine(dcfg: DedupConfig, embedder_name: Optional[str]) -> DedupConfig:

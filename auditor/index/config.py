@@ -75,6 +75,12 @@ class IndexConfig(_Strict):
     # batched, PIL fallback per image) instead of in the workers, which then only hash. Hashes are unchanged;
     # embeddings differ from the PIL preprocessing within resampling tolerance (so it is part of the index config).
     gpu_decode: bool = False
+    # metadata columns carried from each sample's img2dataset JSON / parquet row into the index shards (after the
+    # fixed columns), so a dedup keep policy (dedup.keep: column:NAME) and keep_urls.parquet can use them:
+    # img2dataset's --save_additional_columns, LAION's similarity, punsafe, pwatermark, aesthetic, ...
+    # null = every scalar field except those the index already stores (key, url, caption, status, width, height,
+    # sha256, exif, error_message; at most 64 per sample); [] = none; a list = exactly those (a missing one is null)
+    carry_columns: Optional[list[str]] = None
     reader: ReaderConfig = ReaderConfig()
     decode: DecodeConfig = DecodeConfig()
     embedder: EmbedderConfig = EmbedderConfig()

@@ -62,7 +62,8 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     from .dihedral import hash_columns
     from .hashing import bytes_sha256, gray_thumbnails, pixel_hash_array
 
-    dc = DecodeConfig.model_validate(decode_cfg)
+    carry = decode_cfg.get("carry_columns")  # IndexJob.decode_cfg adds index.carry_columns to the decode limits
+    dc = DecodeConfig.model_validate({k: v for k, v in decode_cfg.items() if k != "carry_columns"})
     preprocess = _preprocess_fn(embedder_cfg)
     shard = samples[0].shard if samples else ""
     out = ChunkResult(shard=shard)
@@ -109,6 +110,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             "stored_ext": s.stored_ext,
             "nbytes": len(data),
             "caption_hash": caption_hash(caption),
+            **carried_fields(s.meta, carry),
         })
     cols = hash_columns(thumbs)
     for r, p, d, pv, dv in zip(recs, cols["phash"].tolist(), cols["dhash"].tolist(), cols["phash_dihedral"].tolist(),
@@ -120,6 +122,67 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     if keep_bytes:
         out.raw = raw
     return out
+
+
+# fields of img2dataset's JSON that the index already stores (or that are too large to carry: exif)
+_NOT_CARRIED = frozenset({"key", "url", "caption", "status", "error_message", "width", "height", "sha256", "exif",
+                          "row"}) | frozenset(f.name for f in SAMPLE_SCHEMA)
+
+
+MAX_CARRIED = 64  # carried columns per sample in the automatic mode (index.carry_columns: null)
+
+
+def carried_fields(meta: Optional[dict], carry: Optional[list[str]]) -> dict:
+    """The metadata a sample carries into its index row (see ``IndexConfig.carry_columns``): scalar fields of the
+    reader's ``meta["json"]`` (the sample's img2dataset JSON, or its parquet row), never one of the fixed columns.
+
+    Example:
+        >>> carried_fields({"json": {"url": "u", "punsafe": 0.01, "source": "a.jpg"}}, None)
+        {'punsafe': 0.01, 'source': 'a.jpg'}
+        >>> carried_fields({"json": {"punsafe": 0.01}}, ["aesthetic"])
+        {'aesthetic': None}
+    """
+    j = (meta or {}).get("json") or {}
+    if carry is None:  # hostile JSON: at most MAX_CARRIED fields, names of 1-128 UTF-8 characters
+        out = {}
+        for k, v in j.items():
+            if (isinstance(k, str) and 0 < len(k) <= 128 and k not in _NOT_CARRIED and is_utf8(k)
+                    and (v is None or isinstance(v, (bool, int, float, str)))):
+                out[k] = utf8_safe(v) if isinstance(v, str) else v
+                if len(out) >= MAX_CARRIED:
+                    break
+        return out
+    out = {}
+    for k in carry:
+        if k in _NOT_CARRIED:
+            continue
+        v = j.get(k)
+        v = v if v is None or isinstance(v, (bool, int, float)) else utf8_safe(str(v))
+        out[k] = v
+    return out
+
+
+def _extra_column(values: list) -> pa.Array:
+    """One carried column of a shard: arrow's inferred type (int64, double, bool, string); mixed types as strings;
+    integers beyond int64 as strings."""
+    try:
+        arr = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeError):
+        arr = pa.array([None if v is None else utf8_safe(str(v)) for v in values], pa.string())
+    if pa.types.is_string(arr.type):
+        arr = pa.array([None if v is None else utf8_safe(v) for v in arr.to_pylist()], pa.string())
+    return arr
+
+
+def shard_table(records: list[dict]) -> pa.Table:
+    """The shard's sample table: :data:`SAMPLE_SCHEMA`, then the carried columns (sorted by name)."""
+    if not records:
+        return SAMPLE_SCHEMA.empty_table()
+    extra = sorted({k for r in records for k in r} - set(SAMPLE_SCHEMA.names))
+    table = pa.Table.from_pylist(records, schema=SAMPLE_SCHEMA)
+    for name in extra:
+        table = table.append_column(name, _extra_column([r.get(name) for r in records]))
+    return table
 
 
 def iter_chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
@@ -274,7 +337,7 @@ def write_shard(acc: ShardAccumulator, shard_dir: Path, embedder, batch_size: in
                   extra_errors: list[ErrorRecord], gpu=None) -> dict:
     emb = acc.emb if acc.embedded else _embed_shard(acc, embedder, batch_size, gpu)
     errors = extra_errors + acc.errors
-    table = pa.Table.from_pylist(acc.records, schema=SAMPLE_SCHEMA) if acc.records else SAMPLE_SCHEMA.empty_table()
+    table = shard_table(acc.records)
     write_parquet(shard_dir / f"{acc.shard}.parquet", table)
     if emb is not None:
         write_npy(shard_dir / f"{acc.shard}.emb.npy", emb)
@@ -303,7 +366,8 @@ class IndexJob:
 
     @property
     def decode_cfg(self) -> dict:
-        return self.icfg.decode.model_dump()
+        """The decode limits plus ``carry_columns``, as :func:`process_chunk` takes them."""
+        return {**self.icfg.decode.model_dump(), "carry_columns": self.icfg.carry_columns}
 
     @property
     def worker_embedder_cfg(self) -> Optional[dict]:

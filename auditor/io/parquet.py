@@ -77,6 +77,11 @@ def value_lengths(arr: pa.Array) -> Optional[list]:
     return pc.binary_length(arr).to_pylist()
 
 
+def _is_scalar(t: pa.DataType) -> bool:
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t))
+
+
 @READERS.register("parquet")
 class ParquetReader(DatasetReader):
     """Reader for img2dataset parquet output (``root`` = the output folder, or one ``.parquet`` file)."""
@@ -100,6 +105,7 @@ class ParquetReader(DatasetReader):
             "url": next((c for c in URL_COLUMNS if c in names), None),
             "status": "status" if "status" in names else None,
             "error": "error_message" if "error_message" in names else None,
+            "scalars": [f.name for f in schema if f.name != image and _is_scalar(f.type)],
         }
 
     def _ext(self, image_col: Optional[str]) -> Optional[str]:
@@ -173,6 +179,8 @@ class ParquetReader(DatasetReader):
         for f in ("width", "height", "original_width", "original_height", "sha256"):
             if f in data and data[f][j] is not None:
                 meta[f] = data[f][j]
+        # the row's other scalar columns, as a webdataset sample's JSON holds them (index.carry_columns)
+        meta["json"] = {c: data[c][j] for c in cols["scalars"]}
         if status is None:
             status = "success" if img is not None else READ_ERROR
         if status == "success" and img is None:
@@ -185,7 +193,7 @@ class ParquetReader(DatasetReader):
 
     def _wanted(self, schema: pa.Schema, cols: dict) -> list[str]:
         names = [cols["image"], cols["key"], *cols["captions"], cols["url"], cols["status"], cols["error"],
-                 *_META_COLUMNS]
+                 *_META_COLUMNS, *cols["scalars"]]
         return [n for n in schema.names if n in names]
 
     def _bomb(self, rg, wanted: list[str]) -> Optional[str]:

@@ -129,6 +129,8 @@ def build_sample(key: str, shard: str, members: dict[str, bytes], side: Optional
     for f in _META_FIELDS:
         if j.get(f) is not None:
             meta[f] = j[f]
+    if j:
+        meta["json"] = j  # every field: img2dataset's --save_additional_columns, LAION's metadata (index.carry_columns)
     caption = decode_text(members["txt"]) if "txt" in members else None
     if caption is None:
         caption = clean_str(j.get("caption")) if j.get("caption") is not None else None
@@ -186,7 +188,7 @@ class WebDatasetReader(DatasetReader):
             return [], Sample(key=f"{shard.id}/__sidecar__", shard=shard.id, data=None, status=READ_ERROR,
                               error=f"unreadable sidecar parquet {path}: {type(exc).__name__}: {exc}")
 
-    def _groups(self, shard: ShardRef, errors: list) -> Iterator[tuple[str, dict[str, bytes]]]:
+    def member_groups(self, shard: ShardRef, errors: list) -> Iterator[tuple[str, dict[str, bytes]]]:
         """Stream (key, {ext: bytes}) groups of consecutive members. On a broken tar, stops and appends an
         error description to ``errors``."""
         max_bytes = int(self.options.get("max_member_bytes") or DEFAULT_MAX_MEMBER_BYTES)
@@ -280,7 +282,7 @@ class WebDatasetReader(DatasetReader):
         seen: set[str] = set()
         recorded: set[str] = set()  # keys already yielded as a member error: their sidecar row is not repeated
         errors: list = []
-        for key, members in self._groups(shard, errors):
+        for key, members in self.member_groups(shard, errors):
             reported = set()
             while errors and errors[0][0] == "member":
                 _, k, msg = errors.pop(0)
@@ -336,7 +338,7 @@ class WebDatasetReader(DatasetReader):
         if side is not None and side.get("status") != "success":
             return failed_sample(side, shard)
         errors: list = []
-        for k, members in self._groups(ref, errors):
+        for k, members in self.member_groups(ref, errors):
             if k == key:
                 return build_sample(k, shard, members, side, False)
         raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")

@@ -206,7 +206,7 @@ class RayEngine(IndexEngine):
             ds = ds.map_batches(
                 _EmbedActor, batch_size=1, batch_format="numpy",
                 fn_constructor_kwargs={"emb_cfg": icfg.embedder.model_dump(mode="json"),
-                                       "gpu_decode": icfg.gpu_decode, "decode_cfg": job.decode_cfg},
+                                       "gpu_decode": icfg.gpu_decode, "decode_cfg": icfg.decode.model_dump()},
                 compute=ray.data.ActorPoolStrategy(size=n_actors), **self._actor_resources())
 
         bar = tqdm(total=len(job.shards), unit="shard", desc="index", disable=not icfg.progress)
