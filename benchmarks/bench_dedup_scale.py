@@ -20,6 +20,9 @@ For each size the measured quantities are:
   measured outright at the sizes where that is affordable (``--full-flat-max``), with auditor's own exact
   method (``method="flat"``, which scans only the upper triangle and so costs half of a plain flat search).
 
+``benchmarks/bench_search_paths.py`` times the IVF join against faiss's own IVF paths (``IndexIVFFlat.range_search``,
+``faiss.contrib.big_batch_search``) on these vectors, with one shared recall check, and on real copy descriptors.
+
 Writes benchmarks/results/dedup_scale.{json,md}. Run:
 ``OMP_NUM_THREADS=2 python benchmarks/bench_dedup_scale.py --sizes 10000 100000 1000000``.
 """
