@@ -47,7 +47,7 @@ class DedupConfig(BaseModel):
     cosine_threshold: Optional[float] = Field(None, gt=-1.0, le=1.0)
     search: Literal["auto", "flat", "hnsw", "ivf", "partitioned"] = "auto"
     nlist: Optional[int] = Field(None, ge=1)   # ivf lists; None = 2 sqrt(N)
-    nprobe: Optional[int] = Field(None, ge=1)  # ivf lists probed per row; None = 8 (recall 0.9955 at 1M, BENCHMARKS.md)
+    nprobe: Optional[int] = Field(None, ge=1)  # ivf lists probed per row; None = 12 (recall 0.997 at 1M, BENCHMARKS.md)
     search_threads: Optional[int] = Field(None, ge=1)  # faiss threads; None = faiss's default
     # the on-disk partitioned search for 100M+ rows (auditor.dedup.partitioned): each row is stored in its home
     # k-means partition of ~partition_rows rows and also queries every partition c whose centroid is within

@@ -3,9 +3,11 @@
 ``Guard(run_dir).check(images)`` looks each image up in the run's index and returns the nearest training
 images with distances and a verdict, so a model server can refuse or regenerate near-copies:
 
-* **pHash fast path**: the image's 64-bit pHash (computed exactly as the index computed its own) against
-  every stored pHash (XOR + popcount, chunked). Exact and re-encoded copies land within a few bits. Flat
-  images (pixel std below ``min_pixel_std``) skip it: every blank image has nearly the same pHash.
+* **pHash fast path**: the image's 64-bit pHash (computed exactly as the index computed its own) against the
+  stored pHashes within ``near_phash_distance`` bits, through an exact multi-index hash
+  (:mod:`auditor.dedup.search.mih`: sub-linear, the same answer as a full XOR + popcount scan at that radius).
+  Exact and re-encoded copies land within a few bits. Flat images (pixel std below ``min_pixel_std``) skip it:
+  every blank image has nearly the same pHash.
 * **Embedding path**: the embedder the index was built with, rebuilt from ``index.json`` (same model, same
   preprocessing; a different checkpoint is refused by its SHA-256), queried against the dedup stage's
   ``embeddings.faiss`` (one row per pixel group, ``search_ids.parquet`` maps rows to keys) or, when dedup has
