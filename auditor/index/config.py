@@ -40,6 +40,9 @@ class EmbedderConfig(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(64, ge=1)
+    # CPU threads of the onnxruntime embedders (copy, onnx); 0 = auto: the cores the index's worker pool leaves
+    # free (auditor/index/threads.py), every core without a pool. Does not change the outputs.
+    threads: int = Field(0, ge=0)
     # sscd / onnx preprocessing (open_clip uses its own)
     image_size: int = Field(288, ge=8)
     resize_mode: Literal["resize", "center_crop"] = "resize"
@@ -63,6 +66,11 @@ class IndexConfig(_Strict):
     # batched, PIL fallback per image) instead of in the workers, which then only hash. Hashes are unchanged;
     # embeddings differ from the PIL preprocessing within resampling tolerance (so it is part of the index config).
     gpu_decode: bool = False
+    # "exact" (default): pHash/dHash bit-identical to imagehash on the fully decoded image. "fast" (opt-in): plain
+    # JPEGs are decoded by libjpeg-turbo at a reduced DCT scale (the smallest 1/8 step that keeps both sides
+    # >= 64 px, twice the 32-px pHash thumbnail), so the hashes move by a few bits and pixel_blake3 is of those
+    # pixels (BENCHMARKS.md section 1 measures both). An index in one mode never resumes or compares with the other.
+    hash_mode: Literal["exact", "fast"] = "exact"
     reader: ReaderConfig = ReaderConfig()
     decode: DecodeConfig = DecodeConfig()
     embedder: EmbedderConfig = EmbedderConfig()

@@ -55,15 +55,27 @@ def _preprocess_fn(embedder_cfg: Optional[dict]):
 
 
 def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optional[dict],
-                  keep_bytes: bool = False) -> ChunkResult:
+                  keep_bytes: bool = False, hash_mode: str = "exact") -> ChunkResult:
     """Decode, hash and preprocess one chunk of samples (runs in a worker process). ``keep_bytes``: return the
-    stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them)."""
+    stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them).
+    ``hash_mode="fast"``: plain JPEGs are decoded at a reduced DCT scale (``decode_fast.decode_reduced``) that
+    keeps both sides >= 2x the pHash thumbnail and the embedder's input size; ``width``/``height`` stay the
+    stored image's."""
     from .decode import DecodeError, decode_for_index, sniff_format
+    from .decode_fast import decode_reduced, fast_min_side
     from .dihedral import hash_columns
     from .hashing import bytes_sha256, gray_thumbnails, pixel_hash_array
 
     dc = DecodeConfig.model_validate(decode_cfg)
     preprocess = _preprocess_fn(embedder_cfg)
+    if hash_mode == "fast":
+        min_side = fast_min_side(preprocess)
+
+        def decode(data: bytes):
+            return decode_reduced(data, min_side, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
+    else:
+        def decode(data: bytes):
+            return decode_for_index(data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
     shard = samples[0].shard if samples else ""
     out = ChunkResult(shard=shard)
     thumbs, recs, arrays, raw = [], [], [], []
@@ -80,7 +92,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
                 out.errors.append(ErrorRecord(s.key, s.shard, "read", read_error or "no image bytes"))
             continue
         try:
-            dec = decode_for_index(data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
+            dec = decode(data)
             arr = preprocess(dec.rgb_image()) if preprocess is not None else None
             thumb = gray_thumbnails(dec.gray)  # two small arrays: the decoded image is not kept past this sample
             pixel_hash = pixel_hash_array(dec.rgb)
@@ -304,6 +316,10 @@ class IndexJob:
         if self.icfg.embedder.name == "none" or self.icfg.gpu_decode:
             return None
         return self.icfg.embedder.model_dump(mode="json")
+
+    @property
+    def hash_mode(self) -> str:
+        return self.icfg.hash_mode
 
     @property
     def keep_bytes(self) -> bool:

@@ -36,8 +36,13 @@ class LocalEngine(IndexEngine):
         if self.icfg.embedder.name == "none":
             return {"name": "none", "dim": 0}
         from ..embedders import build_embedder
+        from ..shard import resolve_workers
+        from ..threads import embedder_threads
 
-        self.embedder = build_embedder(self.icfg.embedder)
+        ecfg = self.icfg.embedder
+        if ecfg.threads == 0:  # auto: the cores the worker pool leaves free
+            ecfg = ecfg.model_copy(update={"threads": embedder_threads(resolve_workers(self.icfg.workers))})
+        self.embedder = build_embedder(ecfg)
         desc = self.embedder.describe()
         if self.icfg.gpu_decode:
             from ..gpu import GpuPath
@@ -52,7 +57,7 @@ class LocalEngine(IndexEngine):
         icfg = self.icfg
         workers = resolve_workers(icfg.workers)
         log.info("local engine: %d workers", workers)
-        decode_cfg, emb_cfg, keep = job.decode_cfg, job.worker_embedder_cfg, job.keep_bytes
+        decode_cfg, emb_cfg, keep, mode = job.decode_cfg, job.worker_embedder_cfg, job.keep_bytes, job.hash_mode
         read_errors: dict[str, list[ErrorRecord]] = {}
         # pool workers read local image files themselves: the main process only lists them
         chunk_iter = iter_chunks(job.reader, job.shards, icfg.chunk_size, read_errors, deferred=workers > 0)
@@ -78,9 +83,9 @@ class LocalEngine(IndexEngine):
         try:
             if workers <= 0:
                 for chunk in chunk_iter:
-                    consume(process_chunk(chunk, decode_cfg, emb_cfg, keep))
+                    consume(process_chunk(chunk, decode_cfg, emb_cfg, keep, mode))
             else:
-                run_pool(chunk_iter, workers, decode_cfg, emb_cfg, consume, keep)
+                run_pool(chunk_iter, workers, decode_cfg, emb_cfg, consume, keep, mode)
             if acc is not None:
                 finish(acc)
         finally:
@@ -88,8 +93,17 @@ class LocalEngine(IndexEngine):
             nbar.close()
 
 
+def init_worker(parent_pid: int, native_threads: int) -> None:
+    """Pool-worker initializer: cap the worker's BLAS/OpenMP pools to its share of the cores (``threads.py``:
+    ``workers`` processes x a pool of ``cores`` threads each oversubscribe the machine) and exit with the parent."""
+    from ..threads import cap_native_threads
+
+    cap_native_threads(native_threads)
+    _exit_with_parent(parent_pid)
+
+
 def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
-    """Pool-worker initializer: exit when the main process is gone. A forkserver worker is the forkserver's
+    """Exit when the main process is gone (started by :func:`init_worker`). A forkserver worker is the forkserver's
     child and holds both ends of the pool's call queue, so a ``kill -9`` of the main process would otherwise
     leave it -- and through it the forkserver and resource tracker -- waiting forever."""
     import threading
@@ -168,20 +182,27 @@ def worker_context():
     return ctx
 
 
+def make_pool(workers: int) -> ProcessPoolExecutor:
+    """The index's process pool: :func:`worker_context` processes, each with its BLAS/OpenMP pools capped to
+    its share of the cores (:func:`init_worker`) and exiting with this process."""
+    from ..threads import worker_thread_share
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=init_worker,
+                               initargs=(os.getpid(), worker_thread_share(workers)))
+
+
 def run_pool(chunks: Iterable[list[Sample]], workers: int, decode_cfg: dict, emb_cfg: Optional[dict],
-             consume: Callable, keep_bytes: bool = False) -> None:
+             consume: Callable, keep_bytes: bool = False, hash_mode: str = "exact") -> None:
     """Bounded, in-order pipeline over a process pool (at most ``2 * workers`` chunks in flight)."""
     from ..shard import process_chunk
 
-    ctx = worker_context()
     window: deque[Future] = deque()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
-                               initargs=(os.getpid(),))
+    pool = make_pool(workers)
     try:
         for _ in range(workers):  # start every worker now: their start-up overlaps reading the first chunks
             pool.submit(os.getpid)
         for chunk in chunks:
-            window.append(pool.submit(process_chunk, chunk, decode_cfg, emb_cfg, keep_bytes))
+            window.append(pool.submit(process_chunk, chunk, decode_cfg, emb_cfg, keep_bytes, hash_mode))
             if len(window) >= 2 * workers:
                 consume(window.popleft().result())
         while window:
