@@ -8,7 +8,6 @@ Engines (``auditor/index/engines/``) import only this module; ``runner.py`` wire
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -22,6 +21,7 @@ from ..utils import (ErrorRecord, caption_hash, errors_frame, is_utf8, utf8_safe
                      write_parquet)
 from .config import DecodeConfig, EmbedderConfig, IndexConfig
 from .store import NOT_INDEXED_COLUMNS, SAMPLE_SCHEMA
+from .threads import resolve_workers  # noqa: F401  (engines take it from the step)
 
 # ------------------------------------------------------------------------------------------------------
 # worker side
@@ -288,12 +288,6 @@ def write_shard(acc: ShardAccumulator, shard_dir: Path, embedder, batch_size: in
     counts = {"indexed": len(acc.records), "errors": len(errors), "not_indexed": len(acc.not_indexed)}
     write_json(shard_dir / f"{acc.shard}.done", counts)  # the completion marker, always last
     return counts
-
-
-def resolve_workers(n: int) -> int:
-    if n < 0:
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    return n
 
 
 @dataclass

@@ -26,6 +26,11 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def resolve_workers(n: int) -> int:
+    """``index.workers``: -1 = one worker process per available core, else ``n`` (0 = in-process)."""
+    return available_cores() if n < 0 else n
+
+
 def worker_thread_share(workers: int, cores: int | None = None) -> int:
     """Native threads each of ``workers`` processes may use so that together they fill, not exceed, the cores.
 

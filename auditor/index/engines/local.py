@@ -12,13 +12,13 @@ import types
 from multiprocessing import context as mpc
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
-from tqdm.auto import tqdm
-
-from ...io.base import Sample
-from ...utils import ErrorRecord
 from .base import ENGINES, IndexEngine
+
+if TYPE_CHECKING:  # kept light: the CLI imports this module to start the worker server before pandas loads
+    from ...io.base import Sample
+    from ...utils import ErrorRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class LocalEngine(IndexEngine):
         return desc
 
     def run(self, job) -> None:
+        from tqdm.auto import tqdm
+
         from ..shard import ShardAccumulator, iter_chunks, process_chunk, resolve_workers, write_shard
 
         icfg = self.icfg
@@ -180,6 +182,16 @@ def worker_context():
             else:
                 os.environ["PYTHONSAFEPATH"] = saved
     return ctx
+
+
+def start_worker_server(icfg) -> None:
+    """Start the pool's forkserver now, if this config will use one, so that its preload (the pipeline's imports,
+    ~1 s of CPU) runs on another core while the caller still imports and lists; the pool started later reuses it.
+    The ``auditor index`` command calls this first thing (issue 18: the fixed cost of a 1,000-file run)."""
+    from ..threads import resolve_workers
+
+    if icfg.engine == "local" and resolve_workers(icfg.workers) > 0:
+        worker_context()
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
