@@ -38,9 +38,18 @@ def test_thread_shares():
     assert worker_thread_share(2, cores=2) == 1
     assert worker_thread_share(3, cores=16) == 5
     assert worker_thread_share(0, cores=8) == 8
-    assert embedder_threads(2, cores=2) == 1
+    assert embedder_threads(2, cores=2) == 2   # the shard is embedded while the pool is idle
     assert embedder_threads(0, cores=4) == 4
-    assert embedder_threads(2, cores=8) == 6
+
+
+def test_onnxruntime_session_thread_options():
+    from auditor.index.embedders.onnxrt import session_options
+    from auditor.index.threads import available_cores
+
+    so = session_options(1)
+    assert so.intra_op_num_threads == 1 and so.inter_op_num_threads == 1
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(0).intra_op_num_threads == available_cores()
 
 
 def test_worker_initializer_caps_a_fresh_interpreter(monkeypatch):

@@ -40,8 +40,8 @@ class EmbedderConfig(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(64, ge=1)
-    # CPU threads of the onnxruntime embedders (copy, onnx); 0 = auto: the cores the index's worker pool leaves
-    # free (auditor/index/threads.py), every core without a pool. Does not change the outputs.
+    # CPU threads of the onnxruntime embedders (copy, onnx); 0 = auto: every core in the local engine (it embeds
+    # while its pool is idle; auditor/index/threads.py), the reserved CPU in a Ray actor. Does not change outputs.
     threads: int = Field(0, ge=0)
     # sscd / onnx preprocessing (open_clip uses its own)
     image_size: int = Field(288, ge=8)

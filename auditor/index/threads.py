@@ -2,7 +2,7 @@
 
 The index parallelises over processes (the local engine's pool, Ray tasks). Each of those processes also loads
 numpy's BLAS (OpenBLAS starts one thread per core) and possibly OpenMP runtimes, and the main process runs
-onnxruntime (one intra-op thread per core by default). Left alone, ``workers`` processes x ``cores`` BLAS threads
+onnxruntime (its threads spin-wait between batches by default). Left alone, ``workers`` processes x ``cores`` BLAS threads
 oversubscribe the machine: on 2 cores, 3,000 photos hashed in 11.0 s instead of 6.8 s with
 ``OMP_NUM_THREADS=1`` (BENCHMARKS.md section 1). A tool that forks its own workers must not rely on the caller's
 environment for this, so every worker caps its pools with threadpoolctl (which calls each library's own
@@ -51,9 +51,10 @@ def cap_native_threads(limit: int) -> None:
 
 
 def embedder_threads(workers: int, cores: int | None = None) -> int:
-    """onnxruntime intra-op threads for the main process's embedder while ``workers`` pool processes decode and
-    hash beside it: the cores the pool leaves free, at least one (``workers=0``: every core, nothing else runs)."""
-    cores = available_cores() if cores is None else max(1, cores)
-    if workers <= 0:
-        return cores
-    return max(1, cores - workers)
+    """onnxruntime intra-op threads for the local engine's embedder (main process) beside ``workers`` pool
+    processes: every core. The local engine embeds a shard when its last chunk is in (``shard.write_shard``),
+    while the pool only finishes the <= ``2 * workers`` chunks in flight, so the two rarely overlap, and a thread
+    count cut to the cores the pool leaves (1 of 2 here) would double the embedding time. What would overlap is
+    onnxruntime's idle threads spin-waiting after each batch: that is turned off (``onnxrt.session_options``).
+    Ray actors get the one CPU they reserve instead."""
+    return available_cores() if cores is None else max(1, cores)

@@ -40,7 +40,7 @@ class LocalEngine(IndexEngine):
         from ..threads import embedder_threads
 
         ecfg = self.icfg.embedder
-        if ecfg.threads == 0:  # auto: the cores the worker pool leaves free
+        if ecfg.threads == 0:  # auto: every core (threads.embedder_threads)
             ecfg = ecfg.model_copy(update={"threads": embedder_threads(resolve_workers(self.icfg.workers))})
         self.embedder = build_embedder(ecfg)
         desc = self.embedder.describe()
