@@ -10,7 +10,7 @@ folder up to each size (``--sizes``, default 1,000 and 10,000 files). Every audi
      and chunk size, doing nothing else: the parallel limit of an indexer that must decode;
    - ``auditor exact`` / ``auditor fast``: a whole ``run_index`` (pool start, reading, hashing, writing the index);
      ``auditor exact, workers=0`` (one process) as the check of ``workers``' default;
-   - imagededup ``PHash().encode_images`` (its default multiprocessing) and, on the smallest folder, imagehash's
+   - imagededup ``PHash().encode_images`` (its default multiprocessing) and, on folders of <= 1,000 files, imagehash's
      ``phash`` + ``dhash`` per file in one process (the bit-for-bit reference).
 2. **Whole process** (``--cli-files`` files, default 3,000 = imagenet-256 under 3 names, as issue 18 measured):
    ``auditor index DIR --out RUN`` as a command vs imagededup's ``encode_images`` in a fresh ``python -c``, import
@@ -140,13 +140,12 @@ def in_process(folders: dict[int, Path], repeat: int) -> dict:
         "imagededup PHash().encode_images": imagededup_run,
         "imagehash phash + dhash, 1 process": imagehash_run,
     }
-    smallest = min(folders)
-    auditor_run(folders[smallest], WORKERS, "exact")  # starts the local engine's forkserver once (its imports)
+    auditor_run(folders[min(folders)], WORKERS, "exact")  # starts the local engine's forkserver once (its imports)
     times: dict[int, dict[str, list[float]]] = {n: {k: [] for k in peers} for n in folders}
     for r in range(repeat):  # rounds interleave every peer, so the other jobs' load hits each alike
         for n, folder in folders.items():
             for name, fn in peers.items():
-                if name.startswith("imagehash") and n != smallest:
+                if name.startswith("imagehash") and n > 1000:
                     continue
                 times[n][name].append(fn(folder))
         print(f"in-process round {r + 1}/{repeat} done", flush=True)
@@ -230,6 +229,62 @@ def hash_bits(pool: list[Path]) -> dict:
     return out
 
 
+def stage_costs(files: list[Path]) -> dict[str, float]:
+    """Milliseconds per image of each step of auditor's per-sample work, one process, same files."""
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from auditor.index import hashing
+    from auditor.index.decode import decode_for_index, open_image, to_rgb
+    from auditor.index.hashing import bytes_sha256, gray_thumbnails, hash_thumbnails, phash_batch_gray
+
+    datas = [f.read_bytes() for f in files]
+    out: dict[str, float] = {}
+
+    def timed(name, fn, xs):
+        t = time.perf_counter()
+        r = [fn(x) for x in xs]
+        out[name] = (time.perf_counter() - t) * 1e3 / len(xs)
+        return r
+
+    def pillow_decode(data: bytes):
+        im = open_image(data)
+        return im, to_rgb(im)
+
+    ims = timed("decode with Pillow (open_image + to_rgb)", pillow_decode, datas)
+    decs = timed("decode, auditor (decode_for_index: libjpeg-turbo via simplejpeg + gray image)", decode_for_index,
+                 datas)
+    from auditor.index.decode_fast import decode_reduced, fast_min_side
+
+    fast = timed("decode, fast mode (decode_reduced: the smallest M/8 scale with both sides >= 64)",
+                 lambda d: decode_reduced(d, fast_min_side()), datas)
+    timed("thumbnails of the fast mode's reduced images", lambda d: gray_thumbnails(d.gray), fast)
+    timed("SHA-256 of the stored bytes", bytes_sha256, datas)
+    timed("SHA-256 of the decoded RGB pixels (index format 1)", lambda d: hashlib.sha256(d.rgb).hexdigest(), decs)
+    timed("BLAKE3 of the decoded RGB pixels (pixel_hash_array)", lambda d: hashing.pixel_hash_array(d.rgb), decs)
+    lz = Image.Resampling.LANCZOS
+    timed("thumbnails with Pillow (convert L + 2 LANCZOS resizes)",
+          lambda p: (p[0].convert("L").resize((32, 32), lz), p[0].convert("L").resize((9, 8), lz)), ims)
+    th = timed("thumbnails, auditor (exact fixed-point matrix products)", lambda d: gray_thumbnails(d.gray), decs)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(th, map(hash_thumbnails, (p[0] for p in ims[:50]))))
+    g = np.stack([t[0] for t in th])
+    t = time.perf_counter()
+    phash_batch_gray(g)
+    out["pHash DCT, batched"] = (time.perf_counter() - t) * 1e3 / len(g)
+    sides = sorted({n for d in decs for n in (d.width, d.height)})
+    hashing._band_blocks.cache_clear()
+    hashing._resample_coeffs.cache_clear()
+    t = time.perf_counter()
+    for n in sides:
+        for o in (hashing.PHASH_SIZE, hashing.HASH_SIZE + 1, hashing.HASH_SIZE):
+            hashing._band_blocks(n, o)
+    out[f"LANCZOS weight tables of one new image side, 3 sizes (this folder has {len(sides)} sides)"] = \
+        (time.perf_counter() - t) * 1e3 / len(sides)
+    return out
+
+
 def render(res: dict) -> str:
     L = [f"Hash-only index (`index.embedder.name=none`), real photos, {res['machine']}, {res['date']}; medians of "
          f"{res['repeat']} interleaved rounds (other jobs shared the cores: see BENCHMARKS.md).", ""]
@@ -238,16 +293,19 @@ def render(res: dict) -> str:
         L += [f"| {k} | {v:,.0f} | {st['vs_imagededup'][k]:.2f}x |" for k, v in st["images_per_s"].items()]
         L += ["", f"exact / decode-only exact: **{st['exact_vs_decode_only']:.2f}x**; fast / decode-only fast: "
                   f"**{st['fast_vs_decode_only_fast']:.2f}x**", ""]
-    wp = res["whole_process"]
+    wp = res.get("whole_process") or {"files": 0, "median_s": {}}
     L += [f"Whole process, {wp['files']} files, median of {res['cli_repeat']} (wall s, import time included):", "",
           "| command | s | img/s | vs imagededup |", "|---|---:|---:|---:|"]
     L += [f"| {k} | {wp['median_s'][k]:.2f} | {wp['images_per_s'][k]:,.0f} | {wp['speed_vs_imagededup'][k]:.2f}x |"
           for k in wp["median_s"]]
-    hb = res["hash_bits"]
+    hb = res.get("hash_bits") or {"jpegs": 0}
     L += ["", f"Hamming distance to imagehash on {hb['jpegs']} distinct JPEGs:", "",
           "| hash | mean | p99 | max | identical |", "|---|---:|---:|---:|---:|"]
     L += [f"| {k} | {v['mean']:.3f} | {v['p99']:.0f} | {v['max']} | {v['identical']:.3f} |"
           for k, v in hb.items() if isinstance(v, dict)]
+    if res.get("steps_ms"):
+        L += ["", "Per-image steps, one process, best of 3 (ms/img):", "", "| step | ms |", "|---|---:|"]
+        L += [f"| {k} | {v:.3f} |" for k, v in res["steps_ms"].items()]
     return "\n".join(L) + "\n"
 
 
@@ -258,6 +316,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cli-files", type=int, default=3000)
     ap.add_argument("--cli-repeat", type=int, default=7)
+    ap.add_argument("--steps", action="store_true", help="also time each per-image step, one process")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
     shared = Path(args.shared_data)
@@ -267,6 +326,14 @@ def main() -> None:
     jpegs = [p for p in pool if p.suffix == ".jpg"]
     res = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "machine": machine(),
            "repeat": args.repeat, "cli_repeat": args.cli_repeat, "photos": len(pool)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every section: a run cut short by the host still leaves what it measured
+        (out / "index.json").write_text(json.dumps(res, indent=2) + "\n")
+        (out / "index.md").write_text(render(res))
+
+    res["in_process"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folders = {n: make_folder(Path(tmp), pool, n, f"x{n}") for n in args.sizes}
         cli = make_folder(Path(tmp), jpegs, args.cli_files, "cli")  # imagenet-256 under 3 names, as issue 18
@@ -274,15 +341,18 @@ def main() -> None:
             for p in f.iterdir():
                 p.read_bytes()
         res["hash_bits"] = hash_bits(pool)
+        if args.steps:
+            runs = [stage_costs(jpegs) for _ in range(3)]  # best of: the caches build on the first
+            res["steps_ms"] = {k: min(r[k] for r in runs) for k in runs[0]}
+        sizes = sorted(folders)
+        res["in_process"].update(in_process({sizes[0]: folders[sizes[0]]}, args.repeat))
+        save()
         res["whole_process"] = whole_process(cli, args.cli_repeat)
-        res["in_process"] = in_process(folders, args.repeat)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "index.json").write_text(json.dumps(res, indent=2) + "\n")
-    md = render(res)
-    (out / "index.md").write_text(md)
-    print(md)
-
+        save()
+        for n in sizes[1:]:
+            res["in_process"].update(in_process({n: folders[n]}, args.repeat))
+            save()
+    print(render(res))
 
 if __name__ == "__main__":
     main()
