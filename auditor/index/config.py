@@ -52,6 +52,9 @@ class EmbedderConfig(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(64, ge=1)
+    # CPU threads of the onnxruntime embedders (copy, onnx); 0 = auto: every core in the local engine (it embeds
+    # while its pool is idle; auditor/index/threads.py), the reserved CPU in a Ray actor. Does not change outputs.
+    threads: int = Field(0, ge=0)
     # sscd / onnx preprocessing (open_clip uses its own)
     image_size: int = Field(288, ge=8)
     resize_mode: Literal["resize", "center_crop"] = "resize"
@@ -81,6 +84,11 @@ class IndexConfig(_Strict):
     # null = every scalar field except those the index already stores (key, url, caption, status, width, height,
     # sha256, exif, error_message; at most 64 per sample); [] = none; a list = exactly those (a missing one is null)
     carry_columns: Optional[list[str]] = None
+    # "exact" (default): pHash/dHash bit-identical to imagehash on the fully decoded image. "fast" (opt-in): plain
+    # JPEGs are decoded by libjpeg-turbo at a reduced DCT scale (the smallest 1/8 step that keeps both sides
+    # >= 64 px, twice the 32-px pHash thumbnail), so the hashes move by a few bits and pixel_blake3 is of those
+    # pixels (BENCHMARKS.md section 1 measures both). An index in one mode never resumes or compares with the other.
+    hash_mode: Literal["exact", "fast"] = "exact"
     reader: ReaderConfig = ReaderConfig()
     decode: DecodeConfig = DecodeConfig()
     embedder: EmbedderConfig = EmbedderConfig()

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # config keys that do not change the outputs (so a resume may change them)
 _RUNTIME_KEYS = {"workers", "chunk_size", "progress", "engine", "ray_address"}
-_EMBEDDER_RUNTIME_KEYS = {"device", "batch_size"}
+_EMBEDDER_RUNTIME_KEYS = {"device", "batch_size", "threads"}
 
 
 class IndexConfigMismatch(ConfigMismatch, RuntimeError):
@@ -132,13 +132,19 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: Index
             raise IndexConfigMismatch(
                 f"{run_dir} holds an index in format {old.get('format_version')}, this auditor writes format "
                 f"{INDEX_FORMAT_VERSION}; it cannot resume it (pass a new --out to start over)")
-        if old.get("config") != fingerprint:
+        old_cfg = dict(old.get("config") or {})
+        old_cfg.setdefault("hash_mode", "exact")  # indexes written before the mode existed hashed exactly
+        if old_cfg.get("hash_mode") != fingerprint["hash_mode"]:
+            raise IndexConfigMismatch(
+                f"{run_dir} holds an index.hash_mode={old_cfg['hash_mode']} index; this run asks for "
+                f"{fingerprint['hash_mode']}, and an index never mixes hash modes (pass a new --out)")
+        if old_cfg != fingerprint:
             from ..errors import differences
 
             raise IndexConfigMismatch(
                 f"{run_dir} was indexed with a different index config; resume needs the same config "
                 f"(pass a new --out to start over); changed: "
-                + "; ".join(differences(old.get("config"), fingerprint, "index")))
+                + "; ".join(differences(old_cfg, fingerprint, "index")))
     all_shards = reader.shards()
     done = {p.name[: -len(".done")] for p in shard_dir.glob("*.done")}
     if old is not None:

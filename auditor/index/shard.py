@@ -8,7 +8,6 @@ Engines (``auditor/index/engines/``) import only this module; ``runner.py`` wire
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -22,6 +21,7 @@ from ..utils import (ErrorRecord, caption_hash, errors_frame, is_utf8, utf8_safe
                      write_parquet)
 from .config import DecodeConfig, EmbedderConfig, IndexConfig
 from .store import NOT_INDEXED_COLUMNS, SAMPLE_SCHEMA
+from .threads import resolve_workers  # noqa: F401  (engines take it from the step)
 
 # ------------------------------------------------------------------------------------------------------
 # worker side
@@ -55,16 +55,30 @@ def _preprocess_fn(embedder_cfg: Optional[dict]):
 
 
 def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optional[dict],
-                  keep_bytes: bool = False) -> ChunkResult:
+                  keep_bytes: bool = False, hash_mode: str = "exact") -> ChunkResult:
     """Decode, hash and preprocess one chunk of samples (runs in a worker process). ``keep_bytes``: return the
-    stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them)."""
+    stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them).
+    ``hash_mode="fast"``: plain JPEGs are decoded at a reduced DCT scale (``decode_fast.decode_reduced``) that
+    keeps both sides >= 2x the pHash thumbnail and the embedder's input size; ``width``/``height`` stay the
+    stored image's."""
     from .decode import DecodeError, decode_for_index, sniff_format
+    from .decode_fast import decode_reduced, fast_min_side
     from .dihedral import hash_columns
     from .hashing import bytes_sha256, gray_thumbnails, pixel_hash_array
 
     carry = decode_cfg.get("carry_columns")  # IndexJob.decode_cfg adds index.carry_columns to the decode limits
     dc = DecodeConfig.model_validate({k: v for k, v in decode_cfg.items() if k != "carry_columns"})
     preprocess = _preprocess_fn(embedder_cfg)
+    if hash_mode == "fast":
+        min_side = fast_min_side(preprocess)
+
+        def decode(data: bytes):
+            return decode_reduced(data, min_side, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes,
+                                  max_jpeg_scans=dc.max_jpeg_scans, cpu_budget_s=dc.cpu_budget_s)
+    else:
+        def decode(data: bytes):
+            return decode_for_index(data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes,
+                                    max_jpeg_scans=dc.max_jpeg_scans, cpu_budget_s=dc.cpu_budget_s)
     shard = samples[0].shard if samples else ""
     out = ChunkResult(shard=shard)
     thumbs, recs, arrays, raw = [], [], [], []
@@ -81,8 +95,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
                 out.errors.append(ErrorRecord(s.key, s.shard, "read", read_error or "no image bytes"))
             continue
         try:
-            dec = decode_for_index(data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes,
-                                   max_jpeg_scans=dc.max_jpeg_scans, cpu_budget_s=dc.cpu_budget_s)
+            dec = decode(data)
             arr = preprocess(dec.rgb_image()) if preprocess is not None else None
             thumb = gray_thumbnails(dec.gray)  # two small arrays: the decoded image is not kept past this sample
             pixel_hash = pixel_hash_array(dec.rgb)
@@ -348,12 +361,6 @@ def write_shard(acc: ShardAccumulator, shard_dir: Path, embedder, batch_size: in
     return counts
 
 
-def resolve_workers(n: int) -> int:
-    if n < 0:
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    return n
-
-
 @dataclass
 class IndexJob:
     """What an engine indexes: the pending shards of one run, in order, into ``shard_dir``."""
@@ -375,6 +382,10 @@ class IndexJob:
         if self.icfg.embedder.name == "none" or self.icfg.gpu_decode:
             return None
         return self.icfg.embedder.model_dump(mode="json")
+
+    @property
+    def hash_mode(self) -> str:
+        return self.icfg.hash_mode
 
     @property
     def keep_bytes(self) -> bool:

@@ -101,6 +101,12 @@ class IndexStore:
         return json.loads((self.dir / "index.json").read_text(encoding="utf-8"))
 
     @property
+    def hash_mode(self) -> str:
+        """``index.hash_mode`` of this index: "exact" (imagehash's bits; also every index written before the mode
+        existed) or "fast" (reduced-scale JPEG decoding, ``auditor/index/decode_fast.py``)."""
+        return (self.info.get("config") or {}).get("hash_mode", "exact")
+
+    @property
     def has_embeddings(self) -> bool:
         return int(self.embedder.get("dim") or 0) > 0
 
