@@ -95,12 +95,18 @@ class ProbeConfig(_Strict):
     # fused verdict (probe/fusion.py): a tile rule tolerating outliers, pHash, layout, copy descriptor
     fine_grid: int = Field(8, ge=1)            # cells of the outlier-tolerant tile rule (fine_grid x fine_grid)
     outlier_share: float = Field(0.125, ge=0, lt=0.5)  # worst share of the cells ignored (an overlay, a strip)
-    verbatim_phash_distance: int = Field(4, ge=0, le=64)  # verbatim also when pHash <= this and copy strong
-    layout_grid: int = Field(16, ge=2)         # grey box means compared for the layout (template) signal
+    verbatim_phash_distance: int = Field(4, ge=0, le=64)  # pHash <= this with a strong copy: a near copy (template)
+    # share of the fine cells within template_match_delta for a template (raised by calibration): a 20-40 % paste
+    # leaves 60-80 % of the image the training image's own (JPEG-compressed) pixels
+    template_match_share: float = Field(0.45, gt=0, le=1)
+    template_match_delta: float = Field(0.075, gt=0)
+    layout_grid: int = Field(8, ge=2)          # grey box means compared for the layout (template) signal
     layout_threshold: Optional[float] = Field(None, gt=-1, le=1)  # None = calibrated at reference_fpr
     template_phash_distance: Optional[int] = Field(None, ge=0, le=64)  # None = calibrated at reference_fpr
     template_copy_similarity: Optional[float] = Field(None, gt=-1, le=1)  # None = calibrated at reference_fpr
-    template_votes: int = Field(2, ge=1, le=3)  # loose signals (layout, pHash, copy) that must agree on a template
+    # a caption is a template copy when this many of its generations are (one generation flagged at the
+    # calibrated per-generation rate is chance: 16 generations at 1 % each flag 15 % of non-memorized captions)
+    template_min_generations: int = Field(2, ge=1)
     retrieval: bool = True                     # also compare every generation with its nearest images in the index
     retrieval_top_k: int = Field(4, ge=1, le=100)  # nearest images per generation (pHash + embedding, the guard's)
     clique_k: int = Field(10, ge=2)            # consistency: memorized when the largest clique reaches k

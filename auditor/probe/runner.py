@@ -75,7 +75,8 @@ class ProbeRunner:
                                      cfg.compare_max_side, cfg.reference_crop)
         self.copy: Optional[CopyDescriptorDetector] = None
         self.signals = SignalComputer(cfg.tiled_l2_threshold, cfg.tile_grid, cfg.fine_grid, cfg.outlier_share,
-                                      cfg.layout_grid, cfg.compare_max_side, cfg.reference_crop)
+                                      cfg.layout_grid, cfg.compare_max_side, cfg.reference_crop,
+                                      cfg.template_match_delta)
         self.tools = VerdictTools(self.signals, Thresholds(delta=cfg.tiled_l2_threshold),
                                   tile_delta=cfg.tiled_l2_threshold,
                                   tile_template_fraction=cfg.template_tile_fraction)

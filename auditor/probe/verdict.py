@@ -4,8 +4,9 @@ Per generation: the signals of :mod:`auditor.probe.signals` against the caption'
 against the generation's nearest images in the whole index (:mod:`auditor.probe.retrieval`); the fused verdict of
 :mod:`auditor.probe.fusion` names the training image it copies (``best_key``) and where that image came from
 (``reference_source``: ``caption`` or ``retrieval``). Carlini et al.'s plain tile rule (every 4 x 4 tile within
-delta) is kept beside it as ``tile_verdict``. Per caption variant: the strongest kind found, else a clique of
-near-identical generations (:class:`ConsistencyDetector`) of at least ``clique_k``, named ``template`` (a copy
+delta) is kept beside it as ``tile_verdict``. Per caption variant: ``verbatim`` when a generation is, ``template``
+when at least ``template_min_generations`` are (one at the calibrated per-generation rate is chance), else a
+clique of near-identical generations (:class:`ConsistencyDetector`) of at least ``clique_k``, named ``template`` (a copy
 with no training image to show)."""
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def judge(run_dir: Path, evidence_dir: Path, cfg, tools: VerdictTools, variant: 
     reason = ""
     if not ims and recs:
         verdict = "error"
-    elif vc or tc:
+    elif vc or tc >= cfg.template_min_generations:
         verdict = "verbatim" if vc else "template"
         why = sorted({w for g in copies for w in g["signals"]})
         names = sorted({g["best_key"] for g in copies if g["reference_source"] == "retrieval"})
