@@ -217,3 +217,24 @@ def test_prompts_file_with_an_index_and_a_retrieval_copy(shared_data, imagenet, 
     assert cal["thresholds"]["copy_verbatim"] >= 0.60 and len(cal["signal_null"]) >= 6
     prov = json.loads((run / "probe" / "provenance.json").read_text())
     assert prov["thresholds"]["fused"] == cal["thresholds"]
+
+
+def test_whitebox_coverage_sd_supported_sdxl_falls_back_to_the_generation_screen():
+    """SD 1.x/2.x-style components are scored; an SDXL-style pipeline (second text encoder, text_time added
+    conditioning) is not: screen=auto falls back with the reason, screen=whitebox refuses with it."""
+    from types import SimpleNamespace
+
+    from auditor.probe.whitebox import WhiteBox, select_whitebox
+
+    unet = SimpleNamespace(config=SimpleNamespace(addition_embed_type=None, class_embed_type=None))
+    sd = SimpleNamespace(components={"unet": unet, "tokenizer": 1, "text_encoder": 1, "scheduler": 1}, unet=unet)
+    assert WhiteBox.unsupported(sd) is None
+    xl_unet = SimpleNamespace(config=SimpleNamespace(addition_embed_type="text_time", class_embed_type=None))
+    xl = SimpleNamespace(components={**sd.components, "unet": xl_unet, "text_encoder_2": 1}, unet=xl_unet)
+    assert "second text encoder" in WhiteBox.unsupported(xl)
+    gen = SimpleNamespace(name="diffusers", pipe=xl, whitebox=lambda: WhiteBox.from_pipeline(xl, None, "cpu"))
+    wb, note = select_whitebox(gen, "auto")
+    assert wb is None and "generation screen used" in note and "SDXL" in note
+    with pytest.raises(ValueError, match="second text encoder"):
+        select_whitebox(gen, "whitebox")
+    assert select_whitebox(gen, "generations") == (None, "")

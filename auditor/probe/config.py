@@ -98,7 +98,7 @@ class ProbeConfig(_Strict):
     verbatim_phash_distance: int = Field(4, ge=0, le=64)  # pHash <= this with a strong copy: a near copy (template)
     # share of the fine cells within template_match_delta for a template (raised by calibration): a 20-40 % paste
     # leaves 60-80 % of the image the training image's own (JPEG-compressed) pixels
-    template_match_share: float = Field(0.45, gt=0, le=1)
+    template_match_share: float = Field(0.3, gt=0, le=1)  # measured: pastes >= 0.44, unrelated photos <= 0.19
     template_match_delta: float = Field(0.075, gt=0)
     layout_grid: int = Field(8, ge=2)          # grey box means compared for the layout (template) signal
     layout_threshold: Optional[float] = Field(None, gt=-1, le=1)  # None = calibrated at reference_fpr

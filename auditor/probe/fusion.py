@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # calibration + 50 held-out pairs): a null of ~64 generations sets a threshold at its extreme, and a held-out
 # unrelated pair exceeded that extreme in 2 of 50 (copy 0.30, layout 0.71: two photos with the same horizon);
 # with these floors 0 of 80 held-out pairs were flagged while every constructed template stayed flagged
-# (layout stand-ins: layout >= 0.73; pastes: match share >= 0.47).
+# (layout stand-ins: layout >= 0.73; pastes: match share >= 0.44 where unrelated photos reach 0.19).
 LAYOUT_FLOOR = 0.7            # a layout threshold is never below this 8x8 correlation
 COPY_TEMPLATE_FLOOR = 0.35    # ... a loose copy-descriptor threshold never below this cosine
 PHASH_TEMPLATE_CAP = 14       # ... nor a pHash template distance above this many bits of 64
@@ -56,7 +56,7 @@ class Thresholds:
     """The fused verdict's thresholds (``calibration.json`` keeps them; field order = key order)."""
 
     delta: float = 0.15
-    template_share: float = 0.45
+    template_share: float = 0.3
     phash_verbatim: int = 4
     phash_template: int = FALLBACK_PHASH_TEMPLATE
     layout: float = FALLBACK_LAYOUT

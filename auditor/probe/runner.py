@@ -51,8 +51,8 @@ from .prompts import load_prompts, prompts_as_risk
 from .references import References
 from .fusion import Thresholds
 from .retrieval import Retriever
-from .signals import SignalComputer
 from .verdict import VerdictTools, judge
+from .whitebox import select_whitebox
 from .schema import (FORMAT_VERSION, GENERATION_COLUMNS, GENERATION_SCHEMA, PROBE_DIR, RESULT_COLUMNS,  # noqa: F401
                      RESULT_SCHEMA, generations_table, results_table)  # the columns are re-exported (tests, lab)
 from .variants import load_user_variants, make_variants
@@ -74,12 +74,7 @@ class ProbeRunner:
         self.tiled = TiledL2Detector(cfg.tiled_l2_threshold, cfg.tile_grid, cfg.template_tile_fraction,
                                      cfg.compare_max_side, cfg.reference_crop)
         self.copy: Optional[CopyDescriptorDetector] = None
-        self.signals = SignalComputer(cfg.tiled_l2_threshold, cfg.tile_grid, cfg.fine_grid, cfg.outlier_share,
-                                      cfg.layout_grid, cfg.compare_max_side, cfg.reference_crop,
-                                      cfg.template_match_delta)
-        self.tools = VerdictTools(self.signals, Thresholds(delta=cfg.tiled_l2_threshold),
-                                  tile_delta=cfg.tiled_l2_threshold,
-                                  tile_template_fraction=cfg.template_tile_fraction)
+        self.tools = VerdictTools.for_config(cfg)
         self.retriever: Optional[Retriever] = None
         self.store = None
         self.risk: Optional[pd.DataFrame] = None
@@ -203,12 +198,7 @@ class ProbeRunner:
         sel = self.selected()
         if self.generator is None:
             self.generator = build_generator(cfg)
-        wb = None
-        if cfg.screen in ("auto", "whitebox"):
-            wb = self.generator.whitebox()
-            if wb is None and cfg.screen == "whitebox":
-                raise ValueError(f"screen=whitebox needs a model with a UNet; the {self.generator.name} "
-                                 "generator has none")
+        wb, self.screen_note = select_whitebox(self.generator, cfg.screen)
         if not fp_path.exists():  # only now: every input and the model are valid (a mistake must not lock the run)
             write_json(fp_path, fp)
         risky = {caption_hash(c) for c in self.risk["caption"].fillna("")}
@@ -367,7 +357,7 @@ class ProbeRunner:
             "negative_prompt": cfg.negative_prompt,
             "seeds": {"generation": seeds[: cfg.confirm_generations], "screen": seeds[: cfg.screen_generations],
                       "whitebox": self.wb_seeds()},
-            "screen": screen_mode,
+            "screen": screen_mode, "screen_note": self.screen_note,
             "thresholds": {"tiled_l2": self.tiled.delta, "tiled_l2_configured": cfg.tiled_l2_threshold,
                            "reference_fpr": cfg.reference_fpr, "tile_grid": cfg.tile_grid,
                            "template_tile_fraction": cfg.template_tile_fraction,

@@ -40,6 +40,14 @@ class VerdictTools:
     tile_delta: float = 0.15  # Carlini's delta for the plain tile rule (tile_verdict)
     tile_template_fraction: float = 0.5  # ... and its template share of tiles
 
+    @classmethod
+    def for_config(cls, cfg) -> "VerdictTools":
+        """Signals from a :class:`ProbeConfig`, uncalibrated thresholds (the runner sets the calibrated ones)."""
+        sig = SignalComputer(cfg.tiled_l2_threshold, cfg.tile_grid, cfg.fine_grid, cfg.outlier_share, cfg.layout_grid,
+                             cfg.compare_max_side, cfg.reference_crop, cfg.template_match_delta)
+        return cls(sig, Thresholds(delta=cfg.tiled_l2_threshold), tile_delta=cfg.tiled_l2_threshold,
+                   tile_template_fraction=cfg.template_tile_fraction)
+
 
 def pair_signals(tools: VerdictTools, ims: list[Image.Image], refs: list[tuple[str, str]],
                  ref_images: list[Image.Image], ref_emb: Optional[np.ndarray]) -> list[tuple[list, list, list]]:
