@@ -17,9 +17,9 @@ A generation's verdict is its best pair's (verbatim before template, then the sm
 
 Calibration (:func:`calibrate`): every threshold left unset (None) in the config is the ``reference_fpr / 4``
 quantile (4 template signals, so a null generation is flagged at most at ``reference_fpr``), never looser than a
-floor measured on unrelated photos, of the null: the most copy-like value of each signal over the references of generations for non-risky
-captions (their own training image and the index's nearest images). ``delta`` and ``template_match_share``
-are the configured bounds, tightened by the null; the copy descriptor's ``copy_similarity_threshold`` = null is
+floor measured on unrelated photos, of the null: the most copy-like value of each signal over the references of
+generations for non-risky captions (their own training image and the index's nearest images). ``delta`` and
+``template_match_share`` are the configured bounds, tightened by the null; the copy descriptor's ``copy_similarity_threshold`` = null is
 the embedder's own calibrated copy threshold (:func:`auditor.index.embedders.calibrated_cosine`), raised by the
 null when that is higher.
 """

@@ -109,7 +109,7 @@ class References:
                 out[i] = v
         return np.stack(out) if out else np.zeros((0, 1), dtype=np.float32)
 
-    def resolve(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str, Image.Image, Optional[np.ndarray]]]:
+    def resolve(self, pairs: list[tuple[str, str]]) -> list[tuple]:
         """(key, shard, image, index embedding or None) of training images found by retrieval; unloadable ones
         are left out (and recorded)."""
         got = [(k, s, self.load(k, s)) for k, s in pairs]

@@ -102,9 +102,9 @@ class ProbeRunner:
                         self.run_dir)
         if self.store is not None and self.cfg.copy_similarity:
             try:
-                self.copy = CopyDescriptorDetector.from_index(
-                    self.store, 0.5 if self.cfg.copy_similarity_threshold is None else self.cfg.copy_similarity_threshold,
-                    device=self.cfg.diffusers.device)
+                thr = self.cfg.copy_similarity_threshold  # the verdict uses fusion.Thresholds, calibrated
+                self.copy = CopyDescriptorDetector.from_index(self.store, 0.5 if thr is None else thr,
+                                                              device=self.cfg.diffusers.device)
             except Exception as exc:  # noqa: BLE001 - an embedder that cannot be rebuilt disables the detector
                 log.warning("copy-descriptor detector disabled: %s", exc)
                 self.copy = None

@@ -7,10 +7,11 @@ aspect (``reference_crop="center"``), the generation resized to it, capped to ``
 - ``tiled_l2`` / ``tile_fraction``: Carlini et al.'s max over ``tile_grid x tile_grid`` tiles, and the share of
   those tiles within delta (the old verbatim / template rule, kept as evidence).
 - ``trimmed_l2``: the same per-tile RMS error on a finer ``fine_grid x fine_grid`` grid, after dropping the worst
-  ``outlier_share`` of the cells (also on the generation's flip / rotation the pHash finds closest): a badge, a watermark or a caption strip over one tile of 4 x 4 (1/16 of the
-  image) no longer decides, while a different photo pasted over 20 % of the image still does. Measured on 20
-  imagenet-256 photos (``benchmarks/bench_probe_accuracy.py``): overlay + JPEG q30-60 copies 0.02-0.05 with an
-  8 x 8 grid and share 0.125, unrelated photos 0.24-0.65.
+  ``outlier_share`` of the cells (also on the generation's flip / rotation the pHash finds closest): a badge, a
+  watermark or a caption strip over one tile of 4 x 4 (1/16 of the image) no longer decides, while a different
+  photo pasted over 20 % of the image still does. Measured on 20 imagenet-256 photos
+  (``benchmarks/bench_probe_accuracy.py``): overlay + JPEG q30-60 copies 0.02-0.05 with an 8 x 8 grid and share
+  0.125 (their 4 x 4 max-over-tiles: 0.16-0.39), unrelated photos 0.24-0.65.
 - ``match_share``: the share of the fine cells within ``match_delta`` (0.075: the training image's own pixels,
   JPEG-compressed, are within 0.02-0.05; at 0.15 half the cells of two unrelated smooth photos matched by chance).
 - ``phash_distance``: Hamming distance of the 64-bit pHashes (imagehash-identical), under the best of the identity,
