@@ -45,7 +45,7 @@ class AuditorConfig(BaseModel):
     """The stages' configuration: one typed section per stage, each passed down to its stage alone
     (``run_index(dataset, run_dir, cfg.index)``, ``run_dedup(run_dir, cfg.dedup, seed=cfg.seed)``, ...)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     seed: int = 0
     index: IndexConfig = IndexConfig()

@@ -30,6 +30,7 @@ from xml.etree import ElementTree as ET
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .callmodule import make_module_callable
 from .text import clean_text, md_cell
 
 PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skipped"
@@ -40,7 +41,7 @@ FAIL_CLOSED_TOP = 20  # top risk clusters of which the probe must cover at least
 class Policy(BaseModel):
     """The release policy. Every limit is inclusive (``actual <= limit`` passes); ``None`` turns a rule off."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_extracted_captions: Optional[int] = Field(0, ge=0)
     extracted_verdicts: list[Literal["verbatim", "template"]] = Field(default_factory=lambda: ["verbatim", "template"],
@@ -337,3 +338,45 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         write_text(args.markdown, markdown(results, name, code))
     return code
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the Python API: ``auditor.gate(run_dir, policy)`` (the module is callable) is :func:`check`
+
+
+@dataclass
+class GateVerdict:
+    """What :func:`check` decided: ``code`` (0 pass, 1 a rule failed, 2 could not evaluate) and every rule."""
+
+    code: int
+    results: list
+
+    @property
+    def passed(self) -> bool:
+        return self.code == 0
+
+    def table(self) -> str:
+        return table_text(self.results)
+
+
+def check(run_dir: str | Path, policy: Any = "policy") -> GateVerdict:
+    """Evaluate a release policy (a YAML path, a shipped name, or a :class:`Policy`) on a run.
+
+    Example:
+        >>> from auditor import gate
+        >>> v = gate("runs/photos", "policy")    # doctest: +SKIP
+        >>> v.passed, v.code                      # doctest: +SKIP
+        (True, 0)
+    """
+    from .config import CONFIG_DIR
+
+    if not isinstance(policy, Policy):
+        p = Path(policy)
+        if not p.exists() and (CONFIG_DIR / f"{p.name.removesuffix('.yaml')}.yaml").is_file():
+            p = CONFIG_DIR / f"{p.name.removesuffix('.yaml')}.yaml"
+        policy = load_policy(p)
+    results = evaluate(run_dir, policy)
+    return GateVerdict(exit_code(results), results)
+
+
+make_module_callable(__name__, check, "gate")  # auditor.gate(run_dir, policy)

@@ -21,6 +21,11 @@ from typing import Any, Optional
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f]")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+# what a terminal, an editor or GitHub would act on instead of showing: C0 and C1 controls (ESC starts ANSI escape
+# sequences; tab and newline are whitespace, collapsed by the callers), DEL, lone surrogates, noncharacters, and the
+# bidi embeddings, overrides, isolates and marks (U+202E shows text reversed)
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff"
+                        "\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 
 
 def clean_text(s: Any, n: int = 120) -> str:
@@ -30,6 +35,16 @@ def clean_text(s: Any, n: int = 120) -> str:
     s = _BIDI.sub("", _CONTROL.sub("\ufffd", s))
     s = " ".join(s.split())
     return s if len(s) <= n else s[: n - 1] + "\u2026"
+
+
+def strip_controls(text: str) -> str:
+    r"""``text`` without control characters, bidi controls and lone surrogates.
+
+    Example:
+        >>> strip_controls("cat\x1b[31m red\u202egnp.exe")
+        'cat[31m redgnp.exe'
+    """
+    return _INVISIBLE.sub("", text)
 
 
 def clip(text: Any, n: int) -> str:
@@ -54,7 +69,7 @@ def md_cell(text: Any, n: int = 120) -> str:
         md_cell("a|b\\nc")   # 'a\\\\|b c'
         ```
     """
-    s = clip("" if text is None else str(text), n)
-    s = " ".join(s.split())
+    s = " ".join(strip_controls("" if text is None else str(text)).split())
+    s = clip(s, n)
     s = _MD_SPECIAL.sub(r"\\\1", s)
     return html.escape(s, quote=False)

@@ -29,13 +29,43 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+#: a file name's limit in bytes on every common file system (ext4, xfs, btrfs, tmpfs, APFS, NTFS)
+NAME_MAX = 255
+
+
+def bounded_name(name: str, limit: int = 120) -> str:
+    """``name`` itself when it is at most ``limit`` UTF-8 bytes, else its first characters + ``~`` + 16 hex digits
+    of its blake2b: a unique file name that stays far under :data:`NAME_MAX` whatever suffix is added.
+
+    Example:
+        >>> bounded_name("kodak01.png")
+        'kodak01.png'
+        >>> len(bounded_name("k" * 250).encode())
+        120
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return name
+    digest = hashlib.blake2b(raw, digest_size=8).hexdigest()
+    head = raw[: max(0, limit - 1 - len(digest))].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
+
+
+def _temp_prefix(name: str) -> str:
+    """The temporary-name prefix of ``name``: ``.NAME.`` (mkstemp adds 8 characters and ``.tmp``), the name hashed
+    when that would pass NAME_MAX (a 250-byte key's ``.png`` would otherwise fail with ENAMETOOLONG on every rerun)."""
+    if len(name.encode("utf-8", "surrogateescape")) + 14 <= NAME_MAX:
+        return f".{name}."
+    return f".{bounded_name(name)}."
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed over ``path`` (atomic on POSIX).
     On any exception the temporary file is removed and ``path`` is left untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

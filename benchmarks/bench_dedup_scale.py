@@ -20,6 +20,9 @@ For each size the measured quantities are:
   measured outright at the sizes where that is affordable (``--full-flat-max``), with auditor's own exact
   method (``method="flat"``, which scans only the upper triangle and so costs half of a plain flat search).
 
+``benchmarks/bench_search_paths.py`` times the IVF join against faiss's own IVF paths (``IndexIVFFlat.range_search``,
+``faiss.contrib.big_batch_search``) on these vectors, with one shared recall check, and on real copy descriptors.
+
 Writes benchmarks/results/dedup_scale.{json,md}. Run:
 ``OMP_NUM_THREADS=2 python benchmarks/bench_dedup_scale.py --sizes 10000 100000 1000000``.
 """
@@ -44,15 +47,17 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def make_embeddings(n: int, d: int = 512, seed: int = 0, dup_frac: float = 0.03,
-                    cos_range=(0.85, 0.995), chunk: int = 100_000, return_planted: bool = False):
+                    cos_range=(0.85, 0.995), chunk: int = 100_000, return_planted: bool = False,
+                    spread_range=(0.5, 1.5)):
     """Clustered unit vectors with planted near-duplicates, float16 [n, d]; deterministic for a seed.
-    With ``return_planted`` also the rows that were replaced by near-copies (sorted)."""
+    With ``return_planted`` also the rows that were replaced by near-copies (sorted). ``spread_range``: the
+    per-cluster noise scale s (intra-cluster cosine ~ 1 / (1 + s^2)); the default gives 0.3-0.8."""
     rng = np.random.default_rng(seed)
     k = max(1, n // 100)
     centres = rng.standard_normal((k, d)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     # noise scale s per cluster: intra-cluster cosine ~ 1 / (1 + s^2), from ~0.8 (s=0.5) to ~0.3 (s=1.5)
-    spread = rng.uniform(0.5, 1.5, size=k).astype(np.float32)
+    spread = rng.uniform(*spread_range, size=k).astype(np.float32)
     label = rng.integers(0, k, size=n)
     out = np.empty((n, d), dtype=np.float16)
     for lo in range(0, n, chunk):

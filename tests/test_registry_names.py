@@ -54,7 +54,7 @@ def test_runtime_markers_are_the_keys_a_resume_may_change():
     from auditor.rundir import runtime_keys
 
     assert set(runtime_keys(IndexConfig)) == {"workers", "chunk_size", "progress", "engine", "ray_address",
-                                               "embedder.device", "embedder.batch_size"}
+                                               "embedder.device", "embedder.batch_size", "embedder.threads"}
     assert set(runtime_keys(ProbeConfig)) == {"progress", "budget_unet_evals", "top_n", "diffusers.batch_size",
                                                "diffusers.device", "http.url", "http.concurrency", "http.timeout_s"}
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import ConfigMismatch
 from ..index.store import IndexStore
 from ..utils import write_json, write_parquet
 from .cluster import REASONS
@@ -76,6 +77,9 @@ def run_against(run_dir: str | os.PathLike, other_run: str | os.PathLike, cfg: D
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path} is missing: run `auditor dedup {run_dir}` first")
     a_store, b_store = IndexStore(run_dir), IndexStore(other_run)
+    if a_store.hash_mode != b_store.hash_mode:  # fast-mode bits are a few off the exact ones: never compared
+        raise ConfigMismatch(f"--against: {run_dir} was indexed with index.hash_mode={a_store.hash_mode} and "
+                             f"{other_run} with {b_store.hash_mode}; index both in the same mode")
     dcfg = resolve_cosine(dcfg, a_store.embedder.get("name"))
     a = a_store.table(columns=_COLS)
     b = b_store.table(columns=_COLS)

@@ -7,7 +7,7 @@ import json
 
 
 def register(subparsers) -> None:
-    from ..cliutil import abs_path, add_config_options
+    from ..cliutil import abs_path, add_config_options, dataset_path
 
     p = subparsers.add_parser(
         "dedup", help="duplicate clusters, keep/drop manifest and memorization-risk ranking of an index",
@@ -24,13 +24,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=_dedup)
 
     a = subparsers.add_parser(
-        "apply-manifest", help="write the kept samples as a new img2dataset-style webdataset",
-        description="Write the samples RUN_DIR/dedup/manifest.parquet keeps to OUT as webdataset shards "
-                    "(keys, captions, urls kept). Never writes into the input dataset or RUN_DIR/index.")
+        "apply-manifest", help="write the kept samples as a new dataset (webdataset, parquet or files)",
+        description="Write the samples RUN_DIR/dedup/manifest.parquet keeps to OUT, every member and JSON field "
+                    "as stored, keys and order kept, as webdataset, img2dataset parquet or files shards. OUT is a "
+                    "folder or an fsspec URL (s3://, gs://, memory://); rerunning the same command into the same "
+                    "OUT resumes an interrupted run. Never writes into the input dataset or RUN_DIR/index.")
     a.add_argument("run_dir", metavar="RUN_DIR", type=abs_path, help="run folder holding index/ and dedup/")
-    a.add_argument("--out", required=True, metavar="DIR", type=abs_path,
-                   help="a new or empty folder for the webdataset shards")
+    a.add_argument("--out", required=True, metavar="DIR_OR_URL", type=dataset_path,
+                   help="a new or empty folder or fsspec URL (the same one again to resume)")
+    a.add_argument("--format", dest="output_format", default="webdataset",
+                   choices=("webdataset", "parquet", "files"), help="output layout (default webdataset)")
     a.add_argument("--shard-size", type=int, default=10_000, help="samples per output shard (default 10000)")
+    a.add_argument("--drop-against", nargs="*", default=None, metavar="NAME",
+                   help="also drop the samples `dedup --against` matched in other runs: every "
+                        "dedup/against_*.parquet, or only those of the runs NAME")
     add_config_options(a)
     a.set_defaults(func=_apply)
 
@@ -63,10 +70,12 @@ def _apply(args: argparse.Namespace) -> int:
     if args.shard_size < 1:
         raise UserError("--shard-size must be >= 1")
     require_dir(args.run_dir)
-    writable_dir(args.out, empty=True)
+    from .apply import apply_manifest, resumes
 
-    from .apply import apply_manifest
+    if "://" not in args.out:  # a non-empty --out is refused up front unless this run was writing it
+        writable_dir(args.out, empty=not resumes(args.run_dir, args.out))
 
-    summary = apply_manifest(args.run_dir, args.out, shard_size=args.shard_size, progress=cfg.dedup.progress)
+    summary = apply_manifest(args.run_dir, args.out, shard_size=args.shard_size, progress=cfg.dedup.progress,
+                             output_format=args.output_format, drop_against=args.drop_against)
     print(json.dumps(summary, indent=2))
     return 0 if summary["errors"] == 0 else 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 # the threshold used for an embedder without a calibrated one: CLIP-embedding near-duplicate dedup commonly uses
@@ -14,7 +14,7 @@ UNCALIBRATED_COSINE = 0.9
 
 
 class DedupConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # exact: identical stored bytes (sha256) / identical decoded RGB pixels (pixel_blake3)
     exact_bytes: bool = True
@@ -47,7 +47,7 @@ class DedupConfig(BaseModel):
     cosine_threshold: Optional[float] = Field(None, gt=-1.0, le=1.0)
     search: Literal["auto", "flat", "hnsw", "ivf", "partitioned"] = "auto"
     nlist: Optional[int] = Field(None, ge=1)   # ivf lists; None = 2 sqrt(N)
-    nprobe: Optional[int] = Field(None, ge=1)  # ivf lists probed per row; None = 8 (recall 0.9955 at 1M, BENCHMARKS.md)
+    nprobe: Optional[int] = Field(None, ge=1)  # ivf lists probed per row; None = 12 (recall 0.997 at 1M, BENCHMARKS.md)
     search_threads: Optional[int] = Field(None, ge=1)  # faiss threads; None = faiss's default
     # the on-disk partitioned search for 100M+ rows (auditor.dedup.partitioned): each row is stored in its home
     # k-means partition of ~partition_rows rows and also queries every partition c whose centroid is within
@@ -84,7 +84,27 @@ class DedupConfig(BaseModel):
     placeholder_check_pixels: bool = True                   # decode the representative (needs the dataset)
     drop_placeholders: bool = False                         # also drop the representative of a placeholder cluster
     risk_top_n: int = Field(100, ge=1)                      # clusters listed in summary.json (risk.parquet has all)
+    # which members of a duplicate cluster the manifest keeps (auditor.dedup.keep); the cluster's representative
+    # (cluster.py: the members' similarity is measured to it) does not change with it.
+    # largest: the representative (largest pixel area, then most stored bytes, then lowest key; today's rule);
+    # first: the first member in dataset order (shard, then position in the shard);
+    # column:NAME[:asc|desc]: by a carried index column (index.carry_columns: similarity, aesthetic, punsafe,
+    # ...) or a fixed one (width, nbytes, url...), desc by default, nulls last, ties by the largest rule
+    keep: str = "largest"
+    # members never dropped, whatever the policy: "NAME=VALUE" (a carried or fixed column equals VALUE, e.g.
+    # "source=licensed", "shard=00003"), "file:PATH" (a text file of keys or shard/key lines), or one key
+    # ("shard/key" or a bare key)
+    protect: list[str] = []
+    keep_per_cluster: int = Field(1, ge=1)                  # members kept per cluster, best first by `keep`
     progress: bool = True
+
+    @field_validator("keep")
+    @classmethod
+    def _keep_rule(cls, v: str) -> str:
+        from .keep import parse_keep
+
+        parse_keep(v)  # raises ValueError with the accepted forms
+        return v
 
 
 def resolve_cosine(dcfg: DedupConfig, embedder_name: Optional[str]) -> DedupConfig:

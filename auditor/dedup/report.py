@@ -10,7 +10,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..index.store import IndexStore
-from ..rundir import CAPTIONS, CLUSTERS, MANIFEST, RISK
+from ..rundir import CAPTIONS, CLUSTERS, MANIFEST, REMOVAL_IDS, RISK
 from .cluster import REASONS, Clustering
 from .config import DedupConfig
 from .risk import rank_risk
@@ -28,6 +28,7 @@ _SIZE_BINS = [(1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 32), (33, 64), (65, 
 @dataclass
 class Outputs:
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    keep_urls: object = None  # pyarrow Table (its schema follows the carried columns)
     keep_text: str = ""
     drop_text: str = ""
     summary: dict = field(default_factory=dict)
@@ -90,8 +91,45 @@ def _histogram(sizes: np.ndarray) -> list[dict]:
     return out
 
 
+def sample_paths(store: IndexStore, table: pd.DataFrame) -> np.ndarray:
+    """The image file of each row (object [N], None where the layout has no file per sample): ``ROOT/KEY`` for a
+    folder, ``ROOT/SHARD/KEY.EXT`` for img2dataset's files layout (a local path or the dataset's fsspec URL)."""
+    ds = store.info.get("dataset") or {}
+    root, layout = str(ds.get("root") or "").rstrip("/"), ds.get("layout")
+    n = len(table)
+    if layout == "folder":
+        return (root + "/" + table["key"].astype(str)).to_numpy(object)
+    if layout == "files":
+        ext = table["stored_ext"].fillna("jpg").astype(str) if "stored_ext" in table else pd.Series(["jpg"] * n)
+        return (root + "/" + table["shard"].astype(str) + "/" + table["key"].astype(str) + "."
+                + ext.to_numpy()).to_numpy(object)
+    return np.full(n, None, dtype=object)
+
+
+def keep_urls_table(table: pd.DataFrame, keep: np.ndarray, carried: list[str]):
+    """keep_urls.parquet: img2dataset's --url_list of the kept samples that have a url (index order)."""
+    import pyarrow as pa
+
+    from .schema import KEEP_URLS_BASE
+
+    url = table["url"] if "url" in table else pd.Series([None] * len(table))
+    sel = keep & url.notna().to_numpy() & (url.fillna("").astype(str) != "").to_numpy()
+    t = pa.Table.from_pandas(table.loc[sel, ["url", "caption", "sha256"]].reset_index(drop=True),
+                             schema=KEEP_URLS_BASE, preserve_index=False)
+    for c in carried:
+        if c in KEEP_URLS_BASE.names:
+            continue
+        col = table.loc[sel, c].reset_index(drop=True)
+        try:
+            arr = pa.array(col.tolist()) if col.notna().any() else pa.nulls(len(col), pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arr = pa.array([None if v is None else str(v) for v in col.tolist()], pa.string())
+        t = t.append_column(c, arr)
+    return t
+
+
 def build_outputs(store: IndexStore, table: pd.DataFrame, res: Clustering, dcfg: DedupConfig,
-                  fingerprint: dict) -> Outputs:
+                  fingerprint: dict, carried: list[str] | None = None) -> Outputs:
     n = len(table)
     out = Outputs()
     row = np.arange(n, dtype=np.int64)
@@ -147,17 +185,33 @@ def build_outputs(store: IndexStore, table: pd.DataFrame, res: Clustering, dcfg:
     clusters["placeholder_why"] = ph_why.astype(str)
 
     # --- manifest ----------------------------------------------------------------------------------------
-    keep = is_rep.copy()
+    from .keep import keep_mask, protected_rows
+
+    protect = protected_rows(table, dcfg.protect)
+    area = table["width"].to_numpy(np.int64) * table["height"].to_numpy(np.int64)
+    policy_keep = keep_mask(table, cid, is_rep, area, table["nbytes"].to_numpy(np.int64), dcfg.keep,
+                            dcfg.keep_per_cluster, None)
+    keep = policy_keep.copy()
     if dcfg.drop_placeholders:
         keep &= ~is_ph[cid]
+    keep |= protect
     manifest = pd.DataFrame({
         "key": keys.astype(str), "shard": shards.astype(str),
         "cluster_id": cid.astype(np.int64), "cluster_size": size[cid].astype(np.int64),
         "is_representative": is_rep, "keep": keep, "reason": reason_str.astype(str),
         "similarity_to_representative": res.similarity.astype(np.float64),
         "caption_dup_count": caption_dup_count,
+        "url": table["url"].to_numpy(object) if "url" in table else np.full(n, None, object),
+        "sha256": table["sha256"].to_numpy(object),
+        "path": sample_paths(store, table),
+        "caption_hash": cap_hash.astype(str),
     })
     out.frames[MANIFEST] = manifest
+    drop = ~keep
+    out.frames[REMOVAL_IDS] = pd.DataFrame({
+        "id": keys[drop].astype(str), "shard": shards[drop].astype(str), "cluster_id": cid[drop].astype(np.int64),
+        "reason": np.where(is_ph[cid][drop] & is_rep[drop], "placeholder", reason_str[drop]).astype(str)})
+    out.keep_urls = keep_urls_table(table, keep, carried or [])
 
     # --- captions table ---------------------------------------------------------------------------------
     first_row_of_cap = np.full(len(cap_uniques), -1, dtype=np.int64)
@@ -204,6 +258,9 @@ def build_outputs(store: IndexStore, table: pd.DataFrame, res: Clustering, dcfg:
         "placeholder_clusters": int(is_ph.sum()),
         "placeholder_samples": int(size[is_ph].sum()),
         "placeholder_pixel_checks_failed": ph_failed,
+        "keep_policy": {"keep": dcfg.keep, "keep_per_cluster": dcfg.keep_per_cluster,
+                        "protected": int(protect.sum()), "kept_by_protect": int((protect & ~policy_keep).sum())},
+        "keep_urls": int(out.keep_urls.num_rows),
         "captions": {
             "distinct": int(len(cap_uniques)),
             "samples_without_caption": int((~has_cap).sum()),

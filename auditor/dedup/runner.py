@@ -33,6 +33,11 @@ Outputs (``RUN_DIR/dedup``, written atomically, identical bytes for the same ind
   count, n_clusters (distinct image clusters carrying it: Somepalli et al. 2023's caption duplication);
 * ``risk.parquet``      the clusters to probe first (see :mod:`auditor.dedup.risk`);
 * ``keep_keys.txt`` / ``drop_keys.txt``  sorted ``shard/key`` lines;
+* ``keep_urls.parquet``  the kept samples with a url, as img2dataset's ``--url_list`` (``--input_format parquet
+  --url_col url --caption_col caption --save_additional_columns [the carried columns]``): url, caption, sha256
+  (for ``--verify_hash '["sha256","sha256"]'``), then the carried columns; index order;
+* ``removal_ids.parquet``  NeMo Curator's removal-list shape: id (the key), shard, cluster_id, reason of every
+  dropped sample;
 
 Key formats: ``key`` is the sample's key within its shard as the reader yields it (img2dataset's ``key``, e.g.
 ``000000012``; for a plain folder the file's path relative to the root, ``/``-separated) and ``shard`` the shard id
@@ -40,7 +45,8 @@ Key formats: ``key`` is the sample's key within its shard as the reader yields i
 its shard, so the parquet tables carry the two columns and the text lists join them as ``shard/key`` (split at the
 first ``/``: shard ids never contain one). Example: ``00003/000031337`` is key ``000031337`` of shard ``00003``.
 
-Which copy is kept: the representative of each cluster, chosen as the largest pixel area, then the most stored bytes
+Which copy is kept: ``dedup.keep`` (:mod:`auditor.dedup.keep`); by default the representative of each cluster,
+chosen as the largest pixel area, then the most stored bytes
 (at equal area the least-compressed copy: an original beats its JPEG q60 re-save), then the lowest
 ``(key, shard)``.
 * ``summary.json``      counts, duplicate rate, cluster-size histogram, thresholds used;
@@ -58,11 +64,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..index.store import IndexStore
-from ..rundir import DEDUP_DIR, DEDUP_SUMMARY, GROUP_PHASH, SEARCH_IDS, fingerprint_changes
+from ..errors import UserError
+from ..index.store import SAMPLE_COLUMNS, IndexStore
+from ..rundir import DEDUP_DIR, DEDUP_SUMMARY, GROUP_PHASH, KEEP_URLS, SEARCH_IDS, fingerprint_changes
 from ..utils import remove_temporary_files, write_json, write_npy, write_parquet, write_text
 from .cluster import Signals, cluster, group_codes, star_edges
 from .config import DedupConfig, resolve_cosine
+from .keep import columns_needed
 from .edges import HashRules, embedding_edges, hash_edges, phash_confirmed, search_options  # noqa: F401 - public
 from .schema import MANIFEST_SCHEMA, SCHEMAS, to_table
 from .state import STATE_DIR, commit_state, file_digest, load_state, save_faiss, search_fingerprint
@@ -117,7 +125,13 @@ def run_dedup(run_dir: str | os.PathLike, cfg: DedupConfig | None = None, full: 
     if n_tmp:
         log.info("removed %d temporary files left by an interrupted dedup run in %s", n_tmp, out)
     shard_ids = store.shard_ids()
-    table = store.table(columns=_TABLE_COLUMNS)
+    carried = store.extra_columns()  # for the keep policy and keep_urls.parquet
+    wanted = _TABLE_COLUMNS + ["url", "stored_ext"] + carried + columns_needed(dcfg.keep, dcfg.protect)
+    for c in columns_needed(dcfg.keep, dcfg.protect):
+        if c not in carried and c not in SAMPLE_COLUMNS:
+            raise UserError(f"dedup.keep / dedup.protect: the index has no column {c!r} (carried: "
+                            f"{', '.join(carried) or 'none'}; see index.carry_columns)")
+    table = store.table(columns=list(dict.fromkeys(wanted)))
     n = len(table)
     log.info("dedup %s: %d samples in %d shards", run_dir, n, len(shard_ids))
 
@@ -232,12 +246,13 @@ def run_dedup(run_dir: str | os.PathLike, cfg: DedupConfig | None = None, full: 
 
     from .report import build_outputs
 
-    outputs = build_outputs(store, table, res, dcfg, fingerprint)
+    outputs = build_outputs(store, table, res, dcfg, fingerprint, carried)
 
     # --- write --------------------------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in outputs.frames.items():
         write_parquet(out / name, to_table(frame, SCHEMAS[name]))
+    write_parquet(out / KEEP_URLS, outputs.keep_urls)
     write_text(out / "keep_keys.txt", outputs.keep_text)
     write_text(out / "drop_keys.txt", outputs.drop_text)
     write_json(out / DEDUP_SUMMARY, outputs.summary)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
-from ..rundir import CAPTIONS, CLUSTERS, MANIFEST, RISK
+from ..rundir import CAPTIONS, CLUSTERS, MANIFEST, REMOVAL_IDS, RISK
 
 MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -17,6 +17,27 @@ MANIFEST_SCHEMA = pa.schema([
     ("reason", pa.string()),            # exact_bytes | exact_pixels | phash | dhash | embedding | ''
     ("similarity_to_representative", pa.float64()),
     ("caption_dup_count", pa.int64()),  # other samples carrying the same normalised caption
+    # join columns: to the img2dataset url list, the stored bytes, the file (folder and files layouts), the caption
+    ("url", pa.string()),
+    ("sha256", pa.string()),
+    ("path", pa.string()),              # the image file (URL or local path) for folder/files layouts, else null
+    ("caption_hash", pa.string()),
+])
+
+# NeMo Curator's removal list shape: one row per sample to remove, ``id`` = the sample's key
+REMOVAL_IDS_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("shard", pa.string()),
+    ("cluster_id", pa.int64()),
+    ("reason", pa.string()),
+])
+
+# img2dataset's --url_list (--input_format parquet --url_col url --caption_col caption): the kept samples that
+# have a url; the carried columns follow (pass them as --save_additional_columns), typed as in the index
+KEEP_URLS_BASE = pa.schema([
+    ("url", pa.string()),
+    ("caption", pa.string()),
+    ("sha256", pa.string()),            # img2dataset --verify_hash '["sha256","sha256"]' checks the download
 ])
 
 CLUSTERS_SCHEMA = pa.schema([
@@ -66,6 +87,7 @@ SCHEMAS = {
     CLUSTERS: CLUSTERS_SCHEMA,
     CAPTIONS: CAPTIONS_SCHEMA,
     RISK: RISK_SCHEMA,
+    REMOVAL_IDS: REMOVAL_IDS_SCHEMA,
 }
 
 

@@ -108,13 +108,40 @@ def load_state(state_dir: Path) -> Optional[dict]:
     return state
 
 
+def _unchanged(state_dir: Path, old: dict, groups: pd.DataFrame, edges: pd.DataFrame, info: dict) -> bool:
+    """Whether committing would only restate ``old``: same info (but ``last_run``), groups and edges."""
+    same_info = all(old.get(k) == json.loads(json.dumps(v, default=str))
+                    for k, v in info.items() if k != "last_run")
+    if not same_info or not all(k in old for k in info):
+        return False
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return (pq.read_table(state_dir / old["groups"]).equals(pa.Table.from_pandas(groups, preserve_index=False))
+                and pq.read_table(state_dir / old["edges"]).equals(pa.Table.from_pandas(edges, preserve_index=False)))
+    except Exception:  # noqa: BLE001 - an unreadable generation is rewritten
+        return False
+
+
+def _remove_others(state_dir: Path, keep: set[str]) -> None:
+    for p in state_dir.iterdir():
+        if p.is_file() and p.name not in keep:
+            p.unlink(missing_ok=True)
+
+
 def commit_state(state_dir: Path, old: Optional[dict], groups: pd.DataFrame, edges: pd.DataFrame,
                   info: dict) -> None:
     """Write the search state as a new generation and commit it by replacing ``state.json`` (last), then
     delete every other file in ``state_dir`` (older generations, a killed run's uncommitted files).
 
     The generation number follows the committed one, so a run killed before its commit and its rerun write
-    the same names (the rerun simply replaces the killed run's orphans)."""
+    the same names (the rerun simply replaces the killed run's orphans). A run that found nothing new (the same
+    groups, edges, fingerprint and shards as the committed state) keeps that state as it is, ``last_run``
+    included: a rerun on an unchanged index leaves ``state/`` byte-identical."""
+    if old is not None and _unchanged(state_dir, old, groups, edges, info):
+        _remove_others(state_dir, {"state.json", old["groups"], old["edges"]})  # a killed run's orphans
+        return
     gen = 1
     if old is not None:
         try:
@@ -125,7 +152,4 @@ def commit_state(state_dir: Path, old: Optional[dict], groups: pd.DataFrame, edg
     write_parquet(state_dir / names["groups"], groups)
     write_parquet(state_dir / names["edges"], edges)
     write_json(state_dir / "state.json", {"generation": gen, **names, **info})
-    keep = {"state.json", *names.values()}
-    for p in state_dir.iterdir():
-        if p.is_file() and p.name not in keep:
-            p.unlink(missing_ok=True)
+    _remove_others(state_dir, {"state.json", *names.values()})

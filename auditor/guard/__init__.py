@@ -3,9 +3,11 @@
 ``Guard(run_dir).check(images)`` looks each image up in the run's index and returns the nearest training
 images with distances and a verdict, so a model server can refuse or regenerate near-copies:
 
-* **pHash fast path**: the image's 64-bit pHash (computed exactly as the index computed its own) against
-  every stored pHash (XOR + popcount, chunked). Exact and re-encoded copies land within a few bits. Flat
-  images (pixel std below ``min_pixel_std``) skip it: every blank image has nearly the same pHash.
+* **pHash fast path**: the image's 64-bit pHash (computed exactly as the index computed its own) against the
+  stored pHashes within ``near_phash_distance`` bits, through an exact multi-index hash
+  (:mod:`auditor.dedup.search.mih`: sub-linear, the same answer as a full XOR + popcount scan at that radius).
+  Exact and re-encoded copies land within a few bits. Flat images (pixel std below ``min_pixel_std``) skip it:
+  every blank image has nearly the same pHash.
 * **Embedding path**: the embedder the index was built with, rebuilt from ``index.json`` (same model, same
   preprocessing; a different checkpoint is refused by its SHA-256), queried against the dedup stage's
   ``embeddings.faiss`` (one row per pixel group, ``search_ids.parquet`` maps rows to keys) or, when dedup has
@@ -16,8 +18,8 @@ Verdict: ``copy`` when pHash distance <= ``copy_phash_distance`` or cosine >= ``
 the looser ``near_*`` thresholds; ``ok`` otherwise; ``error`` when the submitted bytes are not a safely
 decodable image. Thresholds live in ``report.guard`` (:class:`auditor.guard.config.GuardConfig`).
 
-``auditor guard RUN_DIR IMAGE...`` checks files; ``auditor guard RUN_DIR --serve`` runs a small HTTP service
-(bound to 127.0.0.1 by default): ``POST /check`` with the image bytes as the body answers the JSON verdict,
+``auditor guard RUN_DIR IMAGE...`` checks files; ``auditor guard RUN_DIR --serve`` runs the HTTP service under
+waitress from a bounded pool (bound to 127.0.0.1 by default; ``server.py`` lists its bounds): ``POST /check`` with the image bytes as the body answers the JSON verdict,
 ``GET /healthz`` answers the index size. Bodies over ``max_request_bytes`` get 413 without being read.
 """
 

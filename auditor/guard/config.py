@@ -17,7 +17,7 @@ class GuardConfig(BaseModel):
     set them for yours.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     top_k: int = Field(5, ge=1, le=100)
     copy_phash_distance: int = Field(4, ge=0, le=64)
@@ -33,6 +33,11 @@ class GuardConfig(BaseModel):
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
+    # --serve (waitress): requests checked at once, open connections accepted, seconds a connection may stay idle
+    # (a client that stops sending is closed); memory is bounded by threads x (max_request_bytes + one decode)
+    threads: int = Field(4, ge=1, le=256)
+    connection_limit: int = Field(100, ge=1, le=100_000)
+    request_timeout_s: float = Field(30.0, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _ordered(self) -> "GuardConfig":

@@ -10,6 +10,7 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
+from ..index.decode_bounds import DEFAULT_CPU_BUDGET_S, DEFAULT_MAX_JPEG_SCANS
 from ..rundir import RunDir
 from .config import GuardConfig
 
@@ -33,7 +34,8 @@ class Match:
 class GuardResult:
     verdict: str                                  # copy | near | ok | error
     matches: list[Match] = field(default_factory=list)  # nearest first (copies, then near, then the rest)
-    phash_distance: Optional[int] = None          # the smallest pHash distance to any training image
+    phash_distance: Optional[int] = None          # the smallest pHash distance to a training image, when it is
+    #                                               within near_phash_distance (None: no training image that close)
     cosine: Optional[float] = None                # the largest embedding cosine similarity
     reason: str = ""                              # which signal decided: phash | embedding | ''
     error: Optional[str] = None
@@ -66,6 +68,9 @@ class Guard:
         decode = (info.get("config") or {}).get("decode") or {}
         self.max_pixels = int(self.cfg.max_pixels or decode.get("max_pixels") or 89_478_485)
         self.max_bytes = int(decode.get("max_bytes") or 64 * 1024 * 1024)
+        # the index's scan cap and per-image CPU budget (an index older than them: the decoder's defaults)
+        self.max_jpeg_scans = int(decode.get("max_jpeg_scans") or DEFAULT_MAX_JPEG_SCANS)
+        self.cpu_budget_s = float(decode.get("cpu_budget_s") or DEFAULT_CPU_BUDGET_S)
         self._lock = threading.Lock()
         self._embedder = None
         self._faiss = None
@@ -141,8 +146,8 @@ class Guard:
         return self._embedder
 
     def warm_up(self) -> "Guard":
-        """Load the embedder and the search index now (a server does this before accepting requests)."""
-        _ = self.embedder, self.faiss_index
+        """Load the embedder and the search indexes now (a server does this before accepting requests)."""
+        _ = self.embedder, self.faiss_index, self.phash_index
         return self
 
     # --- checking -----------------------------------------------------------------------------------
@@ -150,7 +155,7 @@ class Guard:
         """(image in its original mode for hashing, RGB image for embedding)."""
         from PIL import Image
 
-        from ..index.decode import decode_rgb, open_image, to_rgb  # noqa: F401
+        from ..index.decode import CpuBudget, open_image, rgb_array, to_rgb
 
         if isinstance(item, Image.Image):
             return item, to_rgb(item)
@@ -159,8 +164,12 @@ class Guard:
             if p.stat().st_size > self.max_bytes:
                 raise ValueError(f"{p} is larger than {self.max_bytes} bytes")
             item = p.read_bytes()
-        im = open_image(bytes(item), max_pixels=self.max_pixels, max_bytes=self.max_bytes)
-        return im, to_rgb(im)
+        budget = CpuBudget(self.cpu_budget_s)  # per image, on this request thread's CPU time
+        im = open_image(bytes(item), max_pixels=self.max_pixels, max_bytes=self.max_bytes,
+                        max_jpeg_scans=self.max_jpeg_scans, budget=budget)
+        rgb = im if im.mode == "RGB" else Image.fromarray(rgb_array(im, budget), mode="RGB")
+        budget.check()
+        return im, rgb
 
     def _verdict(self, dist: Optional[int], cos: Optional[float]) -> tuple[str, str]:
         c = self.cfg
@@ -176,51 +185,31 @@ class Guard:
 
     @property
     def phash_index(self):
-        """A faiss ``IndexBinaryFlat`` over the stored pHashes (8 bytes each), built once on first use."""
+        """The exact pHash radius index over the stored pHashes (multi-index hashing,
+        :class:`~auditor.dedup.search.mih.MultiIndexHash`, at ``near_phash_distance``), built once on first use."""
         if self._phash_index is None:
-            import faiss
+            from ..dedup.search.mih import MultiIndexHash
 
             with self._build_lock:
                 if self._phash_index is None:
-                    idx = faiss.IndexBinaryFlat(64)
-                    # counting-sort k-NN instead of per-query heaps: 3x faster for one query at 1M codes
-                    # (benchmarks/bench_guard.py)
-                    idx.use_heap = False
-                    idx.add(np.ascontiguousarray(self.phash).view(np.uint8).reshape(-1, 8))
-                    self._phash_index = idx
+                    self._phash_index = MultiIndexHash(self.phash, radius=self.cfg.near_phash_distance)
         return self._phash_index
 
-    def _phash_neighbours(self, q: np.ndarray, k: int, slack: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per query: (rows, distances) of the ``k`` nearest stored pHashes, nearest first, ties by row.
+    def phash_neighbours(self, q: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query pHash (uint64): ``(rows, distances)`` of the ``k`` nearest stored pHashes within
+        ``near_phash_distance``, nearest first, ties by row; exactly a brute-force XOR + popcount scan's answer
+        at that radius. Farther pHashes decide no verdict, and leaving them out is what makes the lookup
+        sub-linear: at 1M stored pHashes a query reads a few thousand of them, not all (BENCHMARKS.md section 7).
 
-        faiss's k-NN order among equal distances is its own, so ``k + slack`` neighbours are asked for: when the
-        last of them is farther than the k-th, every row tied with the k-th is among them; otherwise that query
-        takes a range search at the k-th distance. Either way the answer equals a brute-force scan's."""
-        n = len(self.phash)
-        k = min(k, n)
-        q8 = np.ascontiguousarray(np.asarray(q, dtype=np.uint64)).view(np.uint8).reshape(-1, 8)
-        kk = min(n, k + slack)
-        # a few queries: one OpenMP thread. faiss splits one query's scan over threads, and on a loaded
-        # 2-core host that cost 360 ms vs 11 ms per query at 1M codes (benchmarks/bench_guard.py)
-        import contextlib
-
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1, user_api="openmp") if len(q8) < 8 else contextlib.nullcontext():
-            dist, rows = self.phash_index.search(q8, kk)
-        with threadpool_limits(1, user_api="openmp"):  # the tie range searches are one query each
-            return self._exact_ties(q8, k, kk, n, dist, rows)
-
-    def _exact_ties(self, q8, k, kk, n, dist, rows) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = []
-        for j in range(len(q8)):
-            d, r = dist[j].astype(np.int64), rows[j].astype(np.int64)
-            if kk < n and d[-1] <= d[k - 1]:  # ties at the k-th distance may be cut: take them all
-                _, rd, ri = self.phash_index.range_search(q8[j:j + 1], int(d[k - 1]) + 1)
-                d, r = rd.astype(np.int64), ri.astype(np.int64)
-            order = np.lexsort((r, d))[:k]
-            out.append((r[order], d[order]))
-        return out
+        Example:
+            >>> g = Guard.__new__(Guard); g.cfg = GuardConfig(copy_phash_distance=0, near_phash_distance=1)
+            >>> g.phash, g._phash_index, g._build_lock = np.array([0, 1, 7], np.uint64), None, threading.Lock()
+            >>> [(r.tolist(), d.tolist()) for r, d in g.phash_neighbours(np.array([0], np.uint64), k=5)]
+            [([0, 1], [0, 1])]
+        """
+        if len(self.phash) == 0:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.int64)) for _ in range(len(q))]
+        return self.phash_index.search(np.asarray(q, dtype=np.uint64), k)
 
     def check(self, images: Iterable[ImageInput]) -> list[GuardResult]:
         """One :class:`GuardResult` per image, in order. Images: encoded bytes, file paths or PIL images.
@@ -245,7 +234,7 @@ class Guard:
         k = self.cfg.top_k
         ph, _ = phash_dhash(originals)
         flat = [float(np.asarray(o.convert("L"), dtype=np.float32).std()) < self.cfg.min_pixel_std for o in originals]
-        ph_nn = self._phash_neighbours(ph, k) if len(self.phash) else [(np.zeros(0, np.int64),) * 2 for _ in ph]
+        ph_nn = self.phash_neighbours(ph, k)
         sims = ids = None
         if self.has_embeddings and len(self.keys):
             with self._lock:  # torch / onnxruntime / faiss calls from one thread at a time

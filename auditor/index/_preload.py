@@ -1,10 +1,13 @@
 """Imported by the local engine's forkserver before it forks pool workers (``set_forkserver_preload``): the
 pipeline's modules are imported, the hashing tables built and the JPEG fast path verified once, not once per
-worker. The forkserver is started with ``PYTHONSAFEPATH=1`` (``auditor.index.engines.local.worker_context``), so this
+worker, and its BLAS/OpenMP pools are capped to one thread. The forkserver is started with ``PYTHONSAFEPATH=1`` (``auditor.index.engines.local.worker_context``), so this
 import never finds a folder named ``auditor`` in the caller's current folder instead of the package."""
 
 from . import decode, runner  # noqa: F401
 from .hashing import warm_up
+from .threads import cap_native_threads
+
+cap_native_threads(1)  # the server only forks; its children start from one-thread pools and set their own share
 
 warm_up()
 decode.fast_jpeg_kinds()

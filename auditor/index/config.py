@@ -10,7 +10,7 @@ from ..rundir import RUNTIME  # keys marked RUNTIME are left out of the index's 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ReaderConfig(_Strict):
@@ -21,6 +21,12 @@ class ReaderConfig(_Strict):
     captions_file: Optional[str] = None
     # img2dataset parquet layout: column with the image bytes; None = the encode format (jpg, png, webp)
     image_column: Optional[str] = None
+    # captions (.txt) and .json members/files, and parquet caption values, larger than this are not read: the
+    # sample is a read error "too_many_bytes" (8 MiB: a 1M-character caption escaped in img2dataset's .json)
+    max_text_bytes: int = Field(8 << 20, ge=1)
+    # a compressed tar (.tar.gz/.bz2/.xz) or a parquet column chunk may decompress to at most this many times
+    # its stored bytes (or 256 MiB, whichever is larger); beyond it the container is recorded as broken
+    max_expansion: int = Field(100, ge=1)
 
 
 class DecodeConfig(_Strict):
@@ -28,6 +34,12 @@ class DecodeConfig(_Strict):
     max_pixels: int = Field(89_478_485, ge=1)  # PIL's own default warning limit
     # stored-bytes limit per sample
     max_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    # progressive-JPEG scans, counted from the markers before decoding (each scan is a full pass; encoders
+    # write <= ~20): a JPEG with more is recorded as a decode error "too_many_scans"
+    max_jpeg_scans: int = Field(100, ge=1)
+    # CPU seconds (the worker thread's CPU time) one image may spend in decoding + RGB conversion; past it the
+    # sample is a decode error "over_cpu_budget" (checked between decoder blocks; see index/decode_bounds.py)
+    cpu_budget_s: float = Field(30.0, gt=0, allow_inf_nan=False)
 
 
 class EmbedderConfig(_Strict):
@@ -42,6 +54,9 @@ class EmbedderConfig(_Strict):
     device: str = Field("auto", json_schema_extra=RUNTIME)  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(64, ge=1, json_schema_extra=RUNTIME)
+    # CPU threads of the onnxruntime embedders (copy, onnx); 0 = auto: every core in the local engine (it embeds
+    # while its pool is idle; auditor/index/threads.py), the reserved CPU in a Ray actor. Does not change outputs.
+    threads: int = Field(0, ge=0, json_schema_extra=RUNTIME)
     # sscd / onnx preprocessing (open_clip uses its own)
     image_size: int = Field(288, ge=8)
     resize_mode: Literal["resize", "center_crop"] = "resize"
@@ -65,6 +80,17 @@ class IndexConfig(_Strict):
     # batched, PIL fallback per image) instead of in the workers, which then only hash. Hashes are unchanged;
     # embeddings differ from the PIL preprocessing within resampling tolerance (so it is part of the index config).
     gpu_decode: bool = False
+    # metadata columns carried from each sample's img2dataset JSON / parquet row into the index shards (after the
+    # fixed columns), so a dedup keep policy (dedup.keep: column:NAME) and keep_urls.parquet can use them:
+    # img2dataset's --save_additional_columns, LAION's similarity, punsafe, pwatermark, aesthetic, ...
+    # null = every scalar field except those the index already stores (key, url, caption, status, width, height,
+    # sha256, exif, error_message; at most 64 per sample); [] = none; a list = exactly those (a missing one is null)
+    carry_columns: Optional[list[str]] = None
+    # "exact" (default): pHash/dHash bit-identical to imagehash on the fully decoded image. "fast" (opt-in): plain
+    # JPEGs are decoded by libjpeg-turbo at a reduced DCT scale (the smallest 1/8 step that keeps both sides
+    # >= 64 px, twice the 32-px pHash thumbnail), so the hashes move by a few bits and pixel_blake3 is of those
+    # pixels (BENCHMARKS.md section 1 measures both). An index in one mode never resumes or compares with the other.
+    hash_mode: Literal["exact", "fast"] = "exact"
     reader: ReaderConfig = ReaderConfig()
     decode: DecodeConfig = DecodeConfig()
     embedder: EmbedderConfig = EmbedderConfig()

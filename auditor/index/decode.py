@@ -31,10 +31,15 @@ from __future__ import annotations
 import functools
 import io
 import re
+import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageFile
+
+from .decode_bounds import (DEFAULT_CPU_BUDGET_S, DEFAULT_MAX_JPEG_SCANS, BudgetedBytesIO, CpuBudget,  # noqa: F401
+                            DecodeError, check_jpeg_scans, jpeg_scan_count)
 
 try:  # libjpeg-turbo without Pillow's per-image Python overhead (see decode_for_index)
     import simplejpeg
@@ -59,19 +64,16 @@ _PIL_FORMATS: dict[str, tuple[str, ...]] = {
 # default limits (the same numbers as auditor.index.config.DecodeConfig)
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-
-
-class DecodeError(Exception):
-    """An image that cannot (or must not) be decoded. ``reason`` is a short machine-readable code:
-
-    ``empty``, ``too_many_bytes``, ``unknown_format``, ``unsupported_format``, ``too_many_pixels``,
-    ``truncated``, ``corrupt``, ``unsafe_config``.
-    """
-
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+# Pillow hands the decoder this many bytes at a time; the CPU budget is checked before each block. Pillow's
+# default is 64 KiB, which holds 5,000 empty 12-byte JPEG scans (~5 s on a 1500x1500 image); at 4 KiB the
+# check comes every ~0.3 s there (measured), and an ordinary 100 KB photo costs 25 reads instead of 2
+_DECODER_BLOCK = 4 * 1024
+# JPEGs with more SOS markers than this skip the fast path: simplejpeg decodes in one C call that cannot be
+# checked against the budget, and strict mode rejects a bogus progression only after decoding all of it
+# (2.5 s for 3,000 scans on 1500x1500). Encoders write at most ~20 scans.
+_FAST_PATH_MAX_SCANS = 24
+# the alpha composite and the 16-bit scaling run in strips of about this many pixels (bounded temporaries)
+_STRIP_PIXELS = 1 << 20
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -124,10 +126,14 @@ def _classify(exc: BaseException) -> DecodeError:
     return DecodeError("corrupt", f"{type(exc).__name__}: {msg}")
 
 
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+               max_jpeg_scans: Optional[int] = DEFAULT_MAX_JPEG_SCANS,
+               cpu_budget_s: Optional[float] = DEFAULT_CPU_BUDGET_S, budget: Optional[CpuBudget] = None,
+               ) -> Image.Image:
     """Decode ``data`` into a fully loaded PIL image in its original mode (first frame of animations,
     EXIF orientation not applied). Raises :class:`DecodeError` for anything that is not a safely decodable
-    image within the limits."""
+    image within the limits: bytes, pixels (from the header), JPEG scans (from the markers, before decoding)
+    and CPU seconds (``cpu_budget_s``, or a shared ``budget``; None = unbounded)."""
     if data is None or len(data) == 0:
         raise DecodeError("empty", "0 bytes")
     if len(data) > max_bytes:
@@ -141,10 +147,15 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int
     pil_formats = _PIL_FORMATS.get(fmt)
     if pil_formats is None:
         raise DecodeError("unsupported_format", f"{fmt} (no safe decoder configured)")
+    if fmt == "JPEG":
+        check_jpeg_scans(data, max_jpeg_scans)
+    budget = budget if budget is not None else CpuBudget(cpu_budget_s)
     try:
-        im = Image.open(io.BytesIO(data), formats=list(pil_formats))  # parses the header only
+        im = Image.open(BudgetedBytesIO(data, budget), formats=list(pil_formats))  # parses the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning under -W error
         raise DecodeError("too_many_pixels", str(e)) from None
+    except DecodeError:
+        raise
     except Exception as e:  # UnidentifiedImageError, SyntaxError, struct.error, ValueError, ...
         raise _classify(e) from None
     w, h = im.size
@@ -154,9 +165,13 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int
         raise DecodeError("too_many_pixels", f"{w}x{h} = {w * h} pixels > max_pixels={max_pixels}")
     try:
         # Image.open leaves animations on frame 0; never touch n_frames (it walks every frame of a GIF)
+        im.decodermaxblock = _DECODER_BLOCK
         im.load()
+        budget.check()
     except Image.DecompressionBombError as e:
         raise DecodeError("too_many_pixels", str(e)) from None
+    except DecodeError:
+        raise
     except MemoryError as e:
         raise DecodeError("too_many_pixels", f"out of memory decoding {w}x{h}") from e
     except Exception as e:
@@ -169,8 +184,56 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int
 
 
 def _sixteen_to_eight(arr: np.ndarray) -> np.ndarray:
-    # 0..65535 -> 0..255 with rounding (x / 257 maps 65535 -> 255, 257*k -> k exactly)
-    return np.clip(np.rint(arr.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    # 0..65535 -> 0..255 as rint(x / 257) (maps 65535 -> 255, 257*k -> k), in integers: x / 257 is never a
+    # half (257 is odd), so (x + 128) // 257 is the same rounding, bit for bit (checked for every value in
+    # tests/test_hostile_decode_readers.py), at 4 bytes a pixel instead of float64's 8 plus copies
+    return ((np.clip(arr, 0, 65535).astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _strips(w: int, h: int):
+    rows = max(1, _STRIP_PIXELS // max(1, w))
+    return [(y, min(h, y + rows)) for y in range(0, h, rows)]
+
+
+def _composite_on_white(im: Image.Image, budget: Optional[CpuBudget]) -> np.ndarray:
+    """``rint(alpha/255 * rgb + 255 - alpha)`` as ``uint8 [h, w, 3]``, strip by strip in uint16: with
+    ``N = a*c + 255*(255 - a)`` (at most 65025) the value is ``N / 255``, never a half (255 is odd), so
+    ``(N + 127) // 255`` is numpy's rint of the float64 form bit for bit (all 65,536 (a, c) pairs checked in
+    tests/test_hostile_decode_readers.py). Memory: the output plus one strip of ~1 M pixels (the float64 form
+    took 3 GB for a 136 KB 6000x6000 PNG)."""
+    w, h = im.size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    for y0, y1 in _strips(w, h):
+        if budget is not None:
+            budget.check()
+        strip = np.asarray(im.crop((0, y0, w, y1)).convert("RGBA"))
+        a = strip[:, :, 3:4].astype(np.uint16)
+        c = strip[:, :, :3].astype(np.uint16)
+        out[y0:y1] = (a * c + 255 * (255 - a) + 127) // 255
+    return out
+
+
+def rgb_array(im: Image.Image, budget: Optional[CpuBudget] = None) -> np.ndarray:
+    """:func:`to_rgb`'s pixels as ``uint8 [h, w, 3]`` without an intermediate PIL image."""
+    mode = im.mode
+    if mode == "RGB":  # as to_rgb: an RGB image's transparency key is not applied
+        return np.asarray(im)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "1") and "transparency" in im.info)
+    if mode.startswith("I;16") or mode == "I" or mode == "F":
+        arr = np.asarray(im)
+        w, h = im.size
+        g = np.empty((h, w), dtype=np.uint8)
+        for y0, y1 in _strips(w, h):
+            if budget is not None:
+                budget.check()
+            # F: float32 rint is exact, so no float64 copy is needed for the same result
+            g[y0:y1] = np.clip(np.rint(arr[y0:y1]), 0, 255).astype(np.uint8) if mode == "F" \
+                else _sixteen_to_eight(arr[y0:y1])
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if has_alpha:
+        return _composite_on_white(im, budget)
+    return np.asarray(im.convert("RGB"))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -183,30 +246,23 @@ def to_rgb(im: Image.Image) -> Image.Image:
     * ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``P``, ``L``, ``1`` use Pillow's conversion (no ICC colour
       management, like img2dataset's OpenCV decoding).
     """
-    mode = im.mode
-    if mode == "RGB":
+    if im.mode == "RGB":
         return im
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode in ("P", "L", "RGB", "1") and "transparency" in im.info)
-    if mode.startswith("I;16") or mode == "I" or mode == "F":
-        arr = np.asarray(im)
-        if mode == "F":
-            g = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
-        else:
-            g = _sixteen_to_eight(arr)
-        return Image.fromarray(np.repeat(g[:, :, None], 3, axis=2), mode="RGB")
-    if has_alpha:
-        rgba = np.asarray(im.convert("RGBA"))
-        alpha = rgba[:, :, 3:4]
-        out = alpha / 255 * rgba[:, :, :3] + 255 - alpha
-        out = np.rint(out.clip(min=0, max=255)).astype(np.uint8)
-        return Image.fromarray(out, mode="RGB")
-    return im.convert("RGB")
+    return Image.fromarray(rgb_array(im), mode="RGB")
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
-    """``to_rgb(open_image(data, ...))``."""
-    return to_rgb(open_image(data, max_pixels=max_pixels, max_bytes=max_bytes))
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+               max_jpeg_scans: Optional[int] = DEFAULT_MAX_JPEG_SCANS,
+               cpu_budget_s: Optional[float] = DEFAULT_CPU_BUDGET_S) -> Image.Image:
+    """``to_rgb(open_image(data, ...))``, the CPU budget covering both."""
+    budget = CpuBudget(cpu_budget_s)
+    im = open_image(data, max_pixels=max_pixels, max_bytes=max_bytes, max_jpeg_scans=max_jpeg_scans,
+                    budget=budget)
+    if im.mode == "RGB":
+        return im
+    rgb = Image.fromarray(rgb_array(im, budget), mode="RGB")
+    budget.check()
+    return rgb
 
 
 # ---- the index's decode: the same pixels, faster for the common JPEG -----------------------------------------
@@ -279,6 +335,8 @@ def _decode_jpeg_fast(data: bytes, max_pixels: int, max_bytes: int):
         h, w, cs, ss = simplejpeg.decode_jpeg_header(data)
     except Exception:  # noqa: BLE001
         return None
+    if data.count(b"\xff\xda") > _FAST_PATH_MAX_SCANS:
+        return None
     if (cs, ss) not in fast_jpeg_kinds() or w <= 0 or h <= 0 or w * h > max_pixels \
             or (Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS):
         return None
@@ -290,17 +348,25 @@ def _decode_jpeg_fast(data: bytes, max_pixels: int, max_bytes: int):
 
 
 def decode_for_index(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     max_bytes: int = DEFAULT_MAX_BYTES) -> DecodedImage:
+                     max_bytes: int = DEFAULT_MAX_BYTES, max_jpeg_scans: Optional[int] = DEFAULT_MAX_JPEG_SCANS,
+                     cpu_budget_s: Optional[float] = DEFAULT_CPU_BUDGET_S) -> DecodedImage:
     """The pixels the index hashes: exactly ``to_rgb(open_image(data))`` and ``open_image(data).convert("L")``,
     with the same :class:`DecodeError` for bad input. Plain JPEGs (YCbCr or gray, the subsamplings
     :func:`fast_jpeg_kinds` verified) skip Pillow's per-image Python work and are decoded by libjpeg-turbo
-    through simplejpeg: about 0.2 ms instead of 0.35 ms for a 256-px photo. Everything else is Pillow's."""
+    through simplejpeg: about 0.2 ms instead of 0.35 ms for a 256-px photo. Everything else is Pillow's.
+    The JPEG scan cap is checked before either path; the CPU budget covers the whole decode."""
+    if data and len(data) <= max_bytes:
+        check_jpeg_scans(data, max_jpeg_scans)
+    budget = CpuBudget(cpu_budget_s)
     arr = _decode_jpeg_fast(data, max_pixels, max_bytes) if data else None
     if arr is not None:
+        budget.check()  # one libjpeg-turbo call: bounded by max_pixels x max_jpeg_scans, checked when it returns
         if arr.shape[2] == 1:
             gray = Image.fromarray(arr[:, :, 0])
             return DecodedImage(rgb=np.repeat(arr, 3, axis=2), gray=gray)
         return DecodedImage(rgb=arr, gray=Image.fromarray(arr).convert("L"))
-    im = open_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
-    rgb = np.asarray(to_rgb(im))
-    return DecodedImage(rgb=rgb, gray=im.convert("L"))
+    im = open_image(data, max_pixels=max_pixels, max_bytes=max_bytes, max_jpeg_scans=None, budget=budget)
+    rgb = rgb_array(im, budget)
+    gray = im.convert("L")
+    budget.check()
+    return DecodedImage(rgb=rgb, gray=gray)

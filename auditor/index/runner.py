@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import ConfigMismatch
+from ..errors import ConfigMismatch, UserError
 from ..rundir import INDEX_DIR, INDEX_ERRORS, INDEX_JSON, NOT_INDEXED, SHARDS_DIR, check_resume, without_runtime
 from ..io import open_dataset
 from ..io.base import ShardRef
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 class IndexConfigMismatch(ConfigMismatch, RuntimeError):
     pass
+
+
+class IndexDatasetMismatch(UserError, ValueError):
+    """The run folder holds the index of another dataset (exit 2, one line)."""
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -61,6 +65,42 @@ def _check_out_dir(dataset: str, run_dir: Path) -> None:
         raise ValueError(f"refusing to write the run folder {out} inside the input dataset {root}: pass another --out")
 
 
+def _same_root(a: str, b: str) -> bool:
+    """Whether two dataset roots name the same place (local paths through symlinks; URLs as written)."""
+    def norm(r: str) -> str:
+        r = r[len("file://"):] if r.startswith("file://") else r
+        return r.rstrip("/") if "://" in r else os.path.realpath(r)
+    return norm(a) == norm(b)
+
+
+def shard_list_fingerprint(shards: list[ShardRef]) -> str:
+    """SHA-256 of the dataset's shard list (ids in order), recorded in ``index.json`` as ``dataset.shards_sha256``."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(s.id for s in shards).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _check_same_dataset(old: dict, dataset: str, reader, all_shards: list[ShardRef], done: set[str],
+                        run_dir: Path) -> None:
+    """Refuse to resume an index of another dataset: the recorded root and layout must match, and every shard
+    already indexed must still be in the dataset (a grown dataset resumes; a replaced one does not)."""
+    ds = old.get("dataset") or {}
+    where = f"{run_dir} holds the index of {ds.get('root')!r} ({ds.get('layout')})"
+    if ds.get("root") is not None and not _same_root(str(ds["root"]), str(reader.root)):
+        raise IndexDatasetMismatch(f"{where}, not of {dataset!r}: index it into another --out")
+    if ds.get("layout") is not None and ds["layout"] != reader.layout:
+        raise IndexDatasetMismatch(f"{where}, and {dataset!r} now reads as {reader.layout}: index it into "
+                                   "another --out")
+    if ds.get("shards_sha256") == shard_list_fingerprint(all_shards):
+        return
+    gone = sorted(done - {s.id for s in all_shards})
+    if gone:
+        raise IndexDatasetMismatch(
+            f"{where}; {len(gone)} of its indexed shards ({', '.join(repr(g) for g in gone[:3])}"
+            f"{', ...' if len(gone) > 3 else ''}) are no longer in it: the dataset changed, index it into another "
+            "--out")
+
+
 def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: IndexConfig | None = None) -> IndexStore:
     """Index ``dataset`` into ``run_dir/index``; resumable. ``cfg``: the typed ``index`` config section (None: the
     defaults). An object with an ``.index`` section (the whole AuditorConfig) is still accepted for compatibility."""
@@ -79,16 +119,24 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: Index
     reader = open_dataset(dataset, layout=icfg.reader.layout, **reader_opts)
     fp = fingerprint(icfg)
     info_path = index_dir / INDEX_JSON
-    if info_path.exists():
-        old = json.loads(info_path.read_text(encoding="utf-8"))
+    old = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else None
+    if old is not None:
         if old.get("format_version") != INDEX_FORMAT_VERSION:
             raise IndexConfigMismatch(
                 f"{run_dir} holds an index in format {old.get('format_version')}, this auditor writes format "
                 f"{INDEX_FORMAT_VERSION}; it cannot resume it (pass a new --out to start over)")
-        check_resume(old.get("config") or {}, fp, f"{run_dir} was indexed with a different index config; resume "
-                     "needs the same config (pass a new --out to start over)", "index", error=IndexConfigMismatch)
+        old_cfg = dict(old.get("config") or {})
+        old_cfg.setdefault("hash_mode", "exact")  # indexes written before the mode existed hashed exactly
+        if old_cfg.get("hash_mode") != fp["hash_mode"]:
+            raise IndexConfigMismatch(
+                f"{run_dir} holds an index.hash_mode={old_cfg['hash_mode']} index; this run asks for "
+                f"{fp['hash_mode']}, and an index never mixes hash modes (pass a new --out)")
+        check_resume(old_cfg, fp, f"{run_dir} was indexed with a different index config; resume needs the same "
+                     "config (pass a new --out to start over)", "index", error=IndexConfigMismatch)
     all_shards = reader.shards()
     done = {p.name[: -len(".done")] for p in shard_dir.glob("*.done")}
+    if old is not None:
+        _check_same_dataset(old, dataset, reader, all_shards, done, run_dir)
     pending = [s for s in all_shards if s.id not in done]
 
     engine = build_engine(icfg)
@@ -96,7 +144,8 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: Index
         emb_desc = engine.start()  # loads the embedder (or learns where it runs) and describes it
         base_info = {
             "format_version": INDEX_FORMAT_VERSION,
-            "dataset": {"root": str(reader.root), "layout": reader.layout, "options": reader_opts},
+            "dataset": {"root": str(reader.root), "layout": reader.layout, "options": reader_opts,
+                        "shards": len(all_shards), "shards_sha256": shard_list_fingerprint(all_shards)},
             "config": fp,
             "embedder": emb_desc,
             "versions": package_versions(),

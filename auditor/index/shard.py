@@ -8,7 +8,6 @@ Engines (``auditor/index/engines/``) import only this module; ``runner.py`` wire
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -22,6 +21,7 @@ from ..utils import (ErrorRecord, caption_hash, errors_frame, is_utf8, utf8_safe
                      write_parquet)
 from .config import DecodeConfig, EmbedderConfig, IndexConfig
 from .store import NOT_INDEXED_COLUMNS, SAMPLE_SCHEMA
+from .threads import resolve_workers  # noqa: F401  (engines take it from the step)
 
 # ------------------------------------------------------------------------------------------------------
 # worker side
@@ -55,15 +55,30 @@ def _preprocess_fn(embedder_cfg: Optional[dict]):
 
 
 def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optional[dict],
-                  keep_bytes: bool = False) -> ChunkResult:
+                  keep_bytes: bool = False, hash_mode: str = "exact") -> ChunkResult:
     """Decode, hash and preprocess one chunk of samples (runs in a worker process). ``keep_bytes``: return the
-    stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them)."""
+    stored bytes of the indexed samples instead of preprocessed pixels (the embedder's device decodes them).
+    ``hash_mode="fast"``: plain JPEGs are decoded at a reduced DCT scale (``decode_fast.decode_reduced``) that
+    keeps both sides >= 2x the pHash thumbnail and the embedder's input size; ``width``/``height`` stay the
+    stored image's."""
     from .decode import DecodeError, decode_for_index, sniff_format
+    from .decode_fast import decode_reduced, fast_min_side
     from .dihedral import hash_columns
     from .hashing import bytes_sha256, gray_thumbnails, pixel_hash_array
 
-    dc = DecodeConfig.model_validate(decode_cfg)
+    carry = decode_cfg.get("carry_columns")  # IndexJob.decode_cfg adds index.carry_columns to the decode limits
+    dc = DecodeConfig.model_validate({k: v for k, v in decode_cfg.items() if k != "carry_columns"})
     preprocess = _preprocess_fn(embedder_cfg)
+    if hash_mode == "fast":
+        min_side = fast_min_side(preprocess)
+
+        def decode(data: bytes):
+            return decode_reduced(data, min_side, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes,
+                                  max_jpeg_scans=dc.max_jpeg_scans, cpu_budget_s=dc.cpu_budget_s)
+    else:
+        def decode(data: bytes):
+            return decode_for_index(data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes,
+                                    max_jpeg_scans=dc.max_jpeg_scans, cpu_budget_s=dc.cpu_budget_s)
     shard = samples[0].shard if samples else ""
     out = ChunkResult(shard=shard)
     thumbs, recs, arrays, raw = [], [], [], []
@@ -80,7 +95,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
                 out.errors.append(ErrorRecord(s.key, s.shard, "read", read_error or "no image bytes"))
             continue
         try:
-            dec = decode_for_index(data, max_pixels=dc.max_pixels, max_bytes=dc.max_bytes)
+            dec = decode(data)
             arr = preprocess(dec.rgb_image()) if preprocess is not None else None
             thumb = gray_thumbnails(dec.gray)  # two small arrays: the decoded image is not kept past this sample
             pixel_hash = pixel_hash_array(dec.rgb)
@@ -108,6 +123,7 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
             "stored_ext": s.stored_ext,
             "nbytes": len(data),
             "caption_hash": caption_hash(caption),
+            **carried_fields(s.meta, carry),
         })
     cols = hash_columns(thumbs)
     for r, p, d, pv, dv in zip(recs, cols["phash"].tolist(), cols["dhash"].tolist(), cols["phash_dihedral"].tolist(),
@@ -121,6 +137,67 @@ def process_chunk(samples: list[Sample], decode_cfg: dict, embedder_cfg: Optiona
     return out
 
 
+# fields of img2dataset's JSON that the index already stores (or that are too large to carry: exif)
+_NOT_CARRIED = frozenset({"key", "url", "caption", "status", "error_message", "width", "height", "sha256", "exif",
+                          "row"}) | frozenset(f.name for f in SAMPLE_SCHEMA)
+
+
+MAX_CARRIED = 64  # carried columns per sample in the automatic mode (index.carry_columns: null)
+
+
+def carried_fields(meta: Optional[dict], carry: Optional[list[str]]) -> dict:
+    """The metadata a sample carries into its index row (see ``IndexConfig.carry_columns``): scalar fields of the
+    reader's ``meta["json"]`` (the sample's img2dataset JSON, or its parquet row), never one of the fixed columns.
+
+    Example:
+        >>> carried_fields({"json": {"url": "u", "punsafe": 0.01, "source": "a.jpg"}}, None)
+        {'punsafe': 0.01, 'source': 'a.jpg'}
+        >>> carried_fields({"json": {"punsafe": 0.01}}, ["aesthetic"])
+        {'aesthetic': None}
+    """
+    j = (meta or {}).get("json") or {}
+    if carry is None:  # hostile JSON: at most MAX_CARRIED fields, names of 1-128 UTF-8 characters
+        out = {}
+        for k, v in j.items():
+            if (isinstance(k, str) and 0 < len(k) <= 128 and k not in _NOT_CARRIED and is_utf8(k)
+                    and (v is None or isinstance(v, (bool, int, float, str)))):
+                out[k] = utf8_safe(v) if isinstance(v, str) else v
+                if len(out) >= MAX_CARRIED:
+                    break
+        return out
+    out = {}
+    for k in carry:
+        if k in _NOT_CARRIED:
+            continue
+        v = j.get(k)
+        v = v if v is None or isinstance(v, (bool, int, float)) else utf8_safe(str(v))
+        out[k] = v
+    return out
+
+
+def _extra_column(values: list) -> pa.Array:
+    """One carried column of a shard: arrow's inferred type (int64, double, bool, string); mixed types as strings;
+    integers beyond int64 as strings."""
+    try:
+        arr = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeError):
+        arr = pa.array([None if v is None else utf8_safe(str(v)) for v in values], pa.string())
+    if pa.types.is_string(arr.type):
+        arr = pa.array([None if v is None else utf8_safe(v) for v in arr.to_pylist()], pa.string())
+    return arr
+
+
+def shard_table(records: list[dict]) -> pa.Table:
+    """The shard's sample table: :data:`SAMPLE_SCHEMA`, then the carried columns (sorted by name)."""
+    if not records:
+        return SAMPLE_SCHEMA.empty_table()
+    extra = sorted({k for r in records for k in r} - set(SAMPLE_SCHEMA.names))
+    table = pa.Table.from_pylist(records, schema=SAMPLE_SCHEMA)
+    for name in extra:
+        table = table.append_column(name, _extra_column([r.get(name) for r in records]))
+    return table
+
+
 def iter_chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
             errors_by_shard: dict[str, list[ErrorRecord]], deferred: bool = False) -> Iterator[list[Sample]]:
     """Fixed-size chunks per shard (never spanning shards); an empty list marks an empty shard.
@@ -130,6 +207,7 @@ def iter_chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
         buf: list[Sample] = []
         seen: set[str] = set()
         emitted = False
+        last: Optional[str] = None
         try:
             for s in (reader.read_shard_deferred(ref) if deferred else reader.read_shard(ref)):
                 if not is_utf8(s.key):  # a non-UTF-8 file/member name: no key the index can store and look up
@@ -143,14 +221,19 @@ def iter_chunks(reader: DatasetReader, shards: list[ShardRef], size: int,
                                     + (f": {s.error}" if s.error else "")))
                     continue
                 seen.add(s.key)
+                last = s.key
                 buf.append(s)
                 if len(buf) >= size:
                     emitted = True
                     yield buf
                     buf = []
         except Exception as exc:  # noqa: BLE001 - reader failure: record and close the shard with what we have
+            # the readers confine per-sample failures to their sample, so this is a reader bug or a broken
+            # container the reader did not catch: never silent, it says where the shard stopped
+            where = f"after key {last!r}" if last is not None else "before its first sample"
             errors_by_shard.setdefault(ref.id, []).append(
-                ErrorRecord(f"{ref.id}/__shard__", ref.id, "read", f"{type(exc).__name__}: {exc}"))
+                ErrorRecord(f"{ref.id}/__shard__", ref.id, "read", f"the shard stopped {where}; the rest of it "
+                                                                  f"was not read: {type(exc).__name__}: {exc}"))
         if buf or not emitted:
             yield buf or [Sample(key="", shard=ref.id, data=None, status="__empty__")]
 
@@ -267,7 +350,7 @@ def write_shard(acc: ShardAccumulator, shard_dir: Path, embedder, batch_size: in
                   extra_errors: list[ErrorRecord], gpu=None) -> dict:
     emb = acc.emb if acc.embedded else _embed_shard(acc, embedder, batch_size, gpu)
     errors = extra_errors + acc.errors
-    table = pa.Table.from_pylist(acc.records, schema=SAMPLE_SCHEMA) if acc.records else SAMPLE_SCHEMA.empty_table()
+    table = shard_table(acc.records)
     write_parquet(shard_dir / f"{acc.shard}.parquet", table)
     if emb is not None:
         write_npy(shard_dir / f"{acc.shard}.emb.npy", emb)
@@ -276,12 +359,6 @@ def write_shard(acc: ShardAccumulator, shard_dir: Path, embedder, batch_size: in
     counts = {"indexed": len(acc.records), "errors": len(errors), "not_indexed": len(acc.not_indexed)}
     write_json(shard_dir / f"{acc.shard}.done", counts)  # the completion marker, always last
     return counts
-
-
-def resolve_workers(n: int) -> int:
-    if n < 0:
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    return n
 
 
 @dataclass
@@ -296,7 +373,8 @@ class IndexJob:
 
     @property
     def decode_cfg(self) -> dict:
-        return self.icfg.decode.model_dump()
+        """The decode limits plus ``carry_columns``, as :func:`process_chunk` takes them."""
+        return {**self.icfg.decode.model_dump(), "carry_columns": self.icfg.carry_columns}
 
     @property
     def worker_embedder_cfg(self) -> Optional[dict]:
@@ -304,6 +382,10 @@ class IndexJob:
         if self.icfg.embedder.name == "none" or self.icfg.gpu_decode:
             return None
         return self.icfg.embedder.model_dump(mode="json")
+
+    @property
+    def hash_mode(self) -> str:
+        return self.icfg.hash_mode
 
     @property
     def keep_bytes(self) -> bool:

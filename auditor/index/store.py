@@ -54,8 +54,28 @@ SAMPLE_SCHEMA = pa.schema([
 ])
 SAMPLE_COLUMNS = [f.name for f in SAMPLE_SCHEMA]
 HASH_VARIANT_COLUMNS = ("phash_dihedral", "dhash_dihedral")
+# carried columns (``index.carry_columns``: img2dataset's --save_additional_columns, LAION's similarity, punsafe,
+# pwatermark, aesthetic, ...) follow SAMPLE_SCHEMA in a shard's table, typed per shard; an index without them (or a
+# shard whose samples had none) reads them as nulls, so they need no format change
 
 NOT_INDEXED_COLUMNS = ["key", "shard", "url", "caption", "status", "error"]
+
+
+_SAMPLE_SET = frozenset(SAMPLE_COLUMNS)
+
+
+def _read_shard_columns(path: Path, columns: Optional[list[str]]) -> pa.Table:
+    """A shard's table with ``columns``; a requested carried column the shard lacks is a null column."""
+    if columns is None:
+        return pq.read_table(path)
+    have = set(pq.read_schema(path).names)
+    t = pq.read_table(path, columns=[c for c in columns if c in have])
+    for c in columns:
+        if c not in have:
+            if c in _SAMPLE_SET:
+                raise KeyError(f"{path} has no column {c!r}")
+            t = t.append_column(c, pa.nulls(t.num_rows))
+    return t.select(list(columns))
 
 
 class IndexFormatError(RuntimeError):
@@ -86,6 +106,12 @@ class IndexStore:
         return json.loads((self.dir / INDEX_JSON).read_text(encoding="utf-8"))
 
     @property
+    def hash_mode(self) -> str:
+        """``index.hash_mode`` of this index: "exact" (imagehash's bits; also every index written before the mode
+        existed) or "fast" (reduced-scale JPEG decoding, ``auditor/index/decode_fast.py``)."""
+        return (self.info.get("config") or {}).get("hash_mode", "exact")
+
+    @property
     def has_embeddings(self) -> bool:
         """Whether the index holds embeddings (an embedder other than ``none`` ran, or some were attached): the
         one answer every later stage uses."""
@@ -94,6 +120,20 @@ class IndexStore:
     @property
     def embedder(self) -> dict:
         return self.info.get("embedder") or {"name": "none", "dim": 0}
+
+    def extra_columns(self) -> list[str]:
+        """The carried columns of the index (beyond :data:`SAMPLE_COLUMNS`), in first-seen shard order.
+
+        Example:
+            >>> store.extra_columns()  # doctest: +SKIP
+            ['source', 'similarity', 'punsafe']
+        """
+        out: dict[str, None] = {}
+        for s in self.shard_ids():
+            for name in pq.read_schema(self.shard_dir / f"{s}.parquet").names:
+                if name not in _SAMPLE_SET:
+                    out.setdefault(name, None)
+        return list(out)
 
     def shard_ids(self) -> list[str]:
         """Completed shards, in the order every table and embedding matrix is concatenated."""
@@ -107,12 +147,19 @@ class IndexStore:
         """All indexed samples, shards concatenated in ``shard_ids()`` order; ``row`` is the global row,
         aligned with :meth:`embeddings`."""
         ids = list(shards) if shards is not None else self.shard_ids()
-        parts = [pq.read_table(self.shard_dir / f"{s}.parquet", columns=columns) for s in ids]
+        parts = [_read_shard_columns(self.shard_dir / f"{s}.parquet", columns) for s in ids]
         if not parts:
             cols = columns or SAMPLE_COLUMNS
-            df = SAMPLE_SCHEMA.empty_table().select(cols).to_pandas()
+            base = [c for c in cols if c in _SAMPLE_SET]
+            df = SAMPLE_SCHEMA.empty_table().select(base).to_pandas()
+            for c in cols:
+                if c not in _SAMPLE_SET:
+                    df[c] = pd.Series(dtype=object)
+            df = df[list(cols)]
         else:
-            df = pa.concat_tables(parts).to_pandas()
+            # carried columns differ across shards (absent, or all-null there): promote fills them with nulls
+            t = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+            df = (t.select(list(columns)) if columns else t).to_pandas()
         df.insert(0, "row", np.arange(len(df), dtype=np.int64))
         return df
 

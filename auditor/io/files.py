@@ -6,8 +6,8 @@ from __future__ import annotations
 import posixpath
 from typing import Iterator, Optional
 
-from .base import IMAGE_EXTS, READ_ERROR, READERS, DatasetReader, Sample, ShardRef, cat_file, read_error, \
-    read_sidecar, split_key, to_url, url_to_fs
+from .base import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TEXT_BYTES, IMAGE_EXTS, READ_ERROR, READERS, BoundError, \
+    DatasetReader, Sample, ShardRef, read_bounded, read_error, read_sidecar, split_key, to_url, url_to_fs
 from .webdataset import build_sample, extra_image_errors, failed_sample, sidecar_rows_by_key
 
 _WANTED = set(IMAGE_EXTS) | {"txt", "json"}
@@ -18,6 +18,11 @@ _IMAGE_ORDER = ("jpg", "png", "webp") + tuple(e for e in IMAGE_EXTS if e not in 
 def _by_image_order(paths: dict[str, str]) -> dict[str, str]:
     rank = {e: i for i, e in enumerate(_IMAGE_ORDER)}
     return dict(sorted(paths.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
+
+def _one_name(name: str) -> bool:
+    """True when ``name`` is one path component: no separator, not ``.`` or ``..``, no NUL."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
 
 
 def is_shard_dir_name(name: str) -> bool:
@@ -55,12 +60,17 @@ class FilesReader(DatasetReader):
                               error=f"unreadable sidecar parquet {path}: {type(exc).__name__}: {exc}")
 
     def _read_members(self, fs, paths: dict[str, str]) -> tuple[dict[str, bytes], Optional[str]]:
+        """Each file ``stat``-ed and size-checked before it is read (``read_bounded``): an image over
+        ``max_member_bytes``, a caption/JSON over ``max_text_bytes``, or anything but a regular file makes
+        the sample a read error; another unreadable caption/JSON is left out, as before."""
+        max_image = int(self.options.get("max_member_bytes") or DEFAULT_MAX_MEMBER_BYTES)
+        max_text = int(self.options.get("max_text_bytes") or DEFAULT_MAX_TEXT_BYTES)
         members: dict[str, bytes] = {}
         for ext, p in paths.items():
             try:
-                members[ext] = cat_file(fs, p)
+                members[ext] = read_bounded(fs, p, max_image if ext in IMAGE_EXTS else max_text)
             except OSError as exc:
-                if ext in IMAGE_EXTS:
+                if ext in IMAGE_EXTS or isinstance(exc, BoundError):
                     return members, read_error(p, exc)
         return members, None
 
@@ -89,7 +99,11 @@ class FilesReader(DatasetReader):
             if err:
                 yield Sample(key=key, shard=shard.id, data=None, status=READ_ERROR, error=err)
                 continue
-            yield build_sample(key, shard.id, members, by_key.get(key), False)
+            try:
+                yield build_sample(key, shard.id, members, by_key.get(key), False)
+            except Exception as exc:  # noqa: BLE001 - one sample's bad metadata is confined to that sample
+                yield Sample(key=key, shard=shard.id, data=None, status=READ_ERROR,
+                             error=f"unreadable sample: {type(exc).__name__}: {exc}")
             yield from extra_image_errors(key, shard.id, groups[key])
         for r in rows:
             if r.get("status") != "success":
@@ -101,6 +115,10 @@ class FilesReader(DatasetReader):
                              meta={"source": "sidecar"})
 
     def get(self, shard: str, key: str) -> Sample:
+        # a shard is one folder under the root and a key one file name in it: a "/", ".." or "." (from a hostile
+        # run folder's index) would read a file outside the dataset, so it is no sample of it
+        if not (_one_name(shard) and _one_name(key)):
+            raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")
         fs, root = url_to_fs(self.root)
         folder = posixpath.join(root, shard)
         if not fs.isdir(folder):

@@ -12,8 +12,9 @@ import posixpath
 from functools import cached_property
 from typing import Iterator, Optional
 
-from .base import IMAGE_EXTS, READ_ERROR, READERS, DatasetReader, Sample, ShardRef, cat_file, clean_str, \
-    decode_text, find_files, has_protocol, is_local, read_error, url_to_fs
+from .base import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TEXT_BYTES, IMAGE_EXTS, READ_ERROR, READERS, BoundError, \
+    DatasetReader, Sample, ShardRef, clean_str, decode_text, find_files, has_protocol, is_local, read_bounded, \
+    read_error, url_to_fs
 
 KEY_COLUMNS = ("key", "path", "file", "filename", "image", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "txt")
@@ -130,15 +131,19 @@ class FolderReader(DatasetReader):
         data = None
         if not defer:
             try:
-                data = cat_file(fs, path)
+                data = read_bounded(fs, path, int(self.options.get("max_member_bytes") or DEFAULT_MAX_MEMBER_BYTES))
             except OSError as exc:
                 return Sample(key=rel, shard=shard_id, data=None, status=READ_ERROR,
                               error=read_error(rel, exc))
         caption, meta = None, {}
         if sidecar:
-            try:
-                caption = decode_text(cat_file(fs, posixpath.join(root, sidecar)))
+            try:  # stat-ed and size-checked first: a FIFO or a 300 MB caption is never read
+                caption = decode_text(read_bounded(fs, posixpath.join(root, sidecar),
+                                                   int(self.options.get("max_text_bytes") or DEFAULT_MAX_TEXT_BYTES)))
                 meta["caption_source"] = sidecar
+            except BoundError as exc:
+                return Sample(key=rel, shard=shard_id, data=None, status=READ_ERROR,
+                              error=read_error(sidecar, exc))
             except OSError as exc:
                 meta["caption_error"] = f"{type(exc).__name__}: {exc}"
         if caption is None:
@@ -161,7 +166,8 @@ class FolderReader(DatasetReader):
     def get(self, shard: str, key: str) -> Sample:
         fs, root = self._fs()
         root = root.rstrip("/")
-        if not image_ext(key) or ".." in key.split("/") or not fs.isfile(posixpath.join(root, key)):
+        if (not image_ext(key) or key.startswith("/") or ".." in key.split("/")  # absolute: join() would drop root
+                or not fs.isfile(posixpath.join(root, key))):
             raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")
         sidecar = next((c for c in self._sidecar_candidates(key) if fs.isfile(posixpath.join(root, c))), None)
         return self._sample(fs, root, shard, key, sidecar)

@@ -17,6 +17,10 @@ import zlib
 from typing import Any, Iterator, Optional
 
 from .base import (
+    DEFAULT_MAX_EXPANSION,
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_TEXT_BYTES,
+    EXPANSION_FLOOR,
     IMAGE_EXTS,
     READ_ERROR,
     READERS,
@@ -34,8 +38,37 @@ from .base import (
 log = logging.getLogger(__name__)
 
 TAR_SUFFIXES = (".tar",)
-#: members larger than this are not read (recorded as an error instead); a guard against hostile tars
-DEFAULT_MAX_MEMBER_BYTES = 1 << 30
+TEXT_EXTS = ("txt", "json")
+# magic bytes of the compressions tarfile's "r|*" opens (gzip, bzip2, xz)
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+
+def next_header(fh, pos: int, end: int) -> Optional[int]:
+    """The offset of the first 512-aligned block at or after ``pos`` (and before ``end``) that parses as a
+    ustar/GNU header with a valid checksum, or None: GNU tar's resync after a bad header. The ``ustar`` magic
+    is searched in 1 MiB reads (one C-level ``find`` each), and only blocks with it at offset 257 are parsed."""
+    pos = -(-pos // 512) * 512
+    while pos + 512 <= end:
+        fh.seek(pos)
+        chunk = fh.read(1 << 20)
+        if len(chunk) < 512:
+            return None
+        j = chunk.find(b"ustar", 257)
+        while j >= 0:
+            start = j - 257
+            if start % 512 == 0 and start + 512 <= len(chunk):
+                try:
+                    tarfile.TarInfo.frombuf(chunk[start:start + 512], "utf-8", "surrogateescape")
+                    return pos + start
+                except tarfile.HeaderError:
+                    pass
+            j = chunk.find(b"ustar", j + 1)
+        pos += len(chunk) - len(chunk) % 512
+    return None
+
+
+class Oversized(str):
+    """A member that was not read (over its size limit): the text is the error its sample is recorded with."""
 
 _TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
 
@@ -69,8 +102,8 @@ def parse_json_meta(data: bytes | None) -> tuple[dict, Optional[str]]:
         return {}, None
     try:
         obj = json.loads(decode_text(data) or "{}")
-    except ValueError as exc:
-        return {}, f"unreadable .json: {exc}"
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
+        return {}, f"unreadable .json: {type(exc).__name__}: {exc}"
     return (obj if isinstance(obj, dict) else {}), None
 
 
@@ -86,12 +119,18 @@ def build_sample(key: str, shard: str, members: dict[str, bytes], side: Optional
         meta["duplicate_key"] = True
     if source:
         meta["source"] = source
+    over = next((v for v in members.values() if isinstance(v, Oversized)), None)
+    if over is not None:  # a caption/JSON too large to read: the sample is recorded, its image not indexed
+        return Sample(key=key, shard=shard, data=None, status=READ_ERROR, error=str(over),
+                      url=side.get("url") if side else None, meta=meta)
     j, jerr = parse_json_meta(members.get("json"))
     if jerr:
         meta["json_error"] = jerr
     for f in _META_FIELDS:
         if j.get(f) is not None:
             meta[f] = j[f]
+    if j:
+        meta["json"] = j  # every field: img2dataset's --save_additional_columns, LAION's metadata (index.carry_columns)
     caption = decode_text(members["txt"]) if "txt" in members else None
     if caption is None:
         caption = clean_str(j.get("caption")) if j.get("caption") is not None else None
@@ -149,43 +188,81 @@ class WebDatasetReader(DatasetReader):
             return [], Sample(key=f"{shard.id}/__sidecar__", shard=shard.id, data=None, status=READ_ERROR,
                               error=f"unreadable sidecar parquet {path}: {type(exc).__name__}: {exc}")
 
-    def _groups(self, shard: ShardRef, errors: list) -> Iterator[tuple[str, dict[str, bytes]]]:
+    def member_groups(self, shard: ShardRef, errors: list) -> Iterator[tuple[str, dict[str, bytes]]]:
         """Stream (key, {ext: bytes}) groups of consecutive members. On a broken tar, stops and appends an
         error description to ``errors``."""
         max_bytes = int(self.options.get("max_member_bytes") or DEFAULT_MAX_MEMBER_BYTES)
+        max_text = int(self.options.get("max_text_bytes") or DEFAULT_MAX_TEXT_BYTES)
         key: Optional[str] = None
         group: dict[str, bytes] = {}
         current = ""
+        lost: Optional[str] = None  # the key of the member being read when the tar broke
         try:
             fs, path = url_to_fs(shard.path)
+            stored = int(fs.size(path) or 0)
             with fs.open(path, "rb") as fh:
-                tf = tarfile.open(fileobj=fh, mode="r|*")
-                for m in tf:
-                    if not m.isfile():
-                        if not m.isdir():  # links, devices, FIFOs: recorded, never followed
-                            errors.append(("member", split_key(m.name)[0], f"tar member {m.name} is not a "
-                                           f"regular file (tar type {m.type!r}); not read"))
-                        continue
-                    current = m.name
-                    k, ext = split_key(m.name)
-                    if posixpath.basename(k).startswith(".") or k.startswith("__"):
-                        continue  # hidden files / webdataset meta members
-                    if k != key or ext in group:
-                        if group:
-                            yield key, group
-                        key, group = k, {}
-                    if m.size > max_bytes:
-                        errors.append(("member", k, f"tar member {m.name} is {m.size} bytes, over the "
-                                                    f"{max_bytes}-byte limit; not read"))
-                        continue
-                    f = tf.extractfile(m)
-                    group[ext] = f.read() if f is not None else b""
+                compressed = fh.read(6).startswith(_COMPRESSED)
+                fh.seek(0)
+                # where a member may end: the file's real size; a compressed tar's decompressed bytes are capped
+                # (tarfile's stream mode skips a member by reading up to its declared end: a header claiming
+                # 2**60 bytes spun forever, a gzip bomb decompressed to 9 GB)
+                end_limit = max(EXPANSION_FLOOR, stored * int(self.options.get("max_expansion")
+                                                               or DEFAULT_MAX_EXPANSION)) if compressed else stored
+                what = "the decompressed-bytes cap (max_expansion)" if compressed else "the end of the file"
+                start_at = 0  # where the current tarfile stream starts (moves on after a resync)
+                while True:
+                    fh.seek(start_at)
+                    tf = tarfile.open(fileobj=fh, mode="r|*")
+                    resync = None
+                    for m in tf:
+                        if start_at + m.offset_data + max(m.size, 0) > end_limit:
+                            # an uncompressed tar is resynced, as GNU tar does, at the next block that parses
+                            # as a checksummed ustar header; none after it (a truncated tar): a broken container
+                            resync = None if compressed else next_header(fh, start_at + m.offset + 512, stored)
+                            if resync is None:
+                                current, lost = m.name, split_key(m.name)[0]
+                                raise tarfile.ReadError(f"member header of {m.name} claims {m.size} bytes, "
+                                                        f"past {what} ({end_limit} bytes); the rest of the tar "
+                                                        "was not read")
+                            errors.append(("member", split_key(m.name)[0], f"tar member header of {m.name} "
+                                           f"claims {m.size} bytes, past {what} ({end_limit} bytes); not read; "
+                                           f"reading resumed at the next valid header (byte {resync})"))
+                            break
+                        if not m.isfile():
+                            if not m.isdir():  # links, devices, FIFOs: recorded, never followed
+                                errors.append(("member", split_key(m.name)[0], f"tar member {m.name} is not a "
+                                               f"regular file (tar type {m.type!r}); not read"))
+                            continue
+                        current = m.name
+                        k, ext = split_key(m.name)
+                        if posixpath.basename(k).startswith(".") or k.startswith("__"):
+                            continue  # hidden files / webdataset meta members
+                        if k != key or ext in group:
+                            if group:
+                                yield key, group
+                            key, group = k, {}
+                        if ext in TEXT_EXTS and m.size > max_text:
+                            group[ext] = Oversized(f"too_many_bytes: tar member {m.name} is {m.size} bytes, over "
+                                                   f"max_text_bytes={max_text}; not read")
+                            continue
+                        if m.size > max_bytes:
+                            errors.append(("member", k, f"tar member {m.name} is {m.size} bytes, over the "
+                                                        f"{max_bytes}-byte limit; not read"))
+                            continue
+                        f = tf.extractfile(m)
+                        lost = k
+                        group[ext] = f.read() if f is not None else b""
+                        lost = None
+                    if resync is None:
+                        break
+                    start_at = resync
                 # tarfile stops silently at an invalid header after the first member: anything but zero
                 # padding after the end-of-archive block means the rest of the tar was unreadable
-                rest = tf.fileobj
+                rest, tail = tf.fileobj, start_at + tf.offset
                 while True:
                     chunk = rest.read(1 << 16)
-                    if not chunk:
+                    tail += len(chunk)
+                    if not chunk or tail > end_limit:
                         break
                     if chunk.count(0) != len(chunk):
                         raise tarfile.ReadError("invalid tar header after member "
@@ -193,7 +270,7 @@ class WebDatasetReader(DatasetReader):
                 tf.close()
         except _TAR_ERRORS as exc:
             where = f" (while reading member {current})" if current else ""
-            errors.append(("tar", None, f"broken tar {shard.path}{where}: {type(exc).__name__}: {exc}"))
+            errors.append(("tar", lost, f"broken tar {shard.path}{where}: {type(exc).__name__}: {exc}"))
         if group:
             yield key, group
 
@@ -203,33 +280,49 @@ class WebDatasetReader(DatasetReader):
             yield side_err
         by_key = sidecar_rows_by_key(rows)
         seen: set[str] = set()
+        recorded: set[str] = set()  # keys already yielded as a member error: their sidecar row is not repeated
         errors: list = []
-        for key, members in self._groups(shard, errors):
+        for key, members in self.member_groups(shard, errors):
             reported = set()
             while errors and errors[0][0] == "member":
                 _, k, msg = errors.pop(0)
                 reported.add(k)
+                recorded.add(k)
                 yield Sample(key=k, shard=shard.id, data=None, status=READ_ERROR, error=msg)
             if not any(e in IMAGE_EXTS for e in members):
                 if key in reported:
                     continue  # its image was over the size limit: reported just above
                 if errors and errors[-1][0] == "tar":
                     continue  # its image was being read when the tar broke: reported below
-            yield build_sample(key, shard.id, members, by_key.get(key), key in seen)
+            try:
+                yield build_sample(key, shard.id, members, by_key.get(key), key in seen)
+            except Exception as exc:  # noqa: BLE001 - one sample's bad metadata is confined to that sample
+                yield Sample(key=key, shard=shard.id, data=None, status=READ_ERROR,
+                             error=f"unreadable sample: {type(exc).__name__}: {exc}")
             yield from extra_image_errors(key, shard.id, members)
             seen.add(key)
         tar_broken = False
         for kind, k, msg in errors:
             if kind == "tar":
                 tar_broken = True
+                # the first key lost: the one being read at the break (unless it was still indexed), else the
+                # first sidecar row the tar did not give
+                first = k if k is not None and k not in seen else next(
+                    (r.get("key") for r in rows if r.get("status") == "success" and r.get("key") not in seen), None)
+                msg += (f"; first key lost: {first}" if first
+                        else "; no sidecar row lost (keys after the break, if any, are unknown without one)")
                 yield Sample(key=f"{shard.id}/__tar__", shard=shard.id, data=None, status=READ_ERROR, error=msg)
+                if first is not None and first == k and k not in by_key:  # no sidecar row will record it
+                    yield Sample(key=k, shard=shard.id, data=None, status=READ_ERROR,
+                                 error="the tar broke while reading this sample")
             else:
+                recorded.add(k)
                 yield Sample(key=k, shard=shard.id, data=None, status=READ_ERROR, error=msg)
         # rows the tar does not hold: img2dataset's failures, and "success" rows missing from the tar
         for r in rows:
             if r.get("status") != "success":
                 yield failed_sample(r, shard.id)
-            elif r.get("key") not in seen:
+            elif r.get("key") not in seen and r.get("key") not in recorded:
                 why = "the tar broke before it" if tar_broken else "absent from the tar"
                 yield Sample(key=r.get("key") or "", shard=shard.id, data=None, caption=r.get("caption"),
                              url=r.get("url"), status=READ_ERROR,
@@ -245,7 +338,7 @@ class WebDatasetReader(DatasetReader):
         if side is not None and side.get("status") != "success":
             return failed_sample(side, shard)
         errors: list = []
-        for k, members in self._groups(ref, errors):
+        for k, members in self.member_groups(ref, errors):
             if k == key:
                 return build_sample(k, shard, members, side, False)
         raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")

@@ -10,7 +10,7 @@ from ..config import AuditorConfig
 
 
 class LabConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     out_dir: str = "auditor-lab"
     seed: int = 0

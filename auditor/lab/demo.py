@@ -233,13 +233,6 @@ def run_lab(cfg: LabConfig, auditor_cfg=None, stages: bool = True) -> dict:
             from ..index.runner import run_index
 
             icfg = acfg.index.model_copy(update={"progress": cfg.progress})
-            if "name" not in acfg.index.embedder.model_fields_set:
-                # the demo indexes hashes only unless told otherwise: with the shipped copy descriptor in the
-                # index the probe's copy-similarity signal (cosine >= probe.copy_similarity_threshold 0.5, set
-                # for SSCD) also flagged 3 of the demo's singletons (measured 2026-12-02: their 32-px lab
-                # generations against the 256-px training photos); that threshold is not calibrated for the
-                # descriptor yet (issue 15)
-                icfg = icfg.model_copy(update={"embedder": icfg.embedder.model_copy(update={"name": "none"})})
             run_index(str(dataset_dir), run_dir, icfg)
         with timer.stage("dedup"):
             from ..dedup.runner import run_dedup

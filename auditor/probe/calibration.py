@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from ..utils import write_json
 from .detectors import calibrate_threshold, pairwise_tiled_l2
+from .fusion import calibrate as calibrate_fused
+from .fusion import null_of
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Calibration:
     note: str = ""
     tiled_l2_threshold: Optional[float] = None
     reference_null: list = field(default_factory=list)
+    thresholds: dict = field(default_factory=dict)     # fusion.Thresholds of the fused verdict
+    signal_null: list = field(default_factory=list)   # per null generation: fusion.null_of (most copy-like values)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,11 +118,16 @@ class Calibrator:
         cal.tiled_l2_threshold = cfg.tiled_l2_threshold
         cal.reference_null = []
         if cfg.reference_calibration_generations and caps:
-            null = self.reference_null(caps, cal)
+            null, sig_null = self.reference_null(caps, cal)
             cal.reference_null = null
+            cal.signal_null = sig_null
             if null:
                 q = calibrate_threshold(null, cfg.reference_fpr, higher_is_positive=False)
                 cal.tiled_l2_threshold = min(cfg.tiled_l2_threshold, q)
+        emb = self.r.store.embedder.get("name") if self.r.store is not None else None
+        thr, note = calibrate_fused(cal.signal_null, cfg, emb, self.r.copy is not None)
+        cal.thresholds = thr.to_dict()
+        cal.note += note
         if cal.consistency_threshold is None:
             cal.consistency_threshold = cal.tiled_l2_threshold
         else:
@@ -127,29 +136,40 @@ class Calibrator:
         write_json(path, cal.to_dict())
         return cal
 
-    def reference_null(self, caps: list[str], cal: Calibration) -> list[float]:
-        """Tiled L2 of generations for non-risky captions to their own training image: what 'not a copy'
-        measures for this model (the chance level the copy threshold must stay below)."""
+    def reference_null(self, caps: list[str], cal: Calibration) -> tuple[list[float], list[dict]]:
+        """Generations of non-risky captions against their own training image and their nearest images in the
+        index: what 'not a copy' measures for this model (the chance level every copy threshold must stay
+        beyond). Returns (smallest tiled L2 per generation, :func:`fusion.null_of` per generation)."""
+        from .verdict import pair_signals
+
         t = self.r.table()
         if not len(t) or self.r.generator is None:
-            return []
+            return [], []
         first = t.drop_duplicates("caption").set_index("caption")
-        refs = [(c, first.loc[c, "key"], first.loc[c, "shard"]) for c in caps if c in first.index]
+        refs = [(c, str(first.loc[c, "key"]), str(first.loc[c, "shard"])) for c in caps if c in first.index]
         if not refs:
-            return []
-        images = self.r.store.load_images([(sh, k) for _, k, sh in refs]) if self.r.store is not None else {}
+            return [], []
         seeds = self.r.gen_seeds()[: self.cfg.reference_calibration_generations]
-        items = [(c, s) for c, k, sh in refs if (sh, k) in images for s in seeds]
+        own = {c: (k, sh) for c, k, sh in refs}
+        loaded = {c: self.r.refs.load(*own[c]) for c in own}
+        items = [(c, s) for c in own if loaded[c] is not None for s in seeds]
         gens = self.calibration_generations(items, len(seeds), "reference")
         cal.unet_evals += sum(g.unet_evals for g in gens)
-        by_cap = {c: images[(sh, k)] for c, k, sh in refs if (sh, k) in images}
-        null = []
-        for (c, _s), g in zip(items, gens):
-            if g.image is not None:
-                det = self.r.tiled.compare(g.image.convert("RGB"), [by_cap[c]])
-                if np.isfinite(det.score):
-                    null.append(float(det.score))
-        return null
+        null, sig_null = [], []
+        tools = self.r.tools
+        with tqdm(total=len(items), desc="probe: calibrate (copy signals)", unit="generation",
+                  disable=not self.cfg.progress) as bar:
+            for (c, _s), g in zip(items, gens):
+                bar.update(1)
+                if g.image is None:
+                    continue
+                ref = [own[c]]
+                emb = self.r.refs.embeddings(ref, [loaded[c]]) if tools.copy is not None else None
+                (_ids, _ims, sigs), = pair_signals(tools, [g.image.convert("RGB")], ref, [loaded[c]], emb)
+                if sigs:
+                    null.append(float(min(x.tiled_l2 for x in sigs)))
+                    sig_null.append(null_of(sigs))
+        return null, sig_null
 
     def calibration_generations(self, items: list[tuple[str, int]], per_caption: int, what: str) -> list:
         """``generator.generate(items)`` (``per_caption`` seeds of each caption, in caption order) a few captions

@@ -15,7 +15,7 @@ from ..rundir import RUNTIME, without_runtime  # RUNTIME keys: left out of the r
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DiffusersGeneratorConfig(_Strict):
@@ -37,6 +37,7 @@ class HttpGeneratorConfig(_Strict):
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_pixels: int = Field(64 * 1024 * 1024, ge=1)     # per-image decode budget of a response image
     max_jpeg_scans: int = Field(64, ge=1)                # progressive-JPEG scan cap (each scan costs a full pass)
+    cpu_budget_s: float = Field(30.0, gt=0, allow_inf_nan=False)  # CPU seconds to decode one response image
     extra: dict[str, Any] = {}                 # merged into every request body
 
 
@@ -90,7 +91,27 @@ class ProbeConfig(_Strict):
     reference_crop: Literal["center", "none"] = "center"  # center-crop training images to the generation's aspect
     max_references: int = Field(16, ge=1)      # training images of a cluster compared against
     copy_similarity: bool = True               # use the index's embedder as a copy descriptor when it has one
-    copy_similarity_threshold: float = Field(0.5, gt=-1, le=1)  # SSCD's copy threshold (Pizzi et al. 2022)
+    # strong copy-descriptor threshold (alone: template; with verbatim_phash_distance: verbatim). None = the index
+    # embedder's calibrated copy threshold (index.embedders.calibrated_cosine; 0.5 for one without), raised to
+    # the reference_fpr quantile of the null (non-risky captions' generations) when that is higher
+    copy_similarity_threshold: Optional[float] = Field(None, gt=-1, le=1)
+    # fused verdict (probe/fusion.py): a tile rule tolerating outliers, pHash, layout, copy descriptor
+    fine_grid: int = Field(8, ge=1)            # cells of the outlier-tolerant tile rule (fine_grid x fine_grid)
+    outlier_share: float = Field(0.125, ge=0, lt=0.5)  # worst share of the cells ignored (an overlay, a strip)
+    verbatim_phash_distance: int = Field(4, ge=0, le=64)  # pHash <= this with a strong copy: a near copy (template)
+    # share of the fine cells within template_match_delta for a template (raised by calibration): a 20-40 % paste
+    # leaves 60-80 % of the image the training image's own (JPEG-compressed) pixels
+    template_match_share: float = Field(0.3, gt=0, le=1)  # measured: pastes >= 0.44, unrelated photos <= 0.19
+    template_match_delta: float = Field(0.075, gt=0)
+    layout_grid: int = Field(8, ge=2)          # grey box means compared for the layout (template) signal
+    layout_threshold: Optional[float] = Field(None, gt=-1, le=1)  # None = calibrated at reference_fpr
+    template_phash_distance: Optional[int] = Field(None, ge=0, le=64)  # None = calibrated at reference_fpr
+    template_copy_similarity: Optional[float] = Field(None, gt=-1, le=1)  # None = calibrated at reference_fpr
+    # a caption is a template copy when this many of its generations are (one generation flagged at the
+    # calibrated per-generation rate is chance: 16 generations at 1 % each flag 15 % of non-memorized captions)
+    template_min_generations: int = Field(2, ge=1)
+    retrieval: bool = True                     # also compare every generation with its nearest images in the index
+    retrieval_top_k: int = Field(4, ge=1, le=100)  # nearest images per generation (pHash + embedding, the guard's)
     clique_k: int = Field(10, ge=2)            # consistency: memorized when the largest clique reaches k
     consistency_threshold: Optional[float] = None  # tiled-L2 edge threshold; None = delta, tightened by calibration
     consistency_fpr: float = Field(0.01, gt=0, lt=1)

@@ -71,9 +71,13 @@ def capped_size(w: int, h: int, max_side: int) -> tuple[int, int]:
     return max(1, int(round(w * s))), max(1, int(round(h * s)))
 
 
-def _resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+def resize_rgb(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``img`` as RGB at ``size`` (bicubic; unchanged when already that size)."""
     img = img.convert("RGB")
     return img if img.size == size else img.resize(size, Image.BICUBIC, reducing_gap=3.0)
+
+
+_resize = resize_rgb
 
 
 def tile_bounds(n: int, grid: int) -> np.ndarray:

@@ -109,6 +109,16 @@ class References:
                 out[i] = v
         return np.stack(out) if out else np.zeros((0, 1), dtype=np.float32)
 
+    def resolve(self, pairs: list[tuple[str, str]]) -> list[tuple]:
+        """(key, shard, image, index embedding or None) of training images found by retrieval; unloadable ones
+        are left out (and recorded)."""
+        got = [(k, s, self.load(k, s)) for k, s in pairs]
+        got = [g for g in got if g[2] is not None]
+        if not got:
+            return []
+        emb = self.embeddings([(k, s) for k, s, _ in got], [im for _, _, im in got]) if self.copy is not None else None
+        return [(k, s, im, emb[i] if emb is not None else None) for i, (k, s, im) in enumerate(got)]
+
     def of(self, row):
         """(refs, images, embeddings or None) of a risk row; the last one is cached (screen then confirm)."""
         key = ("refs", row["cluster_id"])

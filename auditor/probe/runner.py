@@ -50,7 +50,10 @@ from .evidence import safe_name as _safe
 from .calibration import Calibration, Calibrator
 from .prompts import load_prompts, prompts_as_risk
 from .references import References
-from .verdict import judge
+from .fusion import Thresholds
+from .retrieval import Retriever
+from .verdict import VerdictTools, judge
+from .whitebox import select_whitebox
 from .schema import (FORMAT_VERSION, GENERATION_COLUMNS, GENERATION_SCHEMA, PROBE_DIR, RESULT_COLUMNS,  # noqa: F401
                      RESULT_SCHEMA, generations_table, results_table)  # the columns are re-exported (tests, lab)
 from .variants import load_user_variants, make_variants
@@ -72,6 +75,8 @@ class ProbeRunner:
         self.tiled = TiledL2Detector(cfg.tiled_l2_threshold, cfg.tile_grid, cfg.template_tile_fraction,
                                      cfg.compare_max_side, cfg.reference_crop)
         self.copy: Optional[CopyDescriptorDetector] = None
+        self.tools = VerdictTools.for_config(cfg)
+        self.retriever: Optional[Retriever] = None
         self.store = None
         self.risk: Optional[pd.DataFrame] = None
         self.manifest: Optional[pd.DataFrame] = None
@@ -98,13 +103,18 @@ class ProbeRunner:
                         self.run_dir)
         if self.store is not None and self.cfg.copy_similarity:
             try:
-                self.copy = CopyDescriptorDetector.from_index(
-                    self.store, self.cfg.copy_similarity_threshold, device=self.cfg.diffusers.device)
+                thr = self.cfg.copy_similarity_threshold  # the verdict uses fusion.Thresholds, calibrated
+                self.copy = CopyDescriptorDetector.from_index(self.store, 0.5 if thr is None else thr,
+                                                              device=self.cfg.diffusers.device)
             except Exception as exc:  # noqa: BLE001 - an embedder that cannot be rebuilt disables the detector
                 log.warning("copy-descriptor detector disabled: %s", exc)
                 self.copy = None
         self.refs = References(self.store, self.manifest, self.risk, self.cfg.max_references, self.errors)
         self.refs.copy = self.copy
+        self.tools.copy = self.copy
+        self.retriever = Retriever.maybe(self.run_dir, self.store, self.cfg)
+        if self.retriever is not None:
+            self.tools.retrieve = lambda ims: [self.refs.resolve(p) for p in self.retriever.nearest(ims)]
 
     def table(self) -> pd.DataFrame:
         return self.refs.table()
@@ -166,7 +176,7 @@ class ProbeRunner:
                ref_images: list[Image.Image], ref_emb: Optional[np.ndarray], cons_thr: float,
                evidence: bool) -> tuple[dict, list[dict]]:
         ims = [self.open_gen(r) for r in recs if r["path"]]
-        return judge(self.run_dir, self.out / "evidence" / cid, self.cfg, self.tiled, self.copy, variant, recs, ims,
+        return judge(self.run_dir, self.out / "evidence" / cid, self.cfg, self.tools, variant, recs, ims,
                      refs, ref_images, ref_emb, cons_thr, evidence)
 
     # --- the run -------------------------------------------------------------------------------------------
@@ -184,17 +194,14 @@ class ProbeRunner:
         sel = self.selected()
         if self.generator is None:
             self.generator = build_generator(cfg)
-        wb = None
-        if cfg.screen in ("auto", "whitebox"):
-            wb = self.generator.whitebox()
-            if wb is None and cfg.screen == "whitebox":
-                raise ValueError(f"screen=whitebox needs a model with a UNet; the {self.generator.name} "
-                                 "generator has none")
+        wb, self.screen_note = select_whitebox(self.generator, cfg.screen)
         if not fp_path.exists():  # only now: every input and the model are valid (a mistake must not lock the run)
             write_json(fp_path, fp)
         risky = {caption_hash(c) for c in self.risk["caption"].fillna("")}
         cal = self.calibrate(wb, risky)
         self.tiled.delta = float(cal.tiled_l2_threshold if cal.tiled_l2_threshold is not None else cfg.tiled_l2_threshold)
+        self.tools.tile_delta = self.tiled.delta
+        self.tools.thresholds = Thresholds.from_dict(cal.thresholds)
         user = load_user_variants(cfg.variants_file)
         per_image = self.generator.nominal_unet_evals()
         seeds = self.gen_seeds()
@@ -309,6 +316,8 @@ class ProbeRunner:
                 "verdict": res["verdict"], "reason": res["reason"], "best_key": res["best_key"],
                 "best_shard": res["best_shard"], "best_distance": res["best_distance"], "evidence": res["evidence"],
                 "n_errors": res["n_errors"], "error": err,
+                **{k: res[k] for k in ("min_trimmed_l2", "min_phash_distance", "max_layout_similarity",
+                                       "reference_source", "retrieval_copies", "tile_rule_verbatim")},
             })
             for g in grows:
                 g["caption"] = c["caption"]
@@ -344,13 +353,14 @@ class ProbeRunner:
             "negative_prompt": cfg.negative_prompt,
             "seeds": {"generation": seeds[: cfg.confirm_generations], "screen": seeds[: cfg.screen_generations],
                       "whitebox": self.wb_seeds()},
-            "screen": screen_mode,
+            "screen": screen_mode, "screen_note": self.screen_note,
             "thresholds": {"tiled_l2": self.tiled.delta, "tiled_l2_configured": cfg.tiled_l2_threshold,
                            "reference_fpr": cfg.reference_fpr, "tile_grid": cfg.tile_grid,
                            "template_tile_fraction": cfg.template_tile_fraction,
-                           "copy_similarity": cfg.copy_similarity_threshold, "clique_k": cfg.clique_k,
+                           "copy_similarity": self.tools.thresholds.copy_verbatim, "clique_k": cfg.clique_k,
                            "consistency": cal.consistency_threshold, "whitebox": cal.whitebox_threshold,
-                           "whitebox_fpr": cfg.whitebox_fpr, "consistency_fpr": cfg.consistency_fpr},
+                           "whitebox_fpr": cfg.whitebox_fpr, "consistency_fpr": cfg.consistency_fpr,
+                           "fused": self.tools.thresholds.to_dict()},
             "calibration": {"captions": len(cal.captions), "unet_evals": cal.unet_evals, "note": cal.note},
             "copy_descriptor": self.copy.describe if self.copy is not None else None,
             "unet_evals": {"total": total, "calibration": int(cal.unet_evals),

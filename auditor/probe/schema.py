@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from ..rundir import PROBE_DIR  # noqa: E402,F401 - the run folder layout lives in auditor/rundir.py
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the fused verdict's columns
 
 RESULT_SCHEMA = pa.schema([
     ("caption", pa.string()), ("variant", pa.string()), ("prompt", pa.string()), ("rank", pa.int64()),
@@ -18,6 +18,9 @@ RESULT_SCHEMA = pa.schema([
     ("reason", pa.string()), ("best_key", pa.string()), ("best_shard", pa.string()),
     ("best_distance", pa.float64()), ("evidence", pa.list_(pa.string())), ("n_errors", pa.int64()),
     ("error", pa.string()),
+    # fused verdict (fusion.py): the strongest evidence over the generations; reference_source of best_key
+    ("min_trimmed_l2", pa.float64()), ("min_phash_distance", pa.int64()), ("max_layout_similarity", pa.float64()),
+    ("reference_source", pa.string()), ("retrieval_copies", pa.int64()), ("tile_rule_verbatim", pa.int64()),
 ])
 RESULT_COLUMNS = [f.name for f in RESULT_SCHEMA]
 
@@ -26,6 +29,11 @@ GENERATION_SCHEMA = pa.schema([
     ("path", pa.string()), ("tiled_l2", pa.float64()), ("tile_fraction", pa.float64()),
     ("copy_similarity", pa.float64()), ("verdict", pa.string()), ("best_key", pa.string()),
     ("best_shard", pa.string()), ("unet_evals", pa.int64()), ("error", pa.string()),
+    # the fused verdict's evidence (signals.py / fusion.py): tiled_l2 is the smallest over every reference
+    # (Carlini's distance), the rest are of the pair the verdict names (best_key); tile_verdict = the plain rule
+    ("trimmed_l2", pa.float64()), ("match_share", pa.float64()), ("phash_distance", pa.int64()),
+    ("layout_similarity", pa.float64()), ("signals", pa.list_(pa.string())), ("reference_source", pa.string()),
+    ("tile_verdict", pa.string()),
 ])
 GENERATION_COLUMNS = [f.name for f in GENERATION_SCHEMA]
 

@@ -16,15 +16,37 @@ Cost: 2 UNet evaluations per seed per step (conditional + unconditional), counte
 
 Supported: pipelines with ``unet``, ``tokenizer``, ``text_encoder`` and ``scheduler`` and a plain text
 conditioning (Stable Diffusion 1.x/2.x style). Pipelines with a second text encoder or extra conditioning
-(SDXL, ...) are not scored here; the runner falls back to the generation-based screen.
+(SDXL, ...) are not scored here (:meth:`WhiteBox.unsupported` names why); with ``probe.screen=auto`` the runner
+falls back to the generation-based screen, logs the reason and records it in ``provenance.json``
+(``screen_note``); ``probe.screen=whitebox`` refuses such a model with that reason.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Optional, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def select_whitebox(generator, screen: str) -> tuple[Optional["WhiteBox"], str]:
+    """(the generator's white-box scorer or None, a note saying why none) for ``probe.screen``; ``whitebox``
+    with an unsupported model raises ``ValueError`` naming the reason."""
+    if screen not in ("auto", "whitebox"):
+        return None, ""
+    wb = generator.whitebox()
+    if wb is not None:
+        return wb, ""
+    pipe = getattr(generator, "pipe", None)
+    why = WhiteBox.unsupported(pipe) if pipe is not None else f"the {generator.name} generator has no UNet"
+    if screen == "whitebox":
+        raise ValueError(f"screen=whitebox cannot score this model: {why}")
+    note = f"white-box screen not available ({why}): generation screen used"
+    (log.warning if pipe is not None else log.info)("probe: %s", note)
+    return None, note
 
 
 class WhiteBox:
@@ -40,15 +62,30 @@ class WhiteBox:
         self.counter = counter  # an object whose ``unet_evals`` a UNet hook increments (the generator)
         self._empty = None
 
+    @staticmethod
+    def unsupported(pipe) -> Optional[str]:
+        """Why the white-box screen cannot score ``pipe`` (None when it can: SD 1.x / 2.x style pipelines).
+
+        SDXL (a second text encoder and the UNet's added ``text_time`` conditioning), unCLIP / image-variation
+        (class embeddings), Kandinsky, DeepFloyd IF and pipelines without a UNet are not scored: the probe falls
+        back to the generation screen (``probe.screen=auto``) and says so in ``provenance.json``."""
+        comps = getattr(pipe, "components", {}) or {}
+        missing = [k for k in ("unet", "tokenizer", "text_encoder", "scheduler") if comps.get(k) is None]
+        if missing:
+            return f"{type(pipe).__name__} has no {', '.join(missing)}"
+        if comps.get("text_encoder_2") is not None:
+            return f"{type(pipe).__name__} has a second text encoder (SDXL-style conditioning)"
+        cfg = pipe.unet.config
+        extra = getattr(cfg, "addition_embed_type", None) or getattr(cfg, "class_embed_type", None)
+        if extra:
+            return f"{type(pipe).__name__}'s UNet takes added conditioning ({extra})"
+        return None
+
     @classmethod
     def from_pipeline(cls, pipe, cfg, device: str, counter=None) -> Optional["WhiteBox"]:
-        comps = getattr(pipe, "components", {}) or {}
-        needed = ("unet", "tokenizer", "text_encoder", "scheduler")
-        if any(comps.get(k) is None for k in needed) or comps.get("text_encoder_2") is not None:
+        if cls.unsupported(pipe) is not None:
             return None
         unet = pipe.unet
-        if getattr(unet.config, "addition_embed_type", None) or getattr(unet.config, "class_embed_type", None):
-            return None
         vsf = getattr(pipe, "vae_scale_factor", 8)
         default = int(unet.config.sample_size) * int(vsf)
         return cls(unet, pipe.tokenizer, pipe.text_encoder, pipe.scheduler,

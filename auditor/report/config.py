@@ -8,7 +8,7 @@ from ..guard.config import GuardConfig  # noqa: F401 - lives with the guard; rep
 
 
 class ReportConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # reports go to <out_dir>/<run name>/report.html (relative to the working directory) unless --out is given
     out_dir: str = "reports"

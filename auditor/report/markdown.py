@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..text import clip, md_cell, pct  # noqa: F401 - shared with the gate (auditor/text.py)
+from ..text import clip, md_cell, pct, strip_controls  # noqa: F401 - shared with the gate (auditor/text.py)
 
 
 def render_markdown(summary: dict, report_name: Optional[str] = None, max_rows: int = 10) -> str:

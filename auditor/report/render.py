@@ -194,6 +194,12 @@ def _results(data: RunData, cfg: ReportConfig, rows: pd.DataFrame, images: Image
                 pairs.append({"gen": images.generation(gr["path"]), "train": train_img(bk, bs),
                               "seed": _v(gr.get("seed")), "tiled_l2": _v(gr.get("tiled_l2")),
                               "copy_similarity": _v(gr.get("copy_similarity")), "verdict": _v(gr.get("verdict")),
+                              # the fused verdict's evidence (probe/signals.py), shown beside the training image
+                              "trimmed_l2": _v(gr.get("trimmed_l2")), "phash_distance": _v(gr.get("phash_distance")),
+                              "layout_similarity": _v(gr.get("layout_similarity")),
+                              "signals": ", ".join(str(x) for x in (gr.get("signals") if gr.get("signals") is not None
+                                                                    else [])),
+                              "reference_source": _v(gr.get("reference_source")),
                               "error": scrub.text(_clip(gr.get("error"), 200))})
         ev = r.get("evidence")
         if isinstance(ev, str):

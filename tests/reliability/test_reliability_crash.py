@@ -270,7 +270,12 @@ def test_incremental_dedup_killed_at_every_write_reruns_identically(indexed, cor
     shutil.copytree(indexed, base)
     assert _main(_dedup_argv(base)) == 0  # dedup state of the 2-shard index
     _grow(data, imagenet[20:22])
-    # the index resumes on the grown dataset (same root recorded: copy the run with the new data path)
+    # the index resumes on the grown dataset (same root recorded: copy the run with the new data path; a run
+    # folder names its dataset, and another root is refused)
+    info_path = base / "index" / "index.json"
+    info = json.loads(info_path.read_text())
+    info["dataset"]["root"] = str(data)
+    info_path.write_text(json.dumps(info))
     assert _main(_index_argv(data, base)) == 0
     ref = tmp_path / "ref"
     shutil.copytree(base, ref)
@@ -324,7 +329,11 @@ def _probe_argv(run: Path, model: Path) -> list[str]:
     return ["probe", str(run), "--model", str(model), "--top-n", "2", "--no-progress",
             "--set", "probe.steps=2", "--set", "probe.whitebox_seeds=2", "--set", "probe.whitebox_threshold=-1",
             "--set", "probe.calibration_captions=2", "--set", "probe.confirm_generations=2",
-            "--set", "probe.diffusers.device=cpu", "--set", "probe.diffusers.batch_size=2"]
+            "--set", "probe.diffusers.device=cpu", "--set", "probe.diffusers.batch_size=2",
+            # the sweep forks this process after its own in-process runs: the whole-index retrieval (the guard's
+            # faiss + a second onnxruntime session) hung in the forked child (futex wait, 2026-12-03); retrieval
+            # is covered by tests/test_probe_verdict_real.py
+            "--set", "probe.retrieval=false"]
 
 
 def _without_probe(src: Path, dst: Path) -> Path:

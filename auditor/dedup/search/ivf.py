@@ -5,9 +5,16 @@ probe a list are range-searched against the list's members with one BLAS call, s
 
 A pair is a candidate when either row probes the other's home list, which is what makes recall of near-duplicates
 (whose neighbours share or neighbour each other's cell) close to 1; ``benchmarks/bench_dedup_scale.py`` measures it
-against brute force (2 shared cores, 1M clustered 512-d float16 rows, tau 0.9: 135 s, pair recall 0.9955 on a
-sampled exact ground truth, 121x faster than a faiss flat range search extrapolated from a timed sample; 100k:
-9.6 s, recall 1.0 over all pairs). Raise ``nprobe`` for more recall at proportional join cost.
+against brute force (2 shared cores, 1M clustered 512-d float16 rows, tau 0.9, nprobe 8: 135 s, pair recall 0.9955
+on a sampled exact ground truth, 121x faster than a faiss flat range search extrapolated from a timed sample).
+
+``benchmarks/bench_search_paths.py`` times it against faiss's own IVF paths on the same vectors and lists (1M
+clustered 128-d rows, tau 0.9, nprobe 8, loaded 2-core host): the join 300 s, ``IndexIVFFlat.range_search`` ~1,660 s
+and ``faiss.contrib.big_batch_search`` (k = 16) ~1,970 s (both extrapolated from 100k query rows), with the same
+candidates; so the join stays. Its recall there was 0.9915 at nprobe 8, 0.9967 at 12 (1.43x the time) and 0.9993
+at 16 (1.75x), hence ``DEFAULT_NPROBE = 12``; on the shipped copy descriptor's embeddings of 17k real photos and
+copies at its threshold 0.6: 0.9964 at 8, 0.9991 at 16, 1.0 at 32. Raise ``nprobe`` for more recall at proportional
+join cost.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from .registry import SEARCH_METHODS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NPROBE = 8
+DEFAULT_NPROBE = 12            # recall >= 0.995 at 1M (module docstring; BENCHMARKS.md section 3)
 KMEANS_SAMPLE_PER_LIST = 32   # training rows per list (faiss warns below 39; fine for partitioning)
 KMEANS_NITER = 10
 JOIN_QUERY_BLOCK = 1 << 20    # query rows per range search inside one list
@@ -38,7 +45,7 @@ def default_nlist(n: int) -> int:
     """Lists for the IVF join: 2 sqrt(N) (a list holds ~sqrt(N)/2 rows), at least 1, at most N / 8.
 
     Cost in dot products: training ~ 32 * 10 * nlist^2, assigning N * nlist, the join N * nprobe * N / nlist;
-    with nlist = 2 sqrt(N) and nprobe = 8 that is ~7 N^1.5 against N^2 for brute force.
+    with nlist = 2 sqrt(N) and nprobe = 12 that is ~9 N^1.5 against N^2 for brute force.
 
     Example:
         >>> default_nlist(10_000), default_nlist(1_000_000), default_nlist(4)

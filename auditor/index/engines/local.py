@@ -12,13 +12,13 @@ import types
 from multiprocessing import context as mpc
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
-from tqdm.auto import tqdm
-
-from ...io.base import Sample
-from ...utils import ErrorRecord
 from .base import ENGINES, IndexEngine
+
+if TYPE_CHECKING:  # kept light: the CLI imports this module to start the worker server before pandas loads
+    from ...io.base import Sample
+    from ...utils import ErrorRecord
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,13 @@ class LocalEngine(IndexEngine):
         if self.icfg.embedder.name == "none":
             return {"name": "none", "dim": 0}
         from ..embedders import build_embedder
+        from ..shard import resolve_workers
+        from ..threads import embedder_threads
 
-        self.embedder = build_embedder(self.icfg.embedder)
+        ecfg = self.icfg.embedder
+        if ecfg.threads == 0:  # auto: every core (threads.embedder_threads)
+            ecfg = ecfg.model_copy(update={"threads": embedder_threads(resolve_workers(self.icfg.workers))})
+        self.embedder = build_embedder(ecfg)
         desc = self.embedder.describe()
         if self.icfg.gpu_decode:
             from ..gpu import GpuPath
@@ -47,12 +52,14 @@ class LocalEngine(IndexEngine):
         return desc
 
     def run(self, job) -> None:
+        from tqdm.auto import tqdm
+
         from ..shard import ShardAccumulator, iter_chunks, process_chunk, resolve_workers, write_shard
 
         icfg = self.icfg
         workers = resolve_workers(icfg.workers)
         log.info("local engine: %d workers", workers)
-        decode_cfg, emb_cfg, keep = job.decode_cfg, job.worker_embedder_cfg, job.keep_bytes
+        decode_cfg, emb_cfg, keep, mode = job.decode_cfg, job.worker_embedder_cfg, job.keep_bytes, job.hash_mode
         read_errors: dict[str, list[ErrorRecord]] = {}
         # pool workers read local image files themselves: the main process only lists them
         chunk_iter = iter_chunks(job.reader, job.shards, icfg.chunk_size, read_errors, deferred=workers > 0)
@@ -78,9 +85,9 @@ class LocalEngine(IndexEngine):
         try:
             if workers <= 0:
                 for chunk in chunk_iter:
-                    consume(process_chunk(chunk, decode_cfg, emb_cfg, keep))
+                    consume(process_chunk(chunk, decode_cfg, emb_cfg, keep, mode))
             else:
-                run_pool(chunk_iter, workers, decode_cfg, emb_cfg, consume, keep)
+                run_pool(chunk_iter, workers, decode_cfg, emb_cfg, consume, keep, mode)
             if acc is not None:
                 finish(acc)
         finally:
@@ -88,8 +95,17 @@ class LocalEngine(IndexEngine):
             nbar.close()
 
 
+def init_worker(parent_pid: int, native_threads: int) -> None:
+    """Pool-worker initializer: cap the worker's BLAS/OpenMP pools to its share of the cores (``threads.py``:
+    ``workers`` processes x a pool of ``cores`` threads each oversubscribe the machine) and exit with the parent."""
+    from ..threads import cap_native_threads
+
+    cap_native_threads(native_threads)
+    _exit_with_parent(parent_pid)
+
+
 def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
-    """Pool-worker initializer: exit when the main process is gone. A forkserver worker is the forkserver's
+    """Exit when the main process is gone (started by :func:`init_worker`). A forkserver worker is the forkserver's
     child and holds both ends of the pool's call queue, so a ``kill -9`` of the main process would otherwise
     leave it -- and through it the forkserver and resource tracker -- waiting forever."""
     import threading
@@ -168,20 +184,37 @@ def worker_context():
     return ctx
 
 
+def start_worker_server(icfg) -> None:
+    """Start the pool's forkserver now, if this config will use one, so that its preload (the pipeline's imports,
+    ~1 s of CPU) runs on another core while the caller still imports and lists; the pool started later reuses it.
+    The ``auditor index`` command calls this first thing (issue 18: the fixed cost of a 1,000-file run)."""
+    from ..threads import resolve_workers
+
+    if icfg.engine == "local" and resolve_workers(icfg.workers) > 0:
+        worker_context()
+
+
+def make_pool(workers: int) -> ProcessPoolExecutor:
+    """The index's process pool: :func:`worker_context` processes, each with its BLAS/OpenMP pools capped to
+    its share of the cores (:func:`init_worker`) and exiting with this process."""
+    from ..threads import worker_thread_share
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=init_worker,
+                               initargs=(os.getpid(), worker_thread_share(workers)))
+
+
 def run_pool(chunks: Iterable[list[Sample]], workers: int, decode_cfg: dict, emb_cfg: Optional[dict],
-             consume: Callable, keep_bytes: bool = False) -> None:
+             consume: Callable, keep_bytes: bool = False, hash_mode: str = "exact") -> None:
     """Bounded, in-order pipeline over a process pool (at most ``2 * workers`` chunks in flight)."""
     from ..shard import process_chunk
 
-    ctx = worker_context()
     window: deque[Future] = deque()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
-                               initargs=(os.getpid(),))
+    pool = make_pool(workers)
     try:
         for _ in range(workers):  # start every worker now: their start-up overlaps reading the first chunks
             pool.submit(os.getpid)
         for chunk in chunks:
-            window.append(pool.submit(process_chunk, chunk, decode_cfg, emb_cfg, keep_bytes))
+            window.append(pool.submit(process_chunk, chunk, decode_cfg, emb_cfg, keep_bytes, hash_mode))
             if len(window) >= 2 * workers:
                 consume(window.popleft().result())
         while window:

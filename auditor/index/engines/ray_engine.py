@@ -46,8 +46,20 @@ def _row(shard: str, kind: str, seq: int, payload: Any) -> dict:
 
 
 def _shard_stage(batch: dict, *, reader, shards, chunk_size: int, decode_cfg: dict, emb_cfg: Optional[dict],
-                 keep_bytes: bool, embeds: bool, batch_size: int) -> Iterator[dict]:
-    """CPU task: one shard -> its embedding batches (``pix`` rows, if an embedder runs) then one ``meta`` row."""
+                 keep_bytes: bool, embeds: bool, batch_size: int, hash_mode: str = "exact") -> Iterator[dict]:
+    """CPU task: one shard -> its embedding batches (``pix`` rows, if an embedder runs) then one ``meta`` row.
+    The task asks Ray for one CPU, so its BLAS/OpenMP pools run one thread while it works (threadpoolctl: Ray
+    sets ``OMP_NUM_THREADS`` but OpenBLAS, loaded earlier in a reused worker, keeps one thread per core)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield from _shard_rows(batch, reader=reader, shards=shards, chunk_size=chunk_size, decode_cfg=decode_cfg,
+                               emb_cfg=emb_cfg, keep_bytes=keep_bytes, embeds=embeds, batch_size=batch_size,
+                               hash_mode=hash_mode)
+
+
+def _shard_rows(batch: dict, *, reader, shards, chunk_size: int, decode_cfg: dict, emb_cfg: Optional[dict],
+                keep_bytes: bool, embeds: bool, batch_size: int, hash_mode: str) -> Iterator[dict]:
     from ..shard import ShardAccumulator, iter_chunks, process_chunk
 
     for idx in batch["i"]:
@@ -75,7 +87,7 @@ def _shard_stage(batch: dict, *, reader, shards, chunk_size: int, decode_cfg: di
             return out
 
         for chunk in iter_chunks(reader, [ref], chunk_size, read_errors):
-            res = process_chunk(chunk, decode_cfg, emb_cfg, keep_bytes)
+            res = process_chunk(chunk, decode_cfg, emb_cfg, keep_bytes, hash_mode)
             n_samples += len(res.records) + len(res.errors) + len(res.not_indexed)
             acc.records.extend(res.records)
             acc.errors.extend(res.errors)
@@ -179,6 +191,13 @@ class RayEngine(IndexEngine):
         return ray.get(task.remote(self.icfg.embedder.model_dump(mode="json"), self.icfg.gpu_decode,
                                    self.icfg.decode.model_dump()))
 
+    def _actor_embedder_cfg(self) -> dict:
+        """The actors' embedder config; ``threads`` auto = the one CPU each actor asks Ray for."""
+        d = self.icfg.embedder.model_dump(mode="json")
+        if not d.get("threads"):
+            d["threads"] = int(self._actor_resources()["num_cpus"])
+        return d
+
     def _actor_resources(self) -> dict:
         return {"num_gpus": 1, "num_cpus": 1} if self.gpus else {"num_cpus": 1}
 
@@ -200,13 +219,14 @@ class RayEngine(IndexEngine):
             _shard_stage, batch_size=1, batch_format="numpy", num_cpus=1, ray_remote_args_fn=_spread_args,
             fn_kwargs={"reader": job.reader, "shards": job.shards, "chunk_size": icfg.chunk_size,
                        "decode_cfg": job.decode_cfg, "emb_cfg": job.worker_embedder_cfg,
-                       "keep_bytes": job.keep_bytes, "embeds": embeds, "batch_size": icfg.embedder.batch_size})
+                       "keep_bytes": job.keep_bytes, "embeds": embeds, "batch_size": icfg.embedder.batch_size,
+                       "hash_mode": job.hash_mode})
         if embeds:
             n_actors = max(1, self.gpus) if self.gpus else 1
             ds = ds.map_batches(
                 _EmbedActor, batch_size=1, batch_format="numpy",
-                fn_constructor_kwargs={"emb_cfg": icfg.embedder.model_dump(mode="json"),
-                                       "gpu_decode": icfg.gpu_decode, "decode_cfg": job.decode_cfg},
+                fn_constructor_kwargs={"emb_cfg": self._actor_embedder_cfg(),
+                                       "gpu_decode": icfg.gpu_decode, "decode_cfg": icfg.decode.model_dump()},
                 compute=ray.data.ActorPoolStrategy(size=n_actors), **self._actor_resources())
 
         bar = tqdm(total=len(job.shards), unit="shard", desc="index", disable=not icfg.progress)

@@ -27,8 +27,9 @@ images are not retried. Every failure becomes an error on its request (recorded 
 - **Secrets.** Header *values* are only sent, never written: provenance lists header names, and the URL is
   recorded without its query string or user info.
 - **Decode budget.** A response image is decoded with the index's safe decoder (format whitelist) under
-  ``max_pixels``, and a JPEG with more than ``max_jpeg_scans`` start-of-scan markers is refused before decoding
-  (each progressive scan costs a full decode pass: about 5 ms per scan was measured, issue 19).
+  ``max_pixels``, a JPEG with more than ``max_jpeg_scans`` scans is refused from its markers before decoding
+  (each progressive scan costs a full decode pass: about 5 ms per scan was measured, issue 19), and decoding
+  stops at ``cpu_budget_s`` of the request thread's CPU time (``index/decode_bounds.CpuBudget``).
 At most ``concurrency`` requests are in flight.
 """
 
@@ -48,7 +49,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from ...index.decode import decode_rgb, sniff_format
+from ...index.decode import DecodeError, decode_rgb
 from .base import GENERATORS, Generation, Generator, error_text
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
@@ -176,12 +177,14 @@ class HttpGenerator(Generator):
         raise HttpError(f"more than {MAX_SAME_ORIGIN_REDIRECTS} redirects", retry=False)
 
     def decode(self, data: bytes):
-        if sniff_format(data) == "JPEG":
-            scans = data.count(b"\xff\xda")  # an upper bound of the SOS markers (entropy data stuffs 0xFF 0x00)
-            if scans > self.h.max_jpeg_scans:
-                raise HttpError(f"JPEG with {scans} scans is over max_jpeg_scans={self.h.max_jpeg_scans}",
-                                retry=False)
-        return decode_rgb(data, max_pixels=self.h.max_pixels, max_bytes=self.h.max_response_bytes)
+        try:  # scans counted from the markers before decoding; CPU budget on this request thread's CPU time
+            return decode_rgb(data, max_pixels=self.h.max_pixels, max_bytes=self.h.max_response_bytes,
+                              max_jpeg_scans=self.h.max_jpeg_scans, cpu_budget_s=self.h.cpu_budget_s)
+        except DecodeError as exc:
+            if exc.reason in ("too_many_scans", "over_cpu_budget"):
+                raise HttpError(f"{exc} (max_jpeg_scans={self.h.max_jpeg_scans}, "
+                                f"cpu_budget_s={self.h.cpu_budget_s:g})", retry=False) from None
+            raise
 
     def one(self, prompt: str, seed: int) -> Generation:
         payload = json.dumps(self.body(prompt, seed)).encode("utf-8")
