@@ -64,6 +64,32 @@ class ShardRef:
     extra: tuple = ()       # layout-specific extras (e.g. sidecar parquet path, member list)
 
 
+# A shard's id names its files in the run folder (``<id>.parquet``, ``<id>.done``, ``<id>.errors.parquet``, their
+# atomic-write temp names): an id over this many UTF-8 bytes is a readable prefix + a hash of the whole name, so every
+# such file name stays under NAME_MAX (255 bytes) whatever the dataset's shard names (a 240-byte shard name failed
+# every run with ENAMETOOLONG). Shorter names are kept as they are, so ordinary run folders do not change.
+MAX_SHARD_ID_BYTES = 120
+
+
+def shard_id(name: str) -> str:
+    """The run-folder id of the shard named ``name``: ``name`` itself, or, past :data:`MAX_SHARD_ID_BYTES`, its
+    first 80 bytes (whole characters) + ``~`` + 16 hex digits of its SHA-256.
+
+    Example:
+        ```python
+        shard_id("00000")           # "00000"
+        len(shard_id("x" * 240))    # 97
+        ```
+    """
+    raw = name.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_SHARD_ID_BYTES:
+        return name
+    import hashlib
+
+    prefix = raw[:80].decode("utf-8", "ignore")
+    return f"{prefix}~{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
 class DatasetReader:
     """Base class: subclasses set ``layout`` and implement ``shards`` and ``read_shard``."""
 

@@ -7,7 +7,7 @@ import posixpath
 from typing import Iterator, Optional
 
 from .base import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TEXT_BYTES, IMAGE_EXTS, READ_ERROR, READERS, BoundError, \
-    DatasetReader, Sample, ShardRef, read_bounded, read_error, read_sidecar, split_key, to_url, url_to_fs
+    DatasetReader, Sample, ShardRef, read_bounded, read_error, read_sidecar, shard_id, split_key, to_url, url_to_fs
 from .webdataset import build_sample, extra_image_errors, failed_sample, sidecar_rows_by_key
 
 _WANTED = set(IMAGE_EXTS) | {"txt", "json"}
@@ -47,7 +47,7 @@ class FilesReader(DatasetReader):
             side = names.get(name + ".parquet")
             if not (is_shard_dir_name(name) or side is not None):
                 continue
-            refs.append(ShardRef(id=name, path=to_url(fs, e["name"].rstrip("/"), self.root),
+            refs.append(ShardRef(id=shard_id(name), path=to_url(fs, e["name"].rstrip("/"), self.root),
                                  extra=(to_url(fs, side["name"], self.root) if side else "",)))
         return refs
 
@@ -120,10 +120,15 @@ class FilesReader(DatasetReader):
         if not (_one_name(shard) and _one_name(key)):
             raise KeyError(f"no sample {key!r} in shard {shard!r} of {self.root}")
         fs, root = url_to_fs(self.root)
-        folder = posixpath.join(root, shard)
+        name = shard
+        if "~" in shard:  # the id of a long folder name (io/base.py shard_id): the folder it stands for
+            ref = next((r for r in self.shards() if r.id == shard), None)
+            if ref is not None:
+                name = posixpath.basename(url_to_fs(ref.path)[1].rstrip("/"))
+        folder = posixpath.join(root, name)
         if not fs.isdir(folder):
             raise KeyError(f"no shard {shard!r} in {self.root}")
-        side_url = to_url(fs, posixpath.join(root, shard + ".parquet"), self.root)
+        side_url = to_url(fs, posixpath.join(root, name + ".parquet"), self.root)
         paths = {}
         for ext in _IMAGE_ORDER:
             p = posixpath.join(folder, f"{key}.{ext}")

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .base import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TEXT_BYTES, EXPANSION_FLOOR, \
-    READ_ERROR, READERS, DatasetReader, Sample, ShardRef, clean_str, to_url, url_to_fs
+    READ_ERROR, READERS, DatasetReader, Sample, ShardRef, clean_str, shard_id, to_url, url_to_fs
 
 #: image columns tried, in order, when ``image_column`` is not set
 IMAGE_COLUMNS = ("jpg", "png", "webp", "jpeg", "image", "img", "image_bytes", "bytes")
@@ -92,8 +92,8 @@ class ParquetReader(DatasetReader):
     def shards(self) -> list[ShardRef]:
         fs, root = url_to_fs(self.root)
         files = [root] if fs.isfile(root) else sorted(p for p in fs.ls(root, detail=False) if p.endswith(".parquet"))
-        return [ShardRef(id=posixpath.basename(p)[: -len(".parquet")] if p.endswith(".parquet")
-                         else posixpath.basename(p), path=to_url(fs, p, self.root)) for p in files]
+        return [ShardRef(id=shard_id(posixpath.basename(p)[: -len(".parquet")] if p.endswith(".parquet")
+                                  else posixpath.basename(p)), path=to_url(fs, p, self.root)) for p in files]
 
     def _columns(self, schema: pa.Schema) -> dict[str, Optional[str]]:
         names = schema.names

@@ -17,6 +17,7 @@ import zlib
 from typing import Any, Iterator, Optional
 
 from .base import (
+    shard_id,
     DEFAULT_MAX_EXPANSION,
     DEFAULT_MAX_MEMBER_BYTES,
     DEFAULT_MAX_TEXT_BYTES,
@@ -175,7 +176,7 @@ class WebDatasetReader(DatasetReader):
         for t in tars:
             stem = shard_stem(t)
             side = posixpath.join(posixpath.dirname(t), stem + ".parquet")
-            refs.append(ShardRef(id=stem, path=to_url(fs, t, self.root),
+            refs.append(ShardRef(id=shard_id(stem), path=to_url(fs, t, self.root),
                                  extra=(to_url(fs, side, self.root) if side in listing else "",)))
         return refs
 

@@ -296,14 +296,15 @@ def test_every_config_model_refuses_nan():
 # 4. names near NAME_MAX
 # ------------------------------------------------------------------------------------------------------------
 def test_long_key_and_long_shard_name_index_and_rerun(tmp_path, kodak):
-    """A 230-character shard file (parquet layout) holding a 250-character key, and a 250-byte image file name
-    (folder layout): indexed, reindexed (resume), deduplicated twice; no temp file left."""
+    """A 245-character shard file (parquet layout, the longest name a .parquet file can have) holding a
+    250-character key, and a 250-byte image file name (folder layout): indexed, reindexed (resume), deduplicated
+    twice, the sample read back through its shard id (a hashed one for the long shard); no temp file left."""
     from auditor.probe.evidence import safe_name
     from auditor.utils import NAME_MAX, write_bytes
 
     ds = tmp_path / "pq"
     ds.mkdir()
-    shard = "s" * 230
+    shard = "s" * 245
     keys = ["k" * 250, "short"]
     pq.write_table(pa.table({"key": keys, "caption": ["a", "b"],
                              "jpg": [_jpeg(kodak[0]), _jpeg(kodak[1])]}), ds / f"{shard}.parquet")
@@ -320,6 +321,13 @@ def test_long_key_and_long_shard_name_index_and_rerun(tmp_path, kodak):
         assert sorted(store_keys) == sorted(keys if data is ds else [long_file])
         assert not [p for p in run.rglob("*.tmp")]
         assert json.loads((run / "index" / "index.json").read_text())["counts"]["errors"] == 0
+        if data is ds:  # the run-folder id of the long shard is a prefix + hash (io/base.py shard_id)
+            from auditor.io.detect import open_dataset
+
+            reader = open_dataset(str(ds))
+            (ref,) = reader.shards()
+            assert ref.id != shard and len(ref.id.encode()) <= 120 and ref.id.startswith("s" * 80)
+            assert reader.get(ref.id, "short").data == _jpeg(kodak[1])
     # atomic writes and evidence names of long keys stay under NAME_MAX
     target = tmp_path / ("x" * 250 + ".json")
     write_bytes(target, b"{}")
