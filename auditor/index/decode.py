@@ -323,11 +323,10 @@ def fast_jpeg_kinds() -> frozenset:
     return frozenset(kinds - failed)
 
 
-def _decode_jpeg_fast(data: bytes, max_pixels: int, max_bytes: int):
-    """``uint8 [h, w, 3]`` (colour) or ``[h, w, 1]`` (gray) pixels of a plain JPEG through simplejpeg, or None
-    when this JPEG must go through Pillow: not a verified kind (CMYK/YCCK, Adobe RGB, 4:4:0, 12-bit, ...), over
-    a pixel limit (so the limit errors are Pillow's), or any libjpeg warning or error (strict mode; Pillow then
-    decides between decoding it, "truncated" and "corrupt")."""
+def fast_jpeg_header(data: bytes, max_pixels: int, max_bytes: int) -> Optional[tuple[int, int, str]]:
+    """(height, width, colour space) of a JPEG that may take the simplejpeg path (a verified kind, within the
+    limits, at most 24 scan markers, no truncated-image mode), else None: the one gate of the exact and the
+    reduced (``hash_mode: fast``) JPEG paths."""
     if simplejpeg is None or len(data) > max_bytes or bytes(data[:3]) != b"\xff\xd8\xff" \
             or ImageFile.LOAD_TRUNCATED_IMAGES:
         return None
@@ -340,6 +339,18 @@ def _decode_jpeg_fast(data: bytes, max_pixels: int, max_bytes: int):
     if (cs, ss) not in fast_jpeg_kinds() or w <= 0 or h <= 0 or w * h > max_pixels \
             or (Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS):
         return None
+    return h, w, cs
+
+
+def _decode_jpeg_fast(data: bytes, max_pixels: int, max_bytes: int):
+    """``uint8 [h, w, 3]`` (colour) or ``[h, w, 1]`` (gray) pixels of a plain JPEG through simplejpeg, or None
+    when this JPEG must go through Pillow: not a verified kind (CMYK/YCCK, Adobe RGB, 4:4:0, 12-bit, ...), over
+    a pixel limit (so the limit errors are Pillow's), or any libjpeg warning or error (strict mode; Pillow then
+    decides between decoding it, "truncated" and "corrupt")."""
+    head = fast_jpeg_header(data, max_pixels, max_bytes)
+    if head is None:
+        return None
+    cs = head[2]
     try:
         return simplejpeg.decode_jpeg(data, "GRAY" if cs == "Gray" else "RGB", fastdct=False,
                                       fastupsample=False, strict=True)

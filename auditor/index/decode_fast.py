@@ -28,15 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
-from .decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_for_index, fast_jpeg_kinds
-from .decode_bounds import (DEFAULT_CPU_BUDGET_S, DEFAULT_MAX_JPEG_SCANS, check_jpeg_scans,
-                            jpeg_scan_count)
-
-# as decode.py's fast path: a JPEG with more scans than this goes to Pillow, which checks the CPU budget per block
-# (simplejpeg's strict mode rejected a scan bomb only after decoding all of it)
-FAST_PATH_MAX_SCANS = 24
+from .decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_for_index, fast_jpeg_header
+from .decode_bounds import DEFAULT_CPU_BUDGET_S, DEFAULT_MAX_JPEG_SCANS, check_jpeg_scans
 
 try:
     import simplejpeg
@@ -80,16 +75,10 @@ def fast_min_side(preprocess=None) -> int:
 def _reduced_jpeg(data: bytes, min_side: int, max_pixels: int, max_bytes: int):
     """(pixels ``uint8 [h', w', 3|1]``, (stored w, stored h)) through simplejpeg at the reduced scale, or None
     when this JPEG must take the exact path (the same gate as ``decode._decode_jpeg_fast``)."""
-    if simplejpeg is None or len(data) > max_bytes or bytes(data[:3]) != b"\xff\xd8\xff" \
-            or ImageFile.LOAD_TRUNCATED_IMAGES:
+    head = fast_jpeg_header(data, max_pixels, max_bytes)
+    if head is None:
         return None
-    try:
-        h, w, cs, ss = simplejpeg.decode_jpeg_header(data)
-    except Exception:  # noqa: BLE001
-        return None
-    if (cs, ss) not in fast_jpeg_kinds() or w <= 0 or h <= 0 or w * h > max_pixels \
-            or (Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS):
-        return None
+    h, w, cs = head
     try:
         arr = simplejpeg.decode_jpeg(data, "GRAY" if cs == "Gray" else "RGB", fastdct=False, fastupsample=False,
                                      min_height=min_side, min_width=min_side, strict=True)
@@ -107,8 +96,7 @@ def decode_reduced(data: bytes, min_side: int, max_pixels: int = DEFAULT_MAX_PIX
     got = None
     if data and bytes(data[:3]) == b"\xff\xd8\xff":
         check_jpeg_scans(data, max_jpeg_scans)  # the same scan cap as the exact path, before any decode
-        if jpeg_scan_count(data, stop_above=FAST_PATH_MAX_SCANS) <= FAST_PATH_MAX_SCANS:
-            got = _reduced_jpeg(data, min_side, max_pixels, max_bytes)
+        got = _reduced_jpeg(data, min_side, max_pixels, max_bytes)
     if got is None:
         return decode_for_index(data, max_pixels=max_pixels, max_bytes=max_bytes, max_jpeg_scans=max_jpeg_scans,
                                 cpu_budget_s=cpu_budget_s)

@@ -80,6 +80,17 @@ def resize_rgb(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 _resize = resize_rgb
 
 
+def prepared_reference(ref: Image.Image, gen_size: tuple[int, int], reference_crop: str,
+                       max_side: int) -> tuple[Image.Image, np.ndarray, tuple[int, int]]:
+    """(the RGB training image, centre-cropped to the generation's aspect when ``reference_crop`` is "center";
+    its float pixels at the compared size; that size), as every pixel signal compares it with a generation."""
+    r = ref.convert("RGB")
+    if reference_crop == "center":
+        r = center_crop_to_aspect(r, gen_size[0] / gen_size[1])
+    size = capped_size(*r.size, max_side)
+    return r, to_float(resize_rgb(r, size)), size
+
+
 def tile_bounds(n: int, grid: int) -> np.ndarray:
     return np.linspace(0, n, grid + 1).round().astype(int)
 
@@ -184,11 +195,8 @@ class TiledL2Detector:
         key = (ref_id, gen_size)
         hit = self._cache.get(key) if ref_id is not None else None
         if hit is None:
-            r = ref.convert("RGB")
-            if self.reference_crop == "center":
-                r = center_crop_to_aspect(r, gen_size[0] / gen_size[1])
-            size = capped_size(*r.size, self.max_side)
-            hit = (to_float(_resize(r, size)), size)
+            _, arr, size = prepared_reference(ref, gen_size, self.reference_crop, self.max_side)
+            hit = (arr, size)
             if ref_id is not None:
                 if len(self._cache) > 256:
                     self._cache.clear()

@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..index.dihedral import DIHEDRAL, hamming_dihedral, hash_columns
 from ..index.hashing import hash_thumbnails
-from .detectors import capped_size, center_crop_to_aspect, resize_rgb, tile_bounds, tile_distances, to_float
+from .detectors import prepared_reference, resize_rgb, tile_bounds, tile_distances, to_float
 
 
 @dataclass
@@ -110,11 +110,7 @@ class SignalComputer:
         key = (ref_id, gen_size)
         hit = self._cache.get(key) if ref_id is not None else None
         if hit is None:
-            r = ref.convert("RGB")
-            if self.reference_crop == "center":
-                r = center_crop_to_aspect(r, gen_size[0] / gen_size[1])
-            size = capped_size(*r.size, self.max_side)
-            arr = to_float(resize_rgb(r, size))
+            r, arr, size = prepared_reference(ref, gen_size, self.reference_crop, self.max_side)
             hit = (arr, size, image_hashes(r), layout_vector(arr, self.layout_grid))
             if ref_id is not None:
                 if len(self._cache) > 256:
