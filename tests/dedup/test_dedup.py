@@ -154,11 +154,17 @@ def test_risk_ranking(planted_run):
     assert summary["top_risk"][0]["cluster_id"] == top.cluster_id
 
 
-def test_outputs_identical_across_runs(planted_run):
+def test_outputs_identical_across_runs(planted_run, caplog):
+    import logging
+
     run, _, _, summary = planted_run
     before = output_bytes(run)
-    again = run_dedup(run, config(COS))  # state present, no new shard: nothing searched again
-    assert json.loads((run / "dedup" / "state" / "state.json").read_text())["last_run"]["new_groups"] == 0
+    state_before = {p.name: p.read_bytes() for p in (run / "dedup" / "state").iterdir()}
+    with caplog.at_level(logging.INFO, logger="auditor.dedup.runner"):
+        again = run_dedup(run, config(COS))  # state present, no new shard: nothing searched again
+    assert "dedup search (incremental): 34 pixel groups, 0 new" in caplog.text
+    # a rerun on an unchanged index restates nothing: state/ is byte-identical too (its last_run included)
+    assert {p.name: p.read_bytes() for p in (run / "dedup" / "state").iterdir()} == state_before
     assert output_bytes(run) == before
     run_dedup(run, config(COS), full=True)
     assert output_bytes(run) == before
