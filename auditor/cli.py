@@ -65,14 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # stage not built yet
             for c in commands:
                 p = sub.add_parser(c, help=f"(unavailable: {exc})")
-                p.set_defaults(func=lambda a, e=exc: _unavailable(e))
+                p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # any arguments: one line
+                p.set_defaults(func=lambda a, e=exc, c=c: _unavailable(e, c))
             continue
         mod.register(sub)
     return parser
 
 
-def _unavailable(exc: Exception) -> int:
-    raise UserError(f"this command needs a package that is not installed: {exc}")
+def _unavailable(exc: Exception, command: str | None = None) -> int:
+    from .extras import missing_extra
+
+    raise missing_extra(exc, command) or UserError(f"this command needs a package that is not installed: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
