@@ -33,10 +33,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import cpu_model  # noqa: E402
 
-from auditor.evaluation.probe_cases import EXPECTED, load_photos, make_case  # noqa: E402
+from auditor.evaluation.probe_cases import EXPECTED, load_photos, make_case, null_pairs, pair_signals  # noqa: E402
 from auditor.probe.config import ProbeConfig  # noqa: E402
 from auditor.probe.fusion import calibrate, fired, null_of  # noqa: E402
-from auditor.probe.signals import SignalComputer  # noqa: E402
 
 SHARED = Path(os.environ.get("AUDITOR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -64,23 +63,15 @@ def main(argv=None) -> int:
     photos = load_photos(SHARED / "photos" / "imagenet-256", 200)
     emb = build_embedder(EmbedderConfig(name="copy", device="cpu"))
     cache: dict[int, np.ndarray] = {}
-    sc = SignalComputer()
+
+    def embed(ims):
+        x = np.asarray(emb.embed_images(list(ims)), dtype=np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     def signals(pairs):
-        todo = list({id(im): im for p in pairs for im in p if id(im) not in cache}.values())
-        if todo:
-            x = np.asarray(emb.embed_images(todo), dtype=np.float32)
-            for im, e in zip(todo, x / np.linalg.norm(x, axis=1, keepdims=True)):
-                cache[id(im)] = e
-        out = []
-        for g, r in pairs:
-            s = sc.compare(g, [r])[0]
-            s.copy_similarity = float(cache[id(g)] @ cache[id(r)])
-            out.append(s)
-        return out
+        return pair_signals(pairs, embed, cache)
 
-    null_pairs = [(photos[100 + i], photos[100 + (37 * i + 13) % 100]) for i in range(min(args.null, 100))]
-    null = [null_of([s]) for s in signals(null_pairs)]
+    null = [null_of([s]) for s in signals(null_pairs(photos, args.null))]
     thr, note = calibrate(null, ProbeConfig(reference_fpr=args.fpr), "copy", has_copy=True)
     kinds = {k: [make_case(k, photos[:100], i) for i in range(args.cases)] for k in EXPECTED}
     kinds["unrelated (held-out)"] = [(photos[i], photos[50 + (i * 7) % 50]) for i in range(min(50, args.cases + 10))]

@@ -121,3 +121,33 @@ def make_case(kind: str, photos: Sequence[Image.Image], i: int, seed: int = 0) -
     else:
         raise ValueError(f"unknown case kind {kind!r}; choose from {KINDS}")
     return gen, train
+
+
+def null_pairs(photos: Sequence[Image.Image], n: int = 100) -> list[tuple[Image.Image, Image.Image]]:
+    """Unrelated photo pairs among ``photos[100:200]`` (disjoint from the cases' photos 0-99), never a photo with
+    itself (37 i + 13 = i mod 100 has no solution): the null set the thresholds are calibrated on."""
+    return [(photos[100 + i], photos[100 + (37 * i + 13) % 100]) for i in range(min(n, 100))]
+
+
+def pair_signals(pairs, embed, cache: dict) -> list:
+    """The fused verdict's signals (:class:`~auditor.probe.signals.SignalComputer`) of each ``(generation,
+    training image)`` pair, with the copy descriptor's cosine filled in. ``embed(images)`` returns unit rows;
+    ``cache`` maps ``id(image)`` to its row, so each loaded photo is embedded once across calls.
+
+    Example::
+
+        sigs = pair_signals([make_case("overlay", photos, 0)], embed, {})
+        sigs[0].copy_similarity
+    """
+    from ..probe.signals import SignalComputer
+
+    todo = list({id(im): im for pair in pairs for im in pair if id(im) not in cache}.values())
+    for im, e in zip(todo, embed(todo) if todo else []):
+        cache[id(im)] = np.asarray(e, dtype=np.float32)
+    sc = SignalComputer()
+    out = []
+    for gen, train in pairs:
+        s = sc.compare(gen, [train])[0]
+        s.copy_similarity = float(cache[id(gen)] @ cache[id(train)])
+        out.append(s)
+    return out

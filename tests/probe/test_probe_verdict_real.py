@@ -15,11 +15,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from auditor.evaluation.probe_cases import EXPECTED, jpeg, load_photos, make_case, overlay
+from auditor.evaluation.probe_cases import EXPECTED, jpeg, load_photos, make_case, null_pairs, overlay, pair_signals
 from auditor.probe.calibration import Calibration
 from auditor.probe.config import ProbeConfig
 from auditor.probe.fusion import Thresholds, calibrate, fired, null_of
-from auditor.probe.signals import SignalComputer
 
 N_CASES = 16  # per kind
 N_NULL = 100  # unrelated pairs the thresholds are calibrated on
@@ -47,22 +46,11 @@ _EMB: dict[int, np.ndarray] = {}  # id(photo) -> descriptor: each loaded photo i
 
 
 def _signals(pairs, embed):
-    sc = SignalComputer()
-    todo = list({id(im): im for pair in pairs for im in pair if id(im) not in _EMB}.values())
-    for im, e in zip(todo, embed(todo) if todo else []):
-        _EMB[id(im)] = e
-    out = []
-    for g, r in pairs:
-        s = sc.compare(g, [r])[0]
-        s.copy_similarity = float(_EMB[id(g)] @ _EMB[id(r)])
-        out.append(s)
-    return out
+    return pair_signals(pairs, embed, _EMB)
 
 
 def _null_pairs(photos):
-    """Unrelated photo pairs among photos 100-199 (disjoint from the cases' photos 0-99), never a photo with
-    itself (37 i + 13 = i mod 100 has no solution)."""
-    return [(photos[100 + i], photos[100 + (37 * i + 13) % 100]) for i in range(N_NULL)]
+    return null_pairs(photos, N_NULL)
 
 
 @pytest.fixture(scope="module")
