@@ -34,7 +34,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
@@ -49,6 +48,7 @@ from .generators import Generation, Generator, build_generator
 from .evidence import safe_name as _safe
 from .calibration import Calibration, Calibrator
 from .prompts import load_prompts, prompts_as_risk
+from .prompt_refs import PromptReferences
 from .references import References
 from .fusion import Thresholds
 from .retrieval import Retriever
@@ -99,8 +99,8 @@ class ProbeRunner:
 
             self.store = IndexStore(self.run_dir)
         except FileNotFoundError:
-            log.warning("%s has no index: training images unavailable, only reference-free detectors run",
-                        self.run_dir)
+            log.warning("%s has no index: training images unavailable, only reference-free detectors (and a "
+                        "--prompts file's own references) run", self.run_dir)
         if self.store is not None and self.cfg.copy_similarity:
             try:
                 thr = self.cfg.copy_similarity_threshold  # the verdict uses fusion.Thresholds, calibrated
@@ -111,6 +111,10 @@ class ProbeRunner:
                 self.copy = None
         self.refs = References(self.store, self.manifest, self.risk, self.cfg.max_references, self.errors)
         self.refs.copy = self.copy
+        if self.cfg.prompts_file:  # the file's own reference images (prompt_refs.py), fetched into probe/references/
+            self.refs.prompt_refs = PromptReferences(self.cfg, run.prompt_references,
+                                                     Path(self.cfg.prompts_file).parent, self.store, self.errors,
+                                                     load_index_image=self.refs.load)
         self.tools.copy = self.copy
         self.retriever = Retriever.maybe(self.run_dir, self.store, self.cfg)
         if self.retriever is not None:
@@ -172,12 +176,13 @@ class ProbeRunner:
             return im.convert("RGB")
 
     # --- detection (verdict.py) ------------------------------------------------------------------------------
-    def detect(self, cid: str, variant: str, recs: list[dict], refs: list[tuple[str, str]],
-               ref_images: list[Image.Image], ref_emb: Optional[np.ndarray], cons_thr: float,
+    def detect(self, cid: str, variant: str, recs: list[dict], row, cons_thr: float,
                evidence: bool) -> tuple[dict, list[dict]]:
+        """Judge ``recs`` against ``row``'s references (:meth:`References.of`, with their sources)."""
         ims = [self.open_gen(r) for r in recs if r["path"]]
+        refs, ref_images, ref_emb = self.refs.of(row)
         return judge(self.run_dir, self.out / "evidence" / cid, self.cfg, self.tools, variant, recs, ims,
-                     refs, ref_images, ref_emb, cons_thr, evidence)
+                     refs, ref_images, ref_emb, cons_thr, evidence, ref_sources=self.refs.sources(row))
 
     # --- the run -------------------------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
@@ -215,6 +220,9 @@ class ProbeRunner:
 
         # phase 1: screen every caption (markers: screen/<cid>.json)
         done_final = {c["cid"] for c in captions if (self.out / "captions" / f"{c['cid']}.json").exists()}
+        if self.refs.prompt_refs is not None:  # the references of the rows still to probe, each once, concurrently
+            self.refs.prompt_refs.prefetch([(c["row"].get("reference"), int(c["row"]["cluster_id"]))
+                                            for c in captions if c["cid"] not in done_final])
         screens: dict[str, dict] = {}
         for c in tqdm(captions, desc="probe: screen", unit="caption", disable=not cfg.progress):
             sp = self.out / "screen" / f"{c['cid']}.json"
@@ -246,9 +254,8 @@ class ProbeRunner:
                     else:
                         v["recs"] = self.generate(c["cid"], [(variant, prompt, s) for s in seeds[:n]])
                         v["unet_evals"] = sum(r["unet_evals"] for r in v["recs"])
-                        refs, ref_images, ref_emb = self.refs.of(c["row"])
-                        res, _ = self.detect(c["cid"], variant, v["recs"], refs, ref_images, ref_emb,
-                                             cal.consistency_threshold, evidence=False)
+                        res, _ = self.detect(c["cid"], variant, v["recs"], c["row"], cal.consistency_threshold,
+                                             evidence=False)
                         v["flag"] = bool(res["largest_clique"] >= cfg.screen_clique_k
                                          or res["verdict"] in ("verbatim", "template"))
                         v["priority"] = float(res["largest_clique"]) - (res["min_tiled_l2"] or 0.0)
@@ -279,7 +286,6 @@ class ProbeRunner:
     def finish_caption(self, c: dict, scr: dict, cal: Calibration, seeds: list[int], per_image: int) -> None:
         cfg = self.cfg
         row = c["row"]
-        refs, ref_images, ref_emb = self.refs.of(row)
         rows, gens = [], []
         confirm_evals = 0
         for variant, prompt in c["variants"]:
@@ -299,8 +305,7 @@ class ProbeRunner:
                 confirm_evals += new_evals
                 recs += new
                 tier = "confirm"
-            res, grows = self.detect(c["cid"], variant, recs, refs, ref_images, ref_emb,
-                                     cal.consistency_threshold, evidence=True)
+            res, grows = self.detect(c["cid"], variant, recs, row, cal.consistency_threshold, evidence=True)
             if v["skipped"]:
                 res["verdict"] = "error"
             err = "; ".join(x for x in (note, res["error"]) if x)
