@@ -13,9 +13,10 @@ A reference is, tried in this order:
    (``prompt_file:path``; ``best_key`` = the path relative to the prompts file's folder, or its file name: no
    absolute local path is written).
 
-Fetching (``probe.fetch_references``, on by default): only the references of the rows the probe takes
-(``top_n``, not the whole file), each once per run, concurrently (``probe.reference_concurrency``) with a progress
-bar when there are more than a handful; through :mod:`auditor.probe.http_client` (urllib3 ``Retry`` on connect
+Fetching (``probe.fetch_references``, on by default): only the references of the captions whose generations are
+judged (within ``top_n`` and the UNet budget, :func:`auditor.probe.budget.confirm_reach`; never the whole file),
+each once per run, concurrently (``probe.reference_concurrency``) with a progress bar when there are more than a
+handful (a generation screen fetches its caption's reference when it judges it); through :mod:`auditor.probe.http_client` (urllib3 ``Retry`` on connect
 errors, 429 and 5xx, ``probe.reference_retries``; ``trust_env`` off: no ``.netrc``, no proxies; no credential is
 ever sent, and a URL's user info never goes to another origin; redirects followed by hand, http(s) only, at most
 ``MAX_REDIRECTS``; one deadline ``probe.reference_timeout_s`` for the redirects and the body, of which each attempt

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from ..rundir import GENERATIONS, PROBE_FINGERPRINT, PROVENANCE, RESULTS, RunDir, check_resume
 from ..utils import (ErrorRecord, caption_hash, errors_frame, package_versions, remove_temporary_files, write_json,
                      write_parquet)
-from .budget import Budget
+from .budget import Budget, confirm_reach
 from .config import ProbeConfig, fingerprint, public_config
 from .detectors import CopyDescriptorDetector, TiledL2Detector
 from .generators import Generation, Generator, build_generator
@@ -180,9 +180,9 @@ class ProbeRunner:
                evidence: bool) -> tuple[dict, list[dict]]:
         """Judge ``recs`` against ``row``'s references (:meth:`References.of`, with their sources)."""
         ims = [self.open_gen(r) for r in recs if r["path"]]
-        refs, ref_images, ref_emb = self.refs.of(row)
+        refs, ref_images, ref_emb = self.refs.of(row) if ims else ([], [], None)  # no image: nothing to fetch
         return judge(self.run_dir, self.out / "evidence" / cid, self.cfg, self.tools, variant, recs, ims,
-                     refs, ref_images, ref_emb, cons_thr, evidence, ref_sources=self.refs.sources(row))
+                     refs, ref_images, ref_emb, cons_thr, evidence, ref_sources=self.refs.sources(row) if ims else [])
 
     # --- the run -------------------------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
@@ -220,9 +220,6 @@ class ProbeRunner:
 
         # phase 1: screen every caption (markers: screen/<cid>.json)
         done_final = {c["cid"] for c in captions if (self.out / "captions" / f"{c['cid']}.json").exists()}
-        if self.refs.prompt_refs is not None:  # the references of the rows still to probe, each once, concurrently
-            self.refs.prompt_refs.prefetch([(c["row"].get("reference"), int(c["row"]["cluster_id"]))
-                                            for c in captions if c["cid"] not in done_final])
         screens: dict[str, dict] = {}
         for c in tqdm(captions, desc="probe: screen", unit="caption", disable=not cfg.progress):
             sp = self.out / "screen" / f"{c['cid']}.json"
@@ -272,11 +269,16 @@ class ProbeRunner:
             flagged = [v["priority"] for v in vs if v["flag"]]
             return (0 if flagged else 1, -max(flagged) if flagged else 0.0, int(c["row"]["rank"]))
 
-        for c in sorted(captions, key=prio):
+        order = sorted(captions, key=prio)
+        for c in order:
             if c["cid"] in done_final:
                 m = json.loads((self.out / "captions" / f"{c['cid']}.json").read_text(encoding="utf-8"))
                 self.budget.spent += m["confirm_unet_evals"]
-        for c in tqdm(sorted(captions, key=prio), desc="probe: confirm", unit="caption", disable=not cfg.progress):
+        if self.refs.prompt_refs is not None:  # the references of the captions confirm will judge, concurrently
+            todo = confirm_reach([c for c in order if c["cid"] not in done_final], screens, seeds,
+                                 cfg.confirm_generations, per_image, self.budget)
+            self.refs.prompt_refs.prefetch([(c["row"].get("reference"), int(c["row"]["cluster_id"])) for c in todo])
+        for c in tqdm(order, desc="probe: confirm", unit="caption", disable=not cfg.progress):
             if c["cid"] in done_final:
                 continue
             self.finish_caption(c, screens[c["cid"]], cal, seeds, per_image)

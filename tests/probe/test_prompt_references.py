@@ -182,6 +182,23 @@ def test_prompt_file_references_without_an_index(data, server, tmp_path):
     assert "not a decodable image" in errs.loc[f"{server}/notes.txt", "error"]
 
 
+def test_only_the_captions_the_budget_reaches_are_fetched(data, server, tmp_path):
+    """A UNet budget for one caption's confirm generations: the second caption's URL (a 404) is never fetched, so
+    nothing is recorded for it; the first caption is judged against its fetched reference."""
+    web = sorted(p.name for p in (data / "web").glob("*.jpg"))
+    rows = [("budgeted copy of a URL", f"{server}/{web[0]}"), ("past the budget", f"{server}/never-asked.jpg")]
+    prompts = data / "prompts" / "budget.csv"
+    pd.DataFrame(rows, columns=["caption", "reference"]).to_csv(prompts, index=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    # steps=1 with guidance: 2 UNet evaluations per image, 2 confirm generations per caption
+    assert _probe(run, prompts, data, {rows[0][0]: f"web/{web[0]}"}, "--budget", "4") == 0
+    res = pd.read_parquet(run / "probe" / "results.parquet").set_index("caption")
+    assert res.loc[rows[0][0], "verdict"] == "verbatim" and res.loc[rows[0][0], "reference_source"] == SOURCE_URL
+    assert res.loc[rows[1][0], "n_generations"] == 0 and "budget exhausted" in res.loc[rows[1][0], "error"]
+    assert pd.read_parquet(run / "probe" / "errors.parquet").empty
+
+
 def test_fetch_cache_caps_and_what_is_written(data, server, tmp_path):
     """A cached URL is read from probe/references/ (never fetched again: here its port is closed); a reference
     over reference_max_bytes is refused; fetch_references=false leaves URLs alone; user info and query are never
