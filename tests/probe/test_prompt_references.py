@@ -201,7 +201,8 @@ def test_only_the_captions_the_budget_reaches_are_fetched(data, server, tmp_path
 
 def test_fetch_cache_caps_and_what_is_written(data, server, tmp_path):
     """A cached URL is read from probe/references/ (never fetched again: here its port is closed); a reference
-    over reference_max_bytes is refused; fetch_references=false leaves URLs alone; user info and query are never
+    over reference_max_bytes is refused; a server that never answers is cut at reference_timeout_s;
+    fetch_references=false leaves URLs alone; user info and query are never
     written; a missing path names where it was looked for."""
     errors: list = []
     cfg = ProbeConfig(progress=False, reference_retries=0)
@@ -221,6 +222,14 @@ def test_fetch_cache_caps_and_what_is_written(data, server, tmp_path):
     assert small.get(f"refs/{next((data / 'prompts' / 'refs').iterdir()).name}", -3) is None
     assert "too_many_bytes" in errors[-1].error
     assert small.get("no/such/file.png", -4) is None and "looked beside the prompts file" in errors[-1].error
+
+    with socket.socket() as mute:  # accepts connections (the backlog) and never answers: a read timeout
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(4)
+        slow = PromptReferences(ProbeConfig(progress=False, reference_timeout_s=0.5, reference_retries=0),
+                                tmp_path / "c4", None, None, errors)
+        assert slow.get(f"http://127.0.0.1:{mute.getsockname()[1]}/slow.jpg", -6) is None
+    assert "timeout after 0.5s" in errors[-1].error and errors[-1].stage == "probe.reference"
 
     off = PromptReferences(ProbeConfig(progress=False, fetch_references=False), tmp_path / "c3", None, None, errors)
     n = len(errors)
