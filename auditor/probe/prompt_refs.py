@@ -16,19 +16,19 @@ A reference is, tried in this order:
 Fetching (``probe.fetch_references``, on by default): only the references of the captions whose generations are
 judged (within ``top_n`` and the UNet budget, :func:`auditor.probe.budget.confirm_reach`; never the whole file),
 each once per run, concurrently (``probe.reference_concurrency``) with a progress bar when there are more than a
-handful (a generation screen fetches its caption's reference when it judges it); through :mod:`auditor.probe.http_client` (urllib3 ``Retry`` on connect
-errors, 429 and 5xx, ``probe.reference_retries``; ``trust_env`` off: no ``.netrc``, no proxies; no credential is
-ever sent, and a URL's user info never goes to another origin; redirects followed by hand, http(s) only, at most
-``MAX_REDIRECTS``; one deadline ``probe.reference_timeout_s`` for the redirects and the body, of which each attempt
-urllib3 makes gets what is left; ``probe.reference_max_bytes``). Fetched and
-local bytes are untrusted: decoded by the index's bounded decoder (format allow-list, pixel limit, progressive
-JPEG scan cap, CPU budget: :func:`auditor.index.decode.decode_rgb`). A fetched image that decodes is cached as
-``RUN_DIR/probe/references/<sha256 of the URL>`` (a rerun reads it, never the network).
+handful (a generation screen fetches its caption's reference when it judges it). The transport is
+:mod:`auditor.probe.http_client`'s: urllib3 ``Retry`` on connect errors, 429 and 5xx (``probe.reference_retries``),
+``trust_env`` off (no ``.netrc``, no proxies), no credential header; a URL's own user info goes to its origin only;
+redirects followed by hand, http(s) only, at most ``MAX_REDIRECTS``; one deadline ``probe.reference_timeout_s``
+for the redirects and the body (each attempt urllib3 makes gets what is left of it); ``probe.reference_max_bytes``.
+Fetched and local bytes are untrusted: decoded by the index's bounded decoder (format allow-list, pixel limit,
+progressive JPEG scan cap, CPU budget: :func:`auditor.index.decode.decode_rgb`). A fetched image that decodes is
+cached as ``RUN_DIR/probe/references/<sha256 of the URL>`` (a rerun reads it, never the network).
 
 Every failure -- DNS, a refused connection, HTTP 404, a timeout, bytes that are not an image, too many bytes, a
-path that does not exist -- is one row of ``probe/errors.parquet`` (key = the reference as written, stage
-``probe.reference``, the error naming the caption's cluster id) and is never fatal: the caption is probed with its
-other references, or with the reference-free signals.
+path that does not exist -- is one row of ``probe/errors.parquet`` (key = the reference as
+:meth:`PromptReferences.shown` writes it, stage ``probe.reference``, the error naming the caption's cluster id)
+and is never fatal: the caption is probed with its other references, or with the reference-free signals.
 
 Example:
     >>> refs = PromptReferences(ProbeConfig(), run_dir / "probe" / "references", prompts_dir, store, errors)

@@ -16,9 +16,9 @@ Layout of ``RUN_DIR/probe/``::
     results.parquet       one row per (caption, variant): RESULT_COLUMNS (the report/gate contract)
     generations.parquet   one row per generated image: GENERATION_COLUMNS
     provenance.json       model, weight hashes, scheduler, steps, guidance, dtype, seeds, thresholds, versions
-    errors.parquet        training images that could not be loaded (key, shard, stage, error)
+    errors.parquet        training images and --prompts references that could not be had (key, shard, stage, error)
     calibration.json      null scores and thresholds (reused by a rerun)
-    generations/<cid>/<variant>/<seed>.png, evidence/<cid>/*.png
+    generations/<cid>/<variant>/<seed>.png, evidence/<cid>/*.png, references/<sha256 of a --prompts URL>
     screen/<cid>.json     screen marker per caption; captions/<cid>.json final marker per caption
 
 Paths in the parquet files are relative to RUN_DIR. A rerun with the same config skips captions whose marker
