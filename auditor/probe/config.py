@@ -80,7 +80,7 @@ class ProbeConfig(_Strict):
     # the prompts file's reference images (probe/prompt_refs.py): an index key, an http(s) URL or a local path
     fetch_references: bool = True              # fetch http(s) URLs (index keys and local files are always read)
     reference_timeout_s: float = Field(10.0, gt=0, json_schema_extra=RUNTIME)  # one URL: redirects + body, per attempt
-    reference_retries: int = Field(2, ge=0, json_schema_extra=RUNTIME)  # extra attempts: connect errors, 429, 5xx
+    reference_retries: int = Field(2, ge=0)    # extra attempts on connect errors, read timeouts, 429, 5xx
     reference_concurrency: int = Field(8, ge=1, json_schema_extra=RUNTIME)  # URLs fetched at once
     reference_max_bytes: int = Field(32 * 1024 * 1024, ge=1)  # bytes of one reference (URL or file), before decoding
 
