@@ -10,7 +10,8 @@ Layout::
     RUN_DIR/index/    index.json, errors.parquet, not_indexed.parquet, shards/<id>.{parquet,emb.npy,done}
     RUN_DIR/dedup/    manifest, clusters, captions, risk (.parquet), summary.json, keep/drop key lists,
                       embeddings.faiss + search_ids.parquet + phash.npy (later queries: the guard), state/
-    RUN_DIR/probe/    results.parquet, generations.parquet, provenance.json, fingerprint.json, evidence/, ...
+    RUN_DIR/probe/    results.parquet, generations.parquet, provenance.json, fingerprint.json, evidence/,
+                      references/ (the prompts file's fetched reference images), ...
 
 Example:
     >>> run = RunDir("/runs/laion-1m")
@@ -58,6 +59,7 @@ GENERATIONS = "generations.parquet"
 PROVENANCE = "provenance.json"
 PROBE_FINGERPRINT = "fingerprint.json"
 EVIDENCE_DIR = "evidence"
+PROMPT_REFERENCES_DIR = "references"   # --prompts reference images fetched from URLs, <sha256 of the URL>
 
 
 class RunDir:
@@ -121,6 +123,10 @@ class RunDir:
     @property
     def provenance(self) -> Path:
         return self.probe / PROVENANCE
+
+    @property
+    def prompt_references(self) -> Path:
+        return self.probe / PROMPT_REFERENCES_DIR
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"

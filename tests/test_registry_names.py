@@ -56,7 +56,8 @@ def test_runtime_markers_are_the_keys_a_resume_may_change():
     assert set(runtime_keys(IndexConfig)) == {"workers", "chunk_size", "progress", "engine", "ray_address",
                                                "embedder.device", "embedder.batch_size", "embedder.threads"}
     assert set(runtime_keys(ProbeConfig)) == {"progress", "budget_unet_evals", "top_n", "diffusers.batch_size",
-                                               "diffusers.device", "http.url", "http.concurrency", "http.timeout_s"}
+                                               "diffusers.device", "http.url", "http.concurrency", "http.timeout_s",
+                                               "reference_timeout_s", "reference_concurrency"}  # as http's
 
 
 def test_fingerprints_drop_exactly_the_marked_keys():

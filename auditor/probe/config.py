@@ -77,6 +77,12 @@ class ProbeConfig(_Strict):
     calibration_captions: int = Field(32, ge=0)  # non-risky captions (singleton clusters) used to calibrate
     calibration_prompts_file: Optional[str] = None  # or: a text file, one non-risky prompt per line
     prompts_file: Optional[str] = None  # --prompts: CSV/JSONL/parquet prompt list instead of dedup/risk.parquet
+    # the prompts file's reference images (probe/prompt_refs.py): an index key, an http(s) URL or a local path
+    fetch_references: bool = True              # fetch http(s) URLs (index keys and local files are always read)
+    reference_timeout_s: float = Field(10.0, gt=0, json_schema_extra=RUNTIME)  # one URL: redirects + body, per attempt
+    reference_retries: int = Field(2, ge=0)    # extra attempts on connect errors, read timeouts, 429, 5xx
+    reference_concurrency: int = Field(8, ge=1, json_schema_extra=RUNTIME)  # URLs fetched at once
+    reference_max_bytes: int = Field(32 * 1024 * 1024, ge=1)  # bytes of one reference (URL or file), before decoding
 
     # detectors
     tiled_l2_threshold: float = Field(0.15, gt=0)  # delta (Carlini et al. 2023), pixels in [0, 1]
@@ -135,7 +141,7 @@ class ProbeConfig(_Strict):
 
 def public_config(p: ProbeConfig) -> dict:
     """The config as written to outputs: http header values dropped (names kept), the URL without query/user."""
-    from .generators.http import redacted_url
+    from .http_client import redacted_url
 
     d = p.model_dump(mode="json")
     d["http"]["headers"] = sorted(d["http"]["headers"])

@@ -12,8 +12,11 @@ The shipped ``memorized_laion_prompts.csv`` (``;``-separated, columns ``Caption;
 Blank captions are dropped; the file order is kept; duplicates are kept once (first row).
 
 The runner probes the list in file order as risk rows of their own (cluster ids -1, -2, ...; no cluster
-members): with an index, the non-risky captions of the index calibrate; reference images named in the file are
-not fetched yet (reference-free signals and the index's own images of the same caption only).
+members): with an index, the non-risky captions of the index calibrate. A row's reference (an index key, an
+http(s) URL or a local path, :mod:`auditor.probe.prompt_refs`) is resolved for the rows probed only, and compared
+first, ahead of the index's own images of the same caption (``reference_source = prompt_file:key|url|path``); one
+that cannot be had is recorded in ``probe/errors.parquet`` and the caption is probed with its other references,
+or with the reference-free signals (consistency, white-box) when it has none.
 """
 
 from __future__ import annotations
@@ -92,5 +95,5 @@ def prompts_as_risk(prompts: pd.DataFrame) -> pd.DataFrame:
         "rank": range(1, n + 1), "cluster_id": [-(i + 1) for i in range(n)], "cluster_size": 1,
         "caption": prompts["caption"].tolist(), "caption_hash": [caption_hash(c) for c in prompts["caption"]],
         "representative_key": None, "representative_shard": None, "is_placeholder": False,
-        "label": prompts["label"].tolist(),
+        "label": prompts["label"].tolist(), "reference": prompts["reference"].tolist(),
     })

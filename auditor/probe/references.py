@@ -1,5 +1,7 @@
-"""The training images a caption's generations are compared with: the caption's cluster (representative first),
-every other risk row prompting the same caption, their loaded images (cached) and index embeddings."""
+"""The training images a caption's generations are compared with: a ``--prompts`` row's own reference image first
+(:mod:`auditor.probe.prompt_refs`), then the caption's cluster (representative first), every other risk row
+prompting the same caption and every indexed image carrying it; their loaded images (cached), index embeddings
+and where each came from (``reference_source``: ``prompt_file:key|url|path`` or ``caption``)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class References:
         self.max_references = max_references
         self.errors = errors
         self.copy = None  # CopyDescriptorDetector, set by the runner when available
+        self.prompt_refs = None  # PromptReferences of a --prompts file, set by the runner
         self._table: Optional[pd.DataFrame] = None
         self._cache: dict[tuple[str, str], Optional[Image.Image]] = {}
         self._pos: Optional[dict] = None
@@ -121,15 +124,32 @@ class References:
 
     def of(self, row):
         """(refs, images, embeddings or None) of a risk row; the last one is cached (screen then confirm)."""
+        return self._of(row)[:3]
+
+    def sources(self, row) -> list[str]:
+        """Where each of ``of(row)``'s references came from: ``prompt_file:key|url|path`` or ``caption``."""
+        return self._of(row)[3]
+
+    def _of(self, row):
         key = ("refs", row["cluster_id"])
         if self._last_key == key:
             return self._last_val
-        refs, imgs = [], []
+        refs, imgs, srcs = [], [], []
+        pr = None
+        if self.prompt_refs is not None and row.get("reference") is not None:
+            pr = self.prompt_refs.get(row.get("reference"), row["cluster_id"])
+        if pr is not None:  # the prompts file's reference first, ahead of the index's images of the caption
+            refs, imgs, srcs = [pr.ident], [pr.image], [pr.source]
         for k, s in self.members(row):
+            if (k, s) in refs:
+                continue
             im = self.load(k, s)
             if im is not None:
                 refs.append((k, s))
                 imgs.append(im)
+                srcs.append("caption")
+        n = self.max_references
+        refs, imgs, srcs = refs[:n], imgs[:n], srcs[:n]
         emb = self.embeddings(refs, imgs) if (self.copy is not None and refs) else None
-        self._last_key, self._last_val = key, (refs, imgs, emb)
-        return refs, imgs, emb
+        self._last_key, self._last_val = key, (refs, imgs, emb, srcs)
+        return self._last_val

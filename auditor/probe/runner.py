@@ -16,9 +16,9 @@ Layout of ``RUN_DIR/probe/``::
     results.parquet       one row per (caption, variant): RESULT_COLUMNS (the report/gate contract)
     generations.parquet   one row per generated image: GENERATION_COLUMNS
     provenance.json       model, weight hashes, scheduler, steps, guidance, dtype, seeds, thresholds, versions
-    errors.parquet        training images that could not be loaded (key, shard, stage, error)
+    errors.parquet        training images and --prompts references that could not be had (key, shard, stage, error)
     calibration.json      null scores and thresholds (reused by a rerun)
-    generations/<cid>/<variant>/<seed>.png, evidence/<cid>/*.png
+    generations/<cid>/<variant>/<seed>.png, evidence/<cid>/*.png, references/<sha256 of a --prompts URL>
     screen/<cid>.json     screen marker per caption; captions/<cid>.json final marker per caption
 
 Paths in the parquet files are relative to RUN_DIR. A rerun with the same config skips captions whose marker
@@ -34,7 +34,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
@@ -42,13 +41,14 @@ from tqdm.auto import tqdm
 from ..rundir import GENERATIONS, PROBE_FINGERPRINT, PROVENANCE, RESULTS, RunDir, check_resume
 from ..utils import (ErrorRecord, caption_hash, errors_frame, package_versions, remove_temporary_files, write_json,
                      write_parquet)
-from .budget import Budget
+from .budget import Budget, confirm_reach
 from .config import ProbeConfig, fingerprint, public_config
 from .detectors import CopyDescriptorDetector, TiledL2Detector
 from .generators import Generation, Generator, build_generator
 from .evidence import safe_name as _safe
 from .calibration import Calibration, Calibrator
 from .prompts import load_prompts, prompts_as_risk
+from .prompt_refs import PromptReferences
 from .references import References
 from .fusion import Thresholds
 from .retrieval import Retriever
@@ -99,8 +99,8 @@ class ProbeRunner:
 
             self.store = IndexStore(self.run_dir)
         except FileNotFoundError:
-            log.warning("%s has no index: training images unavailable, only reference-free detectors run",
-                        self.run_dir)
+            log.warning("%s has no index: training images unavailable, only reference-free detectors (and a "
+                        "--prompts file's own references) run", self.run_dir)
         if self.store is not None and self.cfg.copy_similarity:
             try:
                 thr = self.cfg.copy_similarity_threshold  # the verdict uses fusion.Thresholds, calibrated
@@ -111,6 +111,10 @@ class ProbeRunner:
                 self.copy = None
         self.refs = References(self.store, self.manifest, self.risk, self.cfg.max_references, self.errors)
         self.refs.copy = self.copy
+        if self.cfg.prompts_file:  # the file's own reference images (prompt_refs.py), fetched into probe/references/
+            self.refs.prompt_refs = PromptReferences(self.cfg, run.prompt_references,
+                                                     Path(self.cfg.prompts_file).parent, self.store, self.errors,
+                                                     load_index_image=self.refs.load)
         self.tools.copy = self.copy
         self.retriever = Retriever.maybe(self.run_dir, self.store, self.cfg)
         if self.retriever is not None:
@@ -172,12 +176,13 @@ class ProbeRunner:
             return im.convert("RGB")
 
     # --- detection (verdict.py) ------------------------------------------------------------------------------
-    def detect(self, cid: str, variant: str, recs: list[dict], refs: list[tuple[str, str]],
-               ref_images: list[Image.Image], ref_emb: Optional[np.ndarray], cons_thr: float,
+    def detect(self, cid: str, variant: str, recs: list[dict], row, cons_thr: float,
                evidence: bool) -> tuple[dict, list[dict]]:
+        """Judge ``recs`` against ``row``'s references (:meth:`References.of`, with their sources)."""
         ims = [self.open_gen(r) for r in recs if r["path"]]
+        refs, ref_images, ref_emb = self.refs.of(row) if ims else ([], [], None)  # no image: nothing to fetch
         return judge(self.run_dir, self.out / "evidence" / cid, self.cfg, self.tools, variant, recs, ims,
-                     refs, ref_images, ref_emb, cons_thr, evidence)
+                     refs, ref_images, ref_emb, cons_thr, evidence, ref_sources=self.refs.sources(row) if ims else [])
 
     # --- the run -------------------------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
@@ -246,9 +251,8 @@ class ProbeRunner:
                     else:
                         v["recs"] = self.generate(c["cid"], [(variant, prompt, s) for s in seeds[:n]])
                         v["unet_evals"] = sum(r["unet_evals"] for r in v["recs"])
-                        refs, ref_images, ref_emb = self.refs.of(c["row"])
-                        res, _ = self.detect(c["cid"], variant, v["recs"], refs, ref_images, ref_emb,
-                                             cal.consistency_threshold, evidence=False)
+                        res, _ = self.detect(c["cid"], variant, v["recs"], c["row"], cal.consistency_threshold,
+                                             evidence=False)
                         v["flag"] = bool(res["largest_clique"] >= cfg.screen_clique_k
                                          or res["verdict"] in ("verbatim", "template"))
                         v["priority"] = float(res["largest_clique"]) - (res["min_tiled_l2"] or 0.0)
@@ -265,11 +269,16 @@ class ProbeRunner:
             flagged = [v["priority"] for v in vs if v["flag"]]
             return (0 if flagged else 1, -max(flagged) if flagged else 0.0, int(c["row"]["rank"]))
 
-        for c in sorted(captions, key=prio):
+        order = sorted(captions, key=prio)
+        for c in order:
             if c["cid"] in done_final:
                 m = json.loads((self.out / "captions" / f"{c['cid']}.json").read_text(encoding="utf-8"))
                 self.budget.spent += m["confirm_unet_evals"]
-        for c in tqdm(sorted(captions, key=prio), desc="probe: confirm", unit="caption", disable=not cfg.progress):
+        if self.refs.prompt_refs is not None:  # the references of the captions confirm will judge, concurrently
+            todo = confirm_reach([c for c in order if c["cid"] not in done_final], screens, seeds,
+                                 cfg.confirm_generations, per_image, self.budget)
+            self.refs.prompt_refs.prefetch([(c["row"].get("reference"), int(c["row"]["cluster_id"])) for c in todo])
+        for c in tqdm(order, desc="probe: confirm", unit="caption", disable=not cfg.progress):
             if c["cid"] in done_final:
                 continue
             self.finish_caption(c, screens[c["cid"]], cal, seeds, per_image)
@@ -279,7 +288,6 @@ class ProbeRunner:
     def finish_caption(self, c: dict, scr: dict, cal: Calibration, seeds: list[int], per_image: int) -> None:
         cfg = self.cfg
         row = c["row"]
-        refs, ref_images, ref_emb = self.refs.of(row)
         rows, gens = [], []
         confirm_evals = 0
         for variant, prompt in c["variants"]:
@@ -299,8 +307,7 @@ class ProbeRunner:
                 confirm_evals += new_evals
                 recs += new
                 tier = "confirm"
-            res, grows = self.detect(c["cid"], variant, recs, refs, ref_images, ref_emb,
-                                     cal.consistency_threshold, evidence=True)
+            res, grows = self.detect(c["cid"], variant, recs, row, cal.consistency_threshold, evidence=True)
             if v["skipped"]:
                 res["verdict"] = "error"
             err = "; ".join(x for x in (note, res["error"]) if x)

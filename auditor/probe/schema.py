@@ -18,7 +18,8 @@ RESULT_SCHEMA = pa.schema([
     ("reason", pa.string()), ("best_key", pa.string()), ("best_shard", pa.string()),
     ("best_distance", pa.float64()), ("evidence", pa.list_(pa.string())), ("n_errors", pa.int64()),
     ("error", pa.string()),
-    # fused verdict (fusion.py): the strongest evidence over the generations; reference_source of best_key
+    # fused verdict (fusion.py): the strongest evidence over the generations; reference_source of best_key:
+    # caption (an indexed image of the caption), retrieval (the whole index), prompt_file:key|url|path (--prompts)
     ("min_trimmed_l2", pa.float64()), ("min_phash_distance", pa.int64()), ("max_layout_similarity", pa.float64()),
     ("reference_source", pa.string()), ("retrieval_copies", pa.int64()), ("tile_rule_verbatim", pa.int64()),
 ])

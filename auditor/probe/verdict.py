@@ -3,10 +3,11 @@
 Per generation: the signals of :mod:`auditor.probe.signals` against the caption's references and, with an index,
 against the generation's nearest images in the whole index (:mod:`auditor.probe.retrieval`); the fused verdict of
 :mod:`auditor.probe.fusion` names the training image it copies (``best_key``) and where that image came from
-(``reference_source``: ``caption`` or ``retrieval``). Carlini et al.'s plain tile rule (every 4 x 4 tile within
-delta) is kept beside it as ``tile_verdict``. Per caption variant: ``verbatim`` when a generation is, ``template``
-when at least ``template_min_generations`` are (one at the calibrated per-generation rate is chance), else a
-clique of near-identical generations (:class:`ConsistencyDetector`) of at least ``clique_k``, named ``template`` (a copy
+(``reference_source``: ``caption``, ``retrieval``, or ``prompt_file:key|url|path`` for a ``--prompts`` row's own
+reference). Carlini et al.'s plain tile rule (every 4 x 4 tile within delta) is kept beside it as
+``tile_verdict``. Per caption variant: ``verbatim`` when a generation is, ``template`` when at least
+``template_min_generations`` are (one at the calibrated per-generation rate is chance), else a clique of
+near-identical generations (:class:`ConsistencyDetector`) of at least ``clique_k``, named ``template`` (a copy
 with no training image to show)."""
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ def pair_signals(tools: VerdictTools, ims: list[Image.Image], refs: list[tuple[s
 
 
 def judge_images(tools: VerdictTools, ims: list[Image.Image], refs: list[tuple[str, str]],
-                 ref_images: list[Image.Image], ref_emb: Optional[np.ndarray]) -> list[dict]:
+                 ref_images: list[Image.Image], ref_emb: Optional[np.ndarray],
+                 ref_sources: Optional[list[str]] = None) -> list[dict]:
     """One evidence dict per generation image: every signal of its best pair, its verdict, the plain tile rule's
-    verdict, the copied image and its source."""
+    verdict, the copied image and its source (``ref_sources[j]`` of a caption reference, ``caption`` without
+    them; ``retrieval`` for an image found in the whole index)."""
     out = []
     for ids, images, sigs in pair_signals(tools, ims, refs, ref_images, ref_emb):
         j, verdict, why = best_pair(sigs, tools.thresholds)
@@ -103,7 +106,8 @@ def judge_images(tools: VerdictTools, ims: list[Image.Image], refs: list[tuple[s
             "copy_similarity": fnum(b.copy_similarity) if b else None,
             "verdict": verdict, "tile_verdict": tile_v, "signals": why,
             "best_key": ids[j][0] if j >= 0 else "", "best_shard": ids[j][1] if j >= 0 else "",
-            "reference_source": ("caption" if j < len(refs) else "retrieval") if j >= 0 else "",
+            "reference_source": ((ref_sources[j] if ref_sources else "caption") if j < len(refs) else "retrieval")
+            if j >= 0 else "",
             "_image": images[j] if j >= 0 else None,
         })
     return out
@@ -111,11 +115,12 @@ def judge_images(tools: VerdictTools, ims: list[Image.Image], refs: list[tuple[s
 
 def judge(run_dir: Path, evidence_dir: Path, cfg, tools: VerdictTools, variant: str, recs: list[dict],
           ims: list[Image.Image], refs: list[tuple[str, str]], ref_images: list[Image.Image],
-          ref_emb: Optional[np.ndarray], cons_thr: float, evidence: bool) -> tuple[dict, list[dict]]:
+          ref_emb: Optional[np.ndarray], cons_thr: float, evidence: bool,
+          ref_sources: Optional[list[str]] = None) -> tuple[dict, list[dict]]:
     """(caption-variant result, one row per generation). ``ims``: the decoded images of ``recs`` with a path."""
     ok = [r for r in recs if r["path"]]
     meta = ("variant", "prompt", "seed", "path", "unet_evals", "error")
-    judged = judge_images(tools, ims, refs, ref_images, ref_emb)
+    judged = judge_images(tools, ims, refs, ref_images, ref_emb, ref_sources)
     gen_rows = [{**j, **{k: r[k] for k in meta}} for r, j in zip(ok, judged)]
     for r in recs:
         if not r["path"]:

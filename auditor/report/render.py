@@ -191,7 +191,13 @@ def _results(data: RunData, cfg: ReportConfig, rows: pd.DataFrame, images: Image
                 bk, bs = _v(gr.get("best_key")), _v(gr.get("best_shard"))
                 if bs is None and bk is not None and str(bk) == str(r.get("best_key")):
                     bs = r.get("best_shard")
-                pairs.append({"gen": images.generation(gr["path"]), "train": train_img(bk, bs),
+                src = str(_v(gr.get("reference_source")) or "")
+                if src in ("prompt_file:url", "prompt_file:path") and bk is not None:  # not an indexed image
+                    train = {"uri": None, "key": str(bk), "shard": "", "native": None, "display": None,
+                             "upscaled": False, "error": "the prompts file's reference (shown in the evidence image)"}
+                else:
+                    train = train_img(bk, bs)
+                pairs.append({"gen": images.generation(gr["path"]), "train": train,
                               "seed": _v(gr.get("seed")), "tiled_l2": _v(gr.get("tiled_l2")),
                               "copy_similarity": _v(gr.get("copy_similarity")), "verdict": _v(gr.get("verdict")),
                               # the fused verdict's evidence (probe/signals.py), shown beside the training image

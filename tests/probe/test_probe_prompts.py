@@ -69,7 +69,8 @@ def test_probe_with_shipped_prompts_without_an_index(tmp_path):
                "--callable", f"{__name__}:stub_model", "--top-n", "3", "--no-progress",
                "--set", f"probe.python.params={json.dumps({'first': first})}",
                "--set", "probe.screen_generations=3", "--set", "probe.confirm_generations=4",
-               "--set", "probe.clique_k=3", "--set", "probe.steps=1"])
+               "--set", "probe.clique_k=3", "--set", "probe.steps=1",
+               "--set", "probe.fetch_references=false"])  # hermetic: the CSV's LAION URLs are not fetched
     assert rc == 0
     res = pd.read_parquet(run / "probe" / "results.parquet")
     assert list(res["caption"].unique()) == list(load_prompts(SHIPPED)["caption"].head(3))

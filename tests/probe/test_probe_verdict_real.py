@@ -186,7 +186,8 @@ def test_prompts_file_with_an_index_and_a_retrieval_copy(shared_data, imagenet, 
                "--callable", f"{__name__}:stub_generator", "--top-n", "3", "--no-progress",
                "--set", f"probe.python.params={params}", "--set", "probe.screen=none",
                "--set", "probe.confirm_generations=3", "--set", "probe.steps=1",
-               "--set", "probe.calibration_captions=6", "--set", "probe.compare_max_side=256"])
+               "--set", "probe.calibration_captions=6", "--set", "probe.compare_max_side=256",
+               "--set", "probe.fetch_references=false"])  # hermetic: the CSV's LAION URLs are not fetched
     assert rc == 0
     res = pd.read_parquet(run / "probe" / "results.parquet").set_index("caption")
     gens = pd.read_parquet(run / "probe" / "generations.parquet")

@@ -13,10 +13,11 @@ Response body (JSON), either form::
 
 The first image is used; a ``data:image/...;base64,`` prefix is accepted.
 
-Transport: a :mod:`requests` session per thread with urllib3 ``Retry`` (``retries`` extra attempts on connect
-errors, read timeouts, HTTP 429 and 5xx; ``Retry-After`` is not obeyed, so a server cannot park the probe;
-backoff ``backoff_s * 2**(n-1)``). Other 4xx, malformed JSON, a body over ``max_response_bytes`` and undecodable
-images are not retried. Every failure becomes an error on its request (recorded by the runner; the run continues).
+Transport (:mod:`auditor.probe.http_client`, shared with the prompt file's reference fetcher): a :mod:`requests`
+session per thread with urllib3 ``Retry`` (``retries`` extra attempts on connect errors, read timeouts, HTTP 429
+and 5xx; ``Retry-After`` is not obeyed, so a server cannot park the probe; backoff ``backoff_s * 2**(n-1)``).
+Other 4xx, malformed JSON, a body over ``max_response_bytes`` and undecodable images are not retried. Every failure
+becomes an error on its request (recorded by the runner; the run continues).
 
 - **Deadline.** ``timeout_s`` bounds each attempt as a whole: the socket timeout covers connect and headers, and
   the body is read with ``read1`` against a monotonic deadline, so a server trickling 1 byte/s is cut at the
@@ -42,24 +43,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
-from urllib3.util.retry import Retry
 
 from ...index.decode import DecodeError, decode_rgb
+from ..http_client import (RETRY_STATUS, HttpError, attempts_of, make_session, origin, read_body,  # noqa: F401
+                           redacted_url, transport_error)  # RETRY_STATUS, redacted_url: re-exported
 from .base import GENERATORS, Generation, Generator, error_text
 
-RETRY_STATUS = (429, 500, 502, 503, 504)
 MAX_SAME_ORIGIN_REDIRECTS = 3
-
-
-class HttpError(Exception):
-    def __init__(self, msg: str, retry: bool):
-        super().__init__(msg)
-        self.retry = retry
 
 
 def parse_response(body: bytes) -> bytes:
@@ -111,59 +104,28 @@ class HttpGenerator(Generator):
     def _session(self) -> requests.Session:
         sess = getattr(self._local, "session", None)
         if sess is None:
-            sess = requests.Session()
-            sess.trust_env = False  # no .netrc credentials, no environment proxies
-            retry = Retry(total=self.h.retries, connect=self.h.retries, read=self.h.retries,
-                          status=self.h.retries, other=0, redirect=0, status_forcelist=RETRY_STATUS,
-                          allowed_methods=None, backoff_factor=self.h.backoff_s, raise_on_status=False,
-                          respect_retry_after_header=False)
-            adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=self.h.concurrency)
-            sess.mount("http://", adapter)
-            sess.mount("https://", adapter)
+            sess = make_session(self.h.retries, self.h.backoff_s, self.h.concurrency)
             self._local.session = sess
         return sess
-
-    def _read_body(self, resp: requests.Response, deadline: float) -> bytes:
-        limit = self.h.max_response_bytes
-        declared = resp.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise HttpError(f"response of {declared} bytes is over the {limit}-byte limit", retry=False)
-        chunks, n = [], 0
-        while True:
-            if time.monotonic() > deadline:
-                raise HttpError(f"deadline of {self.h.timeout_s}s exceeded while reading the response",
-                                retry=False)
-            try:
-                chunk = resp.raw.read1(65536)
-            except (ReadTimeoutError, TimeoutError) as exc:
-                raise HttpError(f"timeout after {self.h.timeout_s}s reading the response: {exc}", retry=False) \
-                    from None
-            if not chunk:
-                break
-            n += len(chunk)
-            if n > limit:
-                raise HttpError(f"response is over the {limit}-byte limit", retry=False)
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _once(self, payload: bytes) -> tuple[bytes, int]:
         """(body, attempts) of one request, retries included; raises :class:`HttpError`."""
         headers = {"Content-Type": "application/json", "Accept": "application/json", **self.h.headers}
         url = self.h.url
-        origin = _origin(url)
+        home = origin(url)
         deadline = time.monotonic() + self.h.timeout_s
         for _ in range(MAX_SAME_ORIGIN_REDIRECTS + 1):
             try:
                 resp = self._session().post(url, data=payload, headers=headers, timeout=self.h.timeout_s,
                                             allow_redirects=False, stream=True)
             except requests.exceptions.RequestException as exc:
-                raise _transport_error(exc, self.h) from None
+                raise transport_error(exc, self.h.retries, self.h.timeout_s) from None
             with resp:
-                attempts = len(resp.raw.retries.history) + 1 if getattr(resp.raw, "retries", None) else 1
+                attempts = attempts_of(resp)
                 if resp.is_redirect:
                     target = urljoin(url, resp.headers.get("Location", ""))
-                    if _origin(target) != origin:
-                        raise HttpError(f"redirect to another origin ({_origin(target)}) refused: credentials "
+                    if origin(target) != home:
+                        raise HttpError(f"redirect to another origin ({origin(target)}) refused: credentials "
                                         "are never sent there", retry=False)
                     url = target
                     deadline = time.monotonic() + self.h.timeout_s
@@ -172,7 +134,7 @@ class HttpGenerator(Generator):
                     err = HttpError(f"HTTP {resp.status_code} {resp.reason}", retry=False)
                     err.attempts = attempts
                     raise err
-                body = self._read_body(resp, deadline)
+                body = read_body(resp, self.h.max_response_bytes, deadline, self.h.timeout_s)
             return body, attempts
         raise HttpError(f"more than {MAX_SAME_ORIGIN_REDIRECTS} redirects", retry=False)
 
@@ -212,34 +174,3 @@ class HttpGenerator(Generator):
                 "headers": sorted(self.h.headers),  # names only: values may be secrets
                 "extra": self.h.extra, "timeout_s": self.h.timeout_s, "retries": self.h.retries}
 
-
-def _origin(url: str) -> str:
-    u = urlsplit(url)
-    port = u.port or {"http": 80, "https": 443}.get(u.scheme.lower())
-    return f"{u.scheme.lower()}://{(u.hostname or '').lower()}:{port}"
-
-
-def redacted_url(url: str | None) -> str | None:
-    """``url`` without user info, query or fragment (where API keys are often put)."""
-    if not url:
-        return url
-    u = urlsplit(url)
-    host = u.hostname or ""
-    if u.port:
-        host = f"{host}:{u.port}"
-    return urlunsplit((u.scheme, host, u.path, "", ""))
-
-
-def _transport_error(exc: requests.exceptions.RequestException, h) -> HttpError:
-    """A requests exception after urllib3's retries, as an :class:`HttpError` with its attempt count."""
-    reason = exc.args[0] if exc.args else exc
-    exhausted = isinstance(reason, MaxRetryError)
-    inner = reason.reason if exhausted else reason
-    attempts = h.retries + 1 if exhausted else 1
-    timeout = isinstance(inner, (ReadTimeoutError, ConnectTimeoutError, TimeoutError))
-    if not isinstance(inner, NewConnectionError) and (timeout or isinstance(exc, requests.exceptions.Timeout)):
-        err = HttpError(f"timeout after {h.timeout_s}s: {type(inner).__name__}", retry=False)
-    else:
-        err = HttpError(f"connection error: {type(inner).__name__}", retry=False)
-    err.attempts = attempts
-    return err
