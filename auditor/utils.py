@@ -13,11 +13,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
 
 
 def _current_umask() -> int:
@@ -109,7 +110,12 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_parquet(path: str | os.PathLike, table: pd.DataFrame | pa.Table) -> None:
     """Write a parquet file atomically and deterministically (no pandas index, fixed compression)."""
-    if isinstance(table, pd.DataFrame):
+    # imported here, not at the top: the index's pool workers import this module and never write parquet, and
+    # pandas + pyarrow are ~1 s of their start-up (auditor/index/worker.py)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -166,6 +172,8 @@ def utf8_safe(text):
 
 
 def errors_frame(records: list[ErrorRecord]) -> pd.DataFrame:
+    import pandas as pd
+
     rows = [{k: utf8_safe(v) for k, v in asdict(r).items()} for r in records]
     return pd.DataFrame(rows, columns=list(ErrorRecord.ERROR_COLUMNS)).astype(str)
 

@@ -27,31 +27,21 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..rundir import INDEX_DIR, INDEX_ERRORS, INDEX_JSON, NOT_INDEXED, SHARDS_DIR  # noqa: F401 - the layout
+from .columns import SAMPLE_COLUMN_NAMES
 
 # 3: ``phash_dihedral`` / ``dhash_dihedral`` (the hashes of the flipped and rotated thumbnail); 2: the pixel hash is
 # BLAKE3 (``pixel_blake3``); format 1 had ``pixel_sha256``
 INDEX_FORMAT_VERSION = 3
 
 # column -> arrow type of the per-shard sample table
-SAMPLE_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("shard", pa.string()),
-    ("caption", pa.string()),
-    ("url", pa.string()),
-    ("sha256", pa.string()),        # of the stored bytes
-    ("pixel_blake3", pa.string()),  # of the decoded RGB pixels (with the shape)
-    ("phash", pa.uint64()),         # == int(str(imagehash.phash(img)), 16)
-    ("dhash", pa.uint64()),         # == int(str(imagehash.dhash(img)), 16)
-    # the pHash / dHash of the 7 flips and 90-degree rotations of the image (auditor.index.dihedral.DIHEDRAL order)
-    ("phash_dihedral", pa.list_(pa.uint64(), 7)),
-    ("dhash_dihedral", pa.list_(pa.uint64(), 7)),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("format", pa.string()),        # detected from magic bytes: JPEG, PNG, WEBP, GIF, ...
-    ("stored_ext", pa.string()),    # the extension it was stored under
-    ("nbytes", pa.int64()),
-    ("caption_hash", pa.string()),  # blake2b of the normalised caption ('' when empty)
-])
+_SAMPLE_TYPES = {  # the meaning of each column: auditor/index/columns.py
+    "key": pa.string(), "shard": pa.string(), "caption": pa.string(), "url": pa.string(), "sha256": pa.string(),
+    "pixel_blake3": pa.string(), "phash": pa.uint64(), "dhash": pa.uint64(),
+    "phash_dihedral": pa.list_(pa.uint64(), 7), "dhash_dihedral": pa.list_(pa.uint64(), 7),
+    "width": pa.int32(), "height": pa.int32(), "format": pa.string(), "stored_ext": pa.string(),
+    "nbytes": pa.int64(), "caption_hash": pa.string(),
+}
+SAMPLE_SCHEMA = pa.schema([(name, _SAMPLE_TYPES[name]) for name in SAMPLE_COLUMN_NAMES])
 SAMPLE_COLUMNS = [f.name for f in SAMPLE_SCHEMA]
 HASH_VARIANT_COLUMNS = ("phash_dihedral", "dhash_dihedral")
 # carried columns (``index.carry_columns``: img2dataset's --save_additional_columns, LAION's similarity, punsafe,
