@@ -48,6 +48,11 @@ class DedupConfig(BaseModel):
     search: Literal["auto", "flat", "hnsw", "ivf", "partitioned"] = "auto"
     nlist: Optional[int] = Field(None, ge=1)   # ivf lists; None = 2 sqrt(N)
     nprobe: Optional[int] = Field(None, ge=1)  # ivf lists probed per row; None = 12 (recall 0.997 at 1M, BENCHMARKS.md)
+    # the ivf join's margin rule (auditor/dedup/search/ivf.py): among its nprobe nearest lists (then a cap; None =
+    # 32), a row probes list j while x.c_home - x.c_j <= probe_margin * sqrt(2 (1 - cosine_threshold)) *
+    # |c_home - c_j| (the partitioned search's rule; 0.5 without a cap finds every pair of a self-join).
+    # None = the fixed rule, the nprobe nearest lists.
+    probe_margin: Optional[float] = Field(None, ge=0.0)
     search_threads: Optional[int] = Field(None, ge=1)  # faiss threads; None = faiss's default
     # the on-disk partitioned search for 100M+ rows (auditor.dedup.partitioned): each row is stored in its home
     # k-means partition of ~partition_rows rows and also queries every partition c whose centroid is within

@@ -25,12 +25,14 @@ __all__ = ["MARGIN", "SearchOptions", "faiss", "faiss_threads", "progress_bar", 
 class SearchOptions:
     """The knobs a strategy may read (each reads only its own): the seed of every sampled or trained step, the IVF
     join's ``nlist`` / ``nprobe`` (None = :func:`~auditor.dedup.search.ivf.default_nlist` /
-    ``default_nprobe``), HNSW's ``hnsw_m`` / ``hnsw_ef_search`` and the partitioned search's ``partition_*``
+    ``default_nprobe``) and ``probe_margin`` (None = the fixed ``nprobe`` nearest lists; a number = the margin
+    rule, ``nprobe`` its cap), HNSW's ``hnsw_m`` / ``hnsw_ef_search`` and the partitioned search's ``partition_*``
     (None = the :class:`~auditor.dedup.config.DedupConfig` defaults)."""
 
     seed: int = 0
     nlist: Optional[int] = None
     nprobe: Optional[int] = None
+    probe_margin: Optional[float] = None
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     partition_rows: Optional[int] = None
