@@ -9,7 +9,11 @@ row's ``--kmax`` nearest lists once, and then scores each rule in seconds:
 * ``fixed p``: the ``p`` nearest lists (today's rule, ``dedup.nprobe``);
 * ``margin m / cap c``: the margin rule of ``auditor.dedup.search.ivf.probe_mask`` (list j while
   ``x.c_h - x.c_j <= m * sqrt(2 (1 - tau)) * |c_h - c_j|``), at most ``c`` lists;
-* ``gap g / cap c``: the plain similarity gap ``x.c_h - x.c_j <= g`` (no centroid distance), for comparison.
+* ``gap g / cap c``: the plain similarity gap ``x.c_h - x.c_j <= g`` (no centroid distance), for comparison;
+* ``margin+floorF``: the margin rule, and always the ``F`` nearest lists (``dedup.probe_min``).
+
+``--real DATA``: the real copy descriptors of ``bench_search_paths.py --real`` (every exact pair as the truth; the
+default nlist 2000 becomes ``default_nlist(N)``).
 
 ``work_vs_fixed8`` is the work relative to ``fixed 8`` at the first ``--nlists`` (the join's time is that work plus
 the training and assignment; confirm a chosen rule with ``bench_search_paths.py --probe-margins``).
@@ -76,13 +80,29 @@ def main(argv=None) -> int:
     ap.add_argument("--kmax", type=int, default=48)
     ap.add_argument("--nprobes", type=int, nargs="+", default=[8, 12, 16, 24, 32])
     ap.add_argument("--margins", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5])
-    ap.add_argument("--gaps", type=float, nargs="+", default=[0.02, 0.04, 0.06, 0.08, 0.1])
+    ap.add_argument("--gaps", type=float, nargs="*", default=[0.02, 0.04, 0.06, 0.08, 0.1])
     ap.add_argument("--caps", type=int, nargs="+", default=[16, 24, 32, 48])
+    ap.add_argument("--floors", type=int, nargs="*", default=[4, 6, 8], help="margin rule + the nearest F lists always")
+    ap.add_argument("--floor-margins", type=float, nargs="*", default=[0.1, 0.15, 0.2])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--real", default=None, help="shared data folder: bench_search_paths --real's embeddings "
+                    "(cached on /tmp), every exact pair (flat search) as the truth, --tau 0.6")
     a = ap.parse_args(argv)
 
-    x, rows, truth, _, desc = synthetic(a)
-    pa, pb = truth // a.n, truth % a.n
+    if a.real:
+        from bench_search_paths import cached, real_embeddings
+
+        from auditor.dedup.search import embedding_pairs
+
+        x = cached("real", {"data": str(Path(a.real).resolve()), "embedder": "copy"},
+                   lambda: real_embeddings(Path(a.real)))
+        a.n, a.dim = x.shape
+        pa, pb, _ = embedding_pairs(x, a.tau, method="flat")
+        desc = {"data": "real copy descriptors (bench_search_paths --real)", "truth": {"pairs": int(len(pa))}}
+        a.nlists = [ivf.default_nlist(a.n) if v == 2000 else v for v in a.nlists]
+    else:
+        x, rows, truth, _, desc = synthetic(a)
+        pa, pb = truth // a.n, truth % a.n
     info = {"benchmark": "bench_ivf_probes", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": "python benchmarks/bench_ivf_probes.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": machine_info(), "n": a.n, "dim": a.dim, "tau": a.tau, **desc, "rules": []}
@@ -108,6 +128,8 @@ def main(argv=None) -> int:
         rules += [("margin", c, m, lambda m=m, c=c: (gap <= np.float32(m * slack1) * CD) & (col < c))
                   for m in a.margins for c in caps]
         rules += [("gap", c, g, lambda g=g, c=c: (gap <= np.float32(g)) & (col < c)) for g in a.gaps for c in caps]
+        rules += [(f"margin+floor{f}", c, m, lambda m=m, c=c, f=f: ((gap <= np.float32(m * slack1) * CD) | (col < f))
+                   & (col < c)) for f in a.floors for m in a.floor_margins for c in caps]
         for kind, cap, m, make in rules:  # one mask at a time (1M x 48 bools each)
             keep = make().copy()
             keep[:, 0] = True
@@ -120,7 +142,7 @@ def main(argv=None) -> int:
             print(json.dumps(rec), flush=True)
             info["rules"].append(rec)
         del S, Ix, gap, CD, list_rows
-    Path(a.out or RESULTS / f"ivf_probes_{a.dim}d").with_suffix(".json").write_text(json.dumps(info, indent=1),
+    Path(a.out or RESULTS / ("ivf_probes_real" if a.real else f"ivf_probes_{a.dim}d")).with_suffix(".json").write_text(json.dumps(info, indent=1),
                                                                                     encoding="utf-8")
     return 0
 

@@ -135,18 +135,20 @@ def verified(x, ci, cj, tau):
     return i, j
 
 
-def path_join(x, tau, nlist, nprobe, seed, probe_margin=None):
+def path_join(x, tau, nlist, nprobe, seed, probe_margin=None, probe_min=None):
     from auditor.dedup import search as S
 
+    extra = {} if probe_min is None else {"probe_min": probe_min}
     i, j, _ = S.embedding_pairs(x, tau, method="ivf", seed=seed, nlist=nlist, nprobe=nprobe,
-                                probe_margin=probe_margin)
+                                probe_margin=probe_margin, **extra)
     return i, j, 0.0
 
 
-def join_settings(a) -> list[tuple[Optional[int], Optional[float]]]:
-    """(nprobe, probe_margin) of every join to time: ``--nprobes`` with the fixed rule, then ``--probe-margins``
-    with the margin rule at each cap of ``--max-probes`` (its ``nprobe``)."""
-    return [(p, None) for p in a.nprobes] + [(c, m) for m in a.probe_margins for c in a.max_probes]
+def join_settings(a) -> list[tuple[Optional[int], Optional[float], Optional[int]]]:
+    """(nprobe, probe_margin, probe_min) of every join to time: ``--nprobes`` with the fixed rule, then
+    ``--probe-margins`` with the margin rule at each cap of ``--max-probes`` (its ``nprobe``) and ``--probe-mins``."""
+    return [(p, None, None) for p in a.nprobes] + [(c, m, f) for m in a.probe_margins for c in a.max_probes
+                                                    for f in a.probe_mins]
 
 
 def ivf_index(x, nlist, nprobe, seed):
@@ -232,11 +234,11 @@ def main_real(a) -> int:
             "truth_pairs": int(len(truth)), "nlist": S.default_nlist(n),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "paths": []}
     print(json.dumps({k: v for k, v in info.items() if k != "paths"}), flush=True)
-    for npb, margin in join_settings(a):
+    for npb, margin, floor in join_settings(a):
         t = time.perf_counter()
-        i, j = path_join(x, a.tau, None, npb, a.seed, margin)[:2]
-        rec = {"path": "join", "nprobe": npb, "probe_margin": margin, "time_s": round(time.perf_counter() - t, 2),
-               "pairs": int(len(i)), **recall(truth, i, j, n)}
+        i, j = path_join(x, a.tau, None, npb, a.seed, margin, floor)[:2]
+        rec = {"path": "join", "nprobe": npb, "probe_margin": margin, "probe_min": floor,
+               "time_s": round(time.perf_counter() - t, 2), "pairs": int(len(i)), **recall(truth, i, j, n)}
         print(json.dumps(rec), flush=True)
         info["paths"].append(rec)
     Path(a.out or RESULTS / "search_paths_real").with_suffix(".json").write_text(json.dumps(info, indent=1),
@@ -266,6 +268,8 @@ def main(argv=None) -> int:
                     help="joins with the margin rule (auditor.dedup.search.ivf), capped at --max-probes lists")
     ap.add_argument("--max-probes", type=int, nargs="+", default=[None],
                     help="caps of the margin rule (default: auditor's)")
+    ap.add_argument("--probe-mins", type=int, nargs="+", default=[None],
+                    help="lists the margin rule always probes (default: auditor's)")
     ap.add_argument("--paths", nargs="+", default=["join", "ivfflat_range", "big_batch_knn"])
     ap.add_argument("--peer-nprobe", type=int, default=8, help="nprobe of the faiss peers")
     ap.add_argument("--knn-k", type=int, default=16)
@@ -293,12 +297,12 @@ def main(argv=None) -> int:
         peer_rows = np.arange(a.n, dtype=np.int64)
     info["peer_query_rows"] = int(len(peer_rows))
 
-    def record(name, nprobe, fn, queries=a.n, margin=None):
+    def record(name, nprobe, fn, queries=a.n, margin=None, floor=None):
         t = time.perf_counter()
         i, j, build = fn()
         el = time.perf_counter() - t
         # the index build (k-means + adding all rows) is done once; only the search scales with the queries
-        rec = {"path": name, "nprobe": nprobe, "probe_margin": margin,
+        rec = {"path": name, "nprobe": nprobe, "probe_margin": margin, "probe_min": floor,
                "time_s": round(build + (el - build) * a.n / queries, 2), "pairs": int(len(i)),
                **recall(truth, i, j, a.n), "peak_rss_mb": round(peak_rss_mb(), 1)}
         if queries < a.n:
@@ -314,8 +318,9 @@ def main(argv=None) -> int:
         record(f"big_batch_knn k={a.knn_k}", a.peer_nprobe,
                lambda: path_big_batch_knn(x, tau, nlist, a.peer_nprobe, a.seed, a.knn_k, peer_rows), len(peer_rows))
     if "join" in a.paths:
-        for npb, margin in join_settings(a):
-            record("join", npb, lambda: path_join(x, tau, nlist, npb, a.seed, margin), margin=margin)
+        for npb, margin, floor in join_settings(a):
+            record("join", npb, lambda: path_join(x, tau, nlist, npb, a.seed, margin, floor), margin=margin,
+                   floor=floor)
     return 0
 
 

@@ -11,20 +11,27 @@ on a sampled exact ground truth, 121x faster than a faiss flat range search extr
 ``benchmarks/bench_search_paths.py`` times it against faiss's own IVF paths on the same vectors and lists (1M
 clustered 128-d rows, tau 0.9, nprobe 8, loaded 2-core host): the join 300 s, ``IndexIVFFlat.range_search`` ~1,660 s
 and ``faiss.contrib.big_batch_search`` (k = 16) ~1,970 s (both extrapolated from 100k query rows), with the same
-candidates; so the join stays. Its recall there was 0.9915 at nprobe 8, 0.9967 at 12 (1.43x the time) and 0.9993
-at 16 (1.75x), hence ``DEFAULT_NPROBE = 12``; on the shipped copy descriptor's embeddings of 17k real photos and
-copies at its threshold 0.6: 0.9964 at 8, 0.9991 at 16, 1.0 at 32. Raise ``nprobe`` for more recall at proportional
-join cost.
+candidates; so the join stays. Its recall there was 0.9915 at nprobe 8, 0.9967 at 12 (1.43x the time) and 0.9993 at
+16 (1.75x), hence ``DEFAULT_NPROBE = 12`` for the fixed rule; on the shipped copy descriptor's embeddings of 17k
+real photos and copies at its threshold 0.6: 0.9964 at 8, 0.9991 at 16, 1.0 at 32. Raise ``nprobe`` for more recall
+at proportional join cost.
 
-**The margin rule** (``probe_margin``, ``dedup.probe_margin``): instead of a fixed ``nprobe``, a row ``x`` with home
-list ``h`` probes, among its ``nprobe`` nearest lists (then a cap), each list ``j`` with
-``x . c_h - x . c_j <= probe_margin * r * |c_h - c_j|``, ``r = sqrt(2 (1 - tau))``: the threshold-aware rule of
-the partitioned search (:mod:`auditor.dedup.search.partition_build`). ``(x . c_h - x . c_j) / |c_h - c_j|`` is
-``x``'s distance to the hyperplane halfway between the two centroids; a pair ``(x, y)`` at ``cos >= tau`` with
-``y`` in list ``j`` is at most ``r`` apart and lies on both sides of that hyperplane, so one of the two rows is
-within ``r / 2`` of it and probes the other's list: margin 0.5 with no cap finds every pair of a self-join (1 in
-a cross join, where only the queries probe). A row deep inside its list probes only it; a row near a boundary
-probes the lists across it; the lists are still searched list by list with one BLAS product each.
+**The margin rule** (``probe_margin``, ``dedup.probe_margin``): instead of a fixed ``nprobe``, a row ``x`` with
+home list ``h`` probes, among its ``nprobe`` nearest lists (then a cap), each list ``j`` with ``x . c_h - x . c_j <=
+probe_margin * r * |c_h - c_j|``, ``r = sqrt(2 (1 - tau))``: the threshold-aware rule of the partitioned search
+(:mod:`auditor.dedup.search.partition_build`). ``(x . c_h - x . c_j) / |c_h - c_j|`` is ``x``'s distance to the
+hyperplane halfway between the two centroids; a pair ``(x, y)`` at ``cos >= tau`` with ``y`` in list ``j`` is at
+most ``r`` apart and lies on both sides of that hyperplane, so one of the two rows is within ``r / 2`` of it and
+probes the other's list: margin 0.5 with no cap finds every pair of a self-join. In a cross join only the queries
+probe, so they use twice the margin (0.5 is exact there too). A row deep inside its list probes only it; a row near
+a boundary probes the lists across it; the lists are still searched list by list with one BLAS product each.
+Every row also probes its ``probe_min`` nearest lists: the margin alone suits isotropic synthetic copies but lost
+pairs on real copy descriptors at tau 0.6 that the fixed 8 lists find.
+
+Measured (BENCHMARKS.md section 3b; the same 1M rows and lists as above, loaded 2-core host, ratios within one run):
+the default margin 0.15 / ``probe_min`` 4 / cap 24 found 0.9998 of the pairs in 1.13x the time of the fixed 8 lists
+(0.9915), where the fixed rule needed 16 lists (1.75x) for 0.9993; on the 17k real copy descriptors at 0.6 it found
+0.9994 (fixed 8: 0.9964, 16: 0.9991). ``probe_margin=None`` restores the fixed rule.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from .registry import SEARCH_METHODS
 log = logging.getLogger(__name__)
 
 DEFAULT_NPROBE = 12            # recall >= 0.995 at 1M (module docstring; BENCHMARKS.md section 3)
-DEFAULT_MAX_PROBES = 32        # the margin rule's cap when nprobe is not set
+DEFAULT_MAX_PROBES = 24        # the margin rule's cap when nprobe is not set (BENCHMARKS.md section 3b)
 KMEANS_SAMPLE_PER_LIST = 32   # training rows per list (faiss warns below 39; fine for partitioning)
 KMEANS_NITER = 10
 JOIN_QUERY_BLOCK = 1 << 20    # query rows per range search inside one list
@@ -122,9 +129,10 @@ def centroid_distances(centroids: np.ndarray) -> Optional[np.ndarray]:
 
 
 def probe_mask(sims: np.ndarray, ids: np.ndarray, centroids: np.ndarray, slack: float,
-               cdist: Optional[np.ndarray] = None) -> np.ndarray:
+               cdist: Optional[np.ndarray] = None, floor: int = 1) -> np.ndarray:
     """The margin rule: which of each row's nearest lists (``ids``/``sims`` by decreasing similarity, column 0 =
-    home ``h``) it probes: list ``j`` when ``x . c_h - x . c_j <= slack * |c_h - c_j|`` (the home always).
+    home ``h``) it probes: list ``j`` when ``x . c_h - x . c_j <= slack * |c_h - c_j|``, and the ``floor`` nearest
+    (the home at least) always.
 
     Example:
         >>> c = np.array([[1, 0], [0, 1], [-1, 0]], dtype=np.float32)
@@ -141,15 +149,15 @@ def probe_mask(sims: np.ndarray, ids: np.ndarray, centroids: np.ndarray, slack: 
             diff = c[home[:, col]] - c[ids[:, col]]
             cd[:, col] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     keep = (sims[:, :1] - sims) <= np.float32(slack) * cd
-    keep[:, 0] = True
+    keep[:, :max(1, int(floor))] = True
     return keep
 
 
 def probe_lists(x: np.ndarray, centroids: np.ndarray, nprobe: int, threshold: float, margin: Optional[float],
-                progress: bool, chunk: int = ASSIGN_CHUNK):
+                progress: bool, chunk: int = ASSIGN_CHUNK, floor: int = 1):
     """The (row, list) probes of every row, int64 ``(rows, lists)`` with each row's home list first, and every
     row's home list (int64 ``[n]``): its ``nprobe`` nearest lists when ``margin`` is None, else those of them
-    that the margin rule (:func:`probe_mask`) keeps at ``threshold``."""
+    that the margin rule (:func:`probe_mask`, with its ``floor``) keeps at ``threshold``."""
     cdist = None if margin is None else centroid_distances(centroids)
     slack = 0.0 if margin is None else pair_slack(threshold, margin)
     rows, lists, home = [], [], np.empty(len(x), np.int64)
@@ -158,7 +166,7 @@ def probe_lists(x: np.ndarray, centroids: np.ndarray, nprobe: int, threshold: fl
         if margin is None:
             keep = np.ones(ids.shape, dtype=bool)
         else:
-            keep = probe_mask(sims, ids, centroids, slack, cdist)
+            keep = probe_mask(sims, ids, centroids, slack, cdist, floor)
         r, k = np.nonzero(keep)
         rows.append(r.astype(np.int64) + lo)
         lists.append(ids[r, k].astype(np.int64))
@@ -194,7 +202,10 @@ def ivf_join(q: np.ndarray, b: np.ndarray, thr: float, self_join: bool, opts: Se
         centroids = train_centroids(b, nlist, opts.seed)
     nlist = len(centroids)
     t1 = time.perf_counter()
-    flat_rows, flat_lists, home_q = probe_lists(q, centroids, nprobe, thr, opts.probe_margin, progress)
+    margin = opts.probe_margin
+    if margin is not None and not self_join:
+        margin = 2.0 * margin  # only the queries probe: they take both sides' share of the bound
+    flat_rows, flat_lists, home_q = probe_lists(q, centroids, nprobe, thr, margin, progress, floor=opts.probe_min)
     home_b = home_q if self_join else assign_lists(b, centroids, 1, progress)[:, 0]
     base_rows, base_offs = _group(home_b, np.arange(nb, dtype=np.int64), nlist)
     q_rows, q_offs = _group(flat_lists, flat_rows, nlist)
