@@ -37,6 +37,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -75,6 +76,49 @@ def ground_truth(x: np.ndarray, rows: np.ndarray, tau: float, block: int = 65_53
     return np.unique(np.concatenate(keys))
 
 
+def cache_file(kind: str, **key) -> Path:
+    """``/tmp/auditor_bench_<kind>_<hash of key>.npz``: the exact ground truth (or the real embeddings) reused
+    between runs of the same data, so that a configuration costs only its own search."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path("/tmp") / f"auditor_bench_{kind}_{h}.npz"
+
+
+def cached(kind: str, key: dict, compute):
+    """``compute()`` (one array), loaded from :func:`cache_file` when there, else computed and saved."""
+    path = cache_file(kind, **key)
+    if path.exists():
+        with np.load(path) as z:
+            return z["a"]
+    a = compute()
+    np.savez(path, a=a)
+    return a
+
+
+def synthetic(a):
+    """The clustered vectors, the ground-truth rows and their exact pairs of ``main``'s arguments ``a``
+    (the truth cached on /tmp), with the data description for the results."""
+    from bench_dedup_scale import make_embeddings
+
+    ccos = a.cluster_cos or (max(0.05, a.tau - 0.45), a.tau - 0.1)
+    pcos = a.planted_cos or (a.tau - 0.1, min(0.995, a.tau + 0.2))
+    t0 = time.perf_counter()
+    x, planted = make_embeddings(a.n, a.dim, a.seed, cos_range=pcos, return_planted=True,
+                                 spread_range=spread_for(*ccos))
+    rng = np.random.default_rng(a.seed + 1)
+    rows = np.unique(np.concatenate([rng.choice(a.n, size=min(a.n, a.sample), replace=False),
+                                     rng.choice(planted, size=min(len(planted), a.planted_sample), replace=False)]))
+    t1 = time.perf_counter()
+    key = dict(n=a.n, dim=a.dim, seed=a.seed, tau=a.tau, ccos=list(ccos), pcos=list(pcos), sample=a.sample,
+               planted_sample=a.planted_sample)
+    truth = cached("truth", key, lambda: ground_truth(x, rows, a.tau))
+    desc = {"cluster_cos": list(ccos), "planted_cos": list(pcos), "gen_s": round(t1 - t0, 1),
+            "truth": {"query_rows": int(len(rows)), "pairs": int(len(truth)),
+                      "time_s": round(time.perf_counter() - t1, 1), "cache": str(cache_file("truth", **key))}}
+    return x, rows, truth, rng, desc
+
+
 def recall(truth: np.ndarray, i: np.ndarray, j: np.ndarray, n: int) -> dict:
     found = np.isin(truth, np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j))
     return {"true_pairs": int(len(truth)), "found": int(found.sum()),
@@ -91,11 +135,20 @@ def verified(x, ci, cj, tau):
     return i, j
 
 
-def path_join(x, tau, nlist, nprobe, seed):
+def path_join(x, tau, nlist, nprobe, seed, probe_margin=None, probe_min=None):
     from auditor.dedup import search as S
 
-    i, j, _ = S.embedding_pairs(x, tau, method="ivf", seed=seed, nlist=nlist, nprobe=nprobe)
+    extra = {} if probe_min is None else {"probe_min": probe_min}
+    i, j, _ = S.embedding_pairs(x, tau, method="ivf", seed=seed, nlist=nlist, nprobe=nprobe,
+                                probe_margin=probe_margin, **extra)
     return i, j, 0.0
+
+
+def join_settings(a) -> list[tuple[Optional[int], Optional[float], Optional[int]]]:
+    """(nprobe, probe_margin, probe_min) of every join to time: ``--nprobes`` with the fixed rule, then
+    ``--probe-margins`` with the margin rule at each cap of ``--max-probes`` (its ``nprobe``) and ``--probe-mins``."""
+    return [(p, None, None) for p in a.nprobes] + [(c, m, f) for m in a.probe_margins for c in a.max_probes
+                                                    for f in a.probe_mins]
 
 
 def ivf_index(x, nlist, nprobe, seed):
@@ -170,7 +223,8 @@ def main_real(a) -> int:
     from bench_dedup_scale import machine_info
 
     t0 = time.perf_counter()
-    x = real_embeddings(Path(a.real))
+    x = cached("real", {"data": str(Path(a.real).resolve()), "embedder": "copy"},
+               lambda: real_embeddings(Path(a.real)))
     n = len(x)
     t1 = time.perf_counter()
     fi, fj, _ = S.embedding_pairs(x, a.tau, method="flat")
@@ -180,11 +234,11 @@ def main_real(a) -> int:
             "truth_pairs": int(len(truth)), "nlist": S.default_nlist(n),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "paths": []}
     print(json.dumps({k: v for k, v in info.items() if k != "paths"}), flush=True)
-    for npb in a.nprobes:
+    for npb, margin, floor in join_settings(a):
         t = time.perf_counter()
-        i, j = path_join(x, a.tau, None, npb, a.seed)[:2]
-        rec = {"path": "join", "nprobe": npb, "time_s": round(time.perf_counter() - t, 2), "pairs": int(len(i)),
-               **recall(truth, i, j, n)}
+        i, j = path_join(x, a.tau, None, npb, a.seed, margin, floor)[:2]
+        rec = {"path": "join", "nprobe": npb, "probe_margin": margin, "probe_min": floor,
+               "time_s": round(time.perf_counter() - t, 2), "pairs": int(len(i)), **recall(truth, i, j, n)}
         print(json.dumps(rec), flush=True)
         info["paths"].append(rec)
     Path(a.out or RESULTS / "search_paths_real").with_suffix(".json").write_text(json.dumps(info, indent=1),
@@ -193,7 +247,7 @@ def main_real(a) -> int:
 
 
 def main(argv=None) -> int:
-    from bench_dedup_scale import machine_info, make_embeddings
+    from bench_dedup_scale import machine_info
 
     from auditor.dedup.search.ivf import default_nlist
 
@@ -209,7 +263,13 @@ def main(argv=None) -> int:
     ap.add_argument("--sample", type=int, default=4000)
     ap.add_argument("--planted-sample", type=int, default=12000)
     ap.add_argument("--nlist", type=int, default=None)
-    ap.add_argument("--nprobes", type=int, nargs="+", default=[8, 12, 16])
+    ap.add_argument("--nprobes", type=int, nargs="*", default=[8, 12, 16])
+    ap.add_argument("--probe-margins", type=float, nargs="*", default=[],
+                    help="joins with the margin rule (auditor.dedup.search.ivf), capped at --max-probes lists")
+    ap.add_argument("--max-probes", type=int, nargs="+", default=[None],
+                    help="caps of the margin rule (default: auditor's)")
+    ap.add_argument("--probe-mins", type=int, nargs="+", default=[None],
+                    help="lists the margin rule always probes (default: auditor's)")
     ap.add_argument("--paths", nargs="+", default=["join", "ivfflat_range", "big_batch_knn"])
     ap.add_argument("--peer-nprobe", type=int, default=8, help="nprobe of the faiss peers")
     ap.add_argument("--knn-k", type=int, default=16)
@@ -222,25 +282,12 @@ def main(argv=None) -> int:
     if a.real:
         return main_real(a)
     tau = a.tau
-    ccos = a.cluster_cos or (max(0.05, tau - 0.45), tau - 0.1)
-    pcos = a.planted_cos or (tau - 0.1, min(0.995, tau + 0.2))
     out = Path(a.out or RESULTS / f"search_paths_{a.dim}d")
     nlist = int(a.nlist or default_nlist(a.n))
-
-    t0 = time.perf_counter()
-    x, planted = make_embeddings(a.n, a.dim, a.seed, cos_range=pcos, return_planted=True,
-                                 spread_range=spread_for(*ccos))
-    rng = np.random.default_rng(a.seed + 1)
-    rows = np.unique(np.concatenate([rng.choice(a.n, size=min(a.n, a.sample), replace=False),
-                                     rng.choice(planted, size=min(len(planted), a.planted_sample), replace=False)]))
-    t1 = time.perf_counter()
-    truth = ground_truth(x, rows, tau)
+    x, rows, truth, rng, desc = synthetic(a)
     info = {"benchmark": "bench_search_paths", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": "python benchmarks/bench_search_paths.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": machine_info(), "n": a.n, "dim": a.dim, "tau": tau, "cluster_cos": list(ccos),
-            "planted_cos": list(pcos), "nlist": nlist, "gen_s": round(t1 - t0, 1),
-            "truth": {"query_rows": int(len(rows)), "pairs": int(len(truth)),
-                      "time_s": round(time.perf_counter() - t1, 1)}, "paths": []}
+            "machine": machine_info(), "n": a.n, "dim": a.dim, "tau": tau, "nlist": nlist, **desc, "paths": []}
     print(json.dumps({k: v for k, v in info.items() if k != "paths"}), flush=True)
 
     if a.peer_queries and a.peer_queries < a.n:
@@ -250,13 +297,13 @@ def main(argv=None) -> int:
         peer_rows = np.arange(a.n, dtype=np.int64)
     info["peer_query_rows"] = int(len(peer_rows))
 
-    def record(name, nprobe, fn, queries=a.n):
+    def record(name, nprobe, fn, queries=a.n, margin=None, floor=None):
         t = time.perf_counter()
         i, j, build = fn()
         el = time.perf_counter() - t
         # the index build (k-means + adding all rows) is done once; only the search scales with the queries
-        rec = {"path": name, "nprobe": nprobe, "time_s": round(build + (el - build) * a.n / queries, 2),
-               "pairs": int(len(i)),
+        rec = {"path": name, "nprobe": nprobe, "probe_margin": margin, "probe_min": floor,
+               "time_s": round(build + (el - build) * a.n / queries, 2), "pairs": int(len(i)),
                **recall(truth, i, j, a.n), "peak_rss_mb": round(peak_rss_mb(), 1)}
         if queries < a.n:
             rec.update(measured_s=round(el, 2), build_s=round(build, 2), query_rows=int(queries), extrapolated=True)
@@ -271,8 +318,9 @@ def main(argv=None) -> int:
         record(f"big_batch_knn k={a.knn_k}", a.peer_nprobe,
                lambda: path_big_batch_knn(x, tau, nlist, a.peer_nprobe, a.seed, a.knn_k, peer_rows), len(peer_rows))
     if "join" in a.paths:
-        for npb in a.nprobes:
-            record("join", npb, lambda: path_join(x, tau, nlist, npb, a.seed))
+        for npb, margin, floor in join_settings(a):
+            record("join", npb, lambda: path_join(x, tau, nlist, npb, a.seed, margin, floor), margin=margin,
+                   floor=floor)
     return 0
 
 

@@ -102,8 +102,10 @@ def test_dedup_search_knobs_reach_faiss_and_the_state_fingerprint():
         embedder = {"name": "sscd", "dim": 512}
 
     d = DedupConfig(search="ivf", nlist=64, nprobe=16, search_threads=2)
-    assert search_options(d) == {"nlist": 64, "nprobe": 16, "threads": 2}
+    assert search_options(d) == {"nlist": 64, "nprobe": 16, "probe_margin": 0.15, "probe_min": 4,
+                                 "threads": 2}
     a = search_fingerprint(_Store(), d, 0, True)
     b = search_fingerprint(_Store(), d.model_copy(update={"nprobe": 8}), 0, True)
     c = search_fingerprint(_Store(), d.model_copy(update={"search_threads": 1}), 0, True)
-    assert a != b and a == c  # nprobe changes the pairs found; thread count does not
+    m = search_fingerprint(_Store(), d.model_copy(update={"probe_margin": None}), 0, True)
+    assert a != b and a == c and a != m  # nprobe and the probe rule change the pairs found; thread count does not

@@ -47,7 +47,16 @@ class DedupConfig(BaseModel):
     cosine_threshold: Optional[float] = Field(None, gt=-1.0, le=1.0)
     search: Literal["auto", "flat", "hnsw", "ivf", "partitioned"] = "auto"
     nlist: Optional[int] = Field(None, ge=1)   # ivf lists; None = 2 sqrt(N)
-    nprobe: Optional[int] = Field(None, ge=1)  # ivf lists probed per row; None = 12 (recall 0.997 at 1M, BENCHMARKS.md)
+    # ivf lists probed per row: the fixed rule's count (None = 12), or the margin rule's cap (None = 24)
+    nprobe: Optional[int] = Field(None, ge=1)
+    # the ivf join's margin rule (auditor/dedup/search/ivf.py): among its nprobe nearest lists, a row probes its
+    # probe_min nearest and every list j with x.c_home - x.c_j <= probe_margin * sqrt(2 (1 - cosine_threshold)) *
+    # |c_home - c_j| (the partitioned search's rule, doubled in a cross join; 0.5 without a cap finds every pair).
+    # None = the fixed rule, the nprobe nearest lists. Defaults (0.15, 4, cap 24): recall >= 0.999 on 1M synthetic
+    # rows at tau 0.9 and on 17k real copy descriptors at 0.6, where the fixed 8 lists had 0.9915 / 0.9964
+    # (BENCHMARKS.md section 3b).
+    probe_margin: Optional[float] = Field(0.15, ge=0.0)
+    probe_min: int = Field(4, ge=1)
     search_threads: Optional[int] = Field(None, ge=1)  # faiss threads; None = faiss's default
     # the on-disk partitioned search for 100M+ rows (auditor.dedup.partitioned): each row is stored in its home
     # k-means partition of ~partition_rows rows and also queries every partition c whose centroid is within

@@ -54,7 +54,8 @@ class HashRules:
 def search_options(dcfg: DedupConfig) -> dict:
     """The faiss knobs of the config, as keyword arguments of auditor.dedup.search's functions (the partition
     knobs only for ``search: partitioned``)."""
-    out = {"nlist": dcfg.nlist, "nprobe": dcfg.nprobe, "threads": dcfg.search_threads}
+    out = {"nlist": dcfg.nlist, "nprobe": dcfg.nprobe, "probe_margin": dcfg.probe_margin,
+           "probe_min": dcfg.probe_min, "threads": dcfg.search_threads}
     if dcfg.search == "partitioned":
         out.update(partition_rows=dcfg.partition_rows, partition_margin=dcfg.partition_margin,
                    partition_max_probes=dcfg.partition_max_probes, partition_probe_store=dcfg.partition_probe_store)

@@ -46,6 +46,8 @@ def search_fingerprint(store: IndexStore, dcfg: DedupConfig, seed: int, emb: boo
     if emb:
         embedding = {"threshold": dcfg.cosine_threshold, "search": dcfg.search, "seed": seed,
                      "nlist": dcfg.nlist, "nprobe": dcfg.nprobe, "embedder": store.embedder}
+        if dcfg.probe_margin is not None:  # absent for the fixed rule: states from before the margin rule stay valid
+            embedding.update(probe_margin=dcfg.probe_margin, probe_min=dcfg.probe_min)
         if dcfg.search == "partitioned":
             embedding["partitions"] = {k: v for k, v in search_options(dcfg).items() if k.startswith("partition_")}
     return {

@@ -11,26 +11,35 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from ..config import DedupConfig
+
 log = logging.getLogger(__name__)
+
+DEFAULT_PROBE_MARGIN: Optional[float] = DedupConfig.model_fields["probe_margin"].default  # the IVF join's rule
+DEFAULT_PROBE_MIN: int = DedupConfig.model_fields["probe_min"].default
 
 MARGIN = 1e-3                   # candidate threshold slack below ``threshold`` (BLAS rounding, float16 input)
 VERIFY_CHUNK = 262_144          # candidate pairs verified at a time
 
-__all__ = ["MARGIN", "SearchOptions", "faiss", "faiss_threads", "progress_bar", "as_matrix", "f32",
-           "check_normalised", "empty_pairs", "no_candidates", "verify", "sort_unique", "range_search_rows",
-           "blocked_range_search"]
+__all__ = ["MARGIN", "DEFAULT_PROBE_MARGIN", "DEFAULT_PROBE_MIN", "SearchOptions", "faiss", "faiss_threads",
+           "progress_bar", "as_matrix", "f32", "check_normalised", "empty_pairs", "no_candidates", "verify",
+           "sort_unique", "range_search_rows", "blocked_range_search"]
 
 
 @dataclass(frozen=True)
 class SearchOptions:
     """The knobs a strategy may read (each reads only its own): the seed of every sampled or trained step, the IVF
-    join's ``nlist`` / ``nprobe`` (None = :func:`~auditor.dedup.search.ivf.default_nlist` /
-    ``default_nprobe``), HNSW's ``hnsw_m`` / ``hnsw_ef_search`` and the partitioned search's ``partition_*``
-    (None = the :class:`~auditor.dedup.config.DedupConfig` defaults)."""
+    join's ``nlist`` / ``nprobe`` (None = :func:`~auditor.dedup.search.ivf.default_nlist` / ``default_nprobe``) and
+    ``probe_margin`` / ``probe_min`` (:data:`DEFAULT_PROBE_MARGIN`, the margin rule with ``nprobe`` its cap and the
+    ``probe_min`` nearest lists always; None = the fixed ``nprobe`` nearest lists), HNSW's ``hnsw_m`` /
+    ``hnsw_ef_search`` and the partitioned search's ``partition_*`` (None = the
+    :class:`~auditor.dedup.config.DedupConfig` defaults)."""
 
     seed: int = 0
     nlist: Optional[int] = None
     nprobe: Optional[int] = None
+    probe_margin: Optional[float] = DEFAULT_PROBE_MARGIN
+    probe_min: int = DEFAULT_PROBE_MIN
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     partition_rows: Optional[int] = None
