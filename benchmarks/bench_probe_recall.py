@@ -21,6 +21,8 @@ Every step is cached in ``--work`` (delete a step's output to redo it); ``--prob
 
     python benchmarks/bench_probe_recall.py --work /tmp/probe-recall --out benchmarks/results
     python benchmarks/bench_probe_recall.py --work /tmp/probe-recall --probe-name fixed --out benchmarks/results
+    # the probe of an older commit beside it: git archive COMMIT auditor | tar -x -C /tmp/base
+    python benchmarks/bench_probe_recall.py --work /tmp/probe-recall --probe-name base --code /tmp/base
 """
 
 from __future__ import annotations
@@ -60,7 +62,20 @@ def lab_config(args):
         captions_file=str(SHARED / "captions" / "cc3m_validation.tsv"),
         copy_counts=args.counts, singletons=args.singletons, split_groups=args.split,
         heavy_crop_rate=args.heavy_crop_rate, download=False, train_steps=args.train_steps,
-        vae_steps=args.vae_steps, eval_generations=0)
+        vae_steps=args.vae_steps, eval_generations=0, threads=args.threads)
+
+
+def build(args, cfg) -> pd.DataFrame:
+    """The planted dataset alone (the lab's functions; run_lab writes the same bytes again), so that dedup's
+    split of the groups can be checked before any training."""
+    from auditor.lab.dataset import build_dataset
+    from auditor.lab.demo import make_sources
+
+    src = args.work / "lab" / "source"
+    if not (src / "planted.parquet").exists():
+        build_dataset(make_sources(cfg), cfg.copy_counts, src, cfg.seed, cfg.variant_caption_rate,
+                      cfg.split_groups, cfg.heavy_crop_rate)
+    return pd.read_parquet(src / "planted.parquet")
 
 
 def train(args, cfg) -> dict:
@@ -102,8 +117,8 @@ def ground_truth(args, cfg, planted: pd.DataFrame) -> list[dict]:
     return out
 
 
-def cli(args, *argv, log: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+def cli(args, *argv, log: Path, code: Path = REPO) -> float:
+    env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
     with open(log, "a") as fh:
         fh.write(f"$ auditor {' '.join(map(str, argv))}\n")
@@ -113,7 +128,7 @@ def cli(args, *argv, log: Path) -> float:
     return round(time.perf_counter() - t0, 1)
 
 
-def stages(args) -> dict:
+def stages(args, probe: bool = True) -> dict:
     """index + dedup once (WORK/run), then the probe in WORK/runs/NAME (index/ and dedup/ copied in)."""
     work, times = args.work, {}
     tp = work / "stage_seconds.json"
@@ -127,16 +142,44 @@ def stages(args) -> dict:
     if not (run / "dedup" / "risk.parquet").exists():
         times["dedup"] = cli(args, "dedup", run, log=work / "stages.log")
     pr = work / "runs" / args.probe_name
-    if not (pr / "probe" / "provenance.json").exists():
+    if probe and not (pr / "probe" / "provenance.json").exists():
         pr.mkdir(parents=True, exist_ok=True)
         for d in ("index", "dedup"):
             if not (pr / d).exists():
                 shutil.copytree(run / d, pr / d)
         extra = [x for s in args.probe_set for x in ("--set", s)]
         times[f"probe:{args.probe_name}"] = cli(args, "probe", pr, "--model", work / "lab" / "model", *extra,
-                                                log=work / f"probe-{args.probe_name}.log")
+                                                log=work / f"probe-{args.probe_name}.log", code=args.code)
     tp.write_text(json.dumps(times, indent=1))
     return times
+
+
+def lab_distance(run_dir: Path, gens: pd.DataFrame, original: Path | None) -> float | None:
+    """The smallest tiled L2 of the probe's own generations against the group's original, as the ground truth
+    measures it (the lab's ``tiled_l2`` at the generation's resolution)."""
+    from PIL import Image
+
+    from auditor.lab.train import tiled_l2, to_training_array
+
+    paths = [p for p in gens["path"].fillna("") if p]
+    if not paths or original is None:
+        return None
+    best = np.inf
+    with Image.open(original) as im:
+        ref = None
+        for p in paths:
+            with Image.open(run_dir / p) as g:
+                a = np.asarray(g.convert("RGB"), dtype=np.float32) / 255.0
+            if ref is None:
+                ref = to_training_array(im, a.shape[0])
+            best = min(best, tiled_l2(a, ref))
+    return float(best)
+
+
+def dedup_last_run(run: Path) -> dict:
+    """Dedup's own account of its last run (guard rounds, rows split off by the chaining guard)."""
+    p = run / "dedup" / "state" / "state.json"
+    return json.loads(p.read_text()).get("last_run", {}) if p.exists() else {}
 
 
 def split_check(planted: pd.DataFrame, manifest: pd.DataFrame) -> list[dict]:
@@ -183,6 +226,10 @@ def analyse(args, planted: pd.DataFrame, gt: dict) -> dict:
     retrieval = gens[gcopy & gens["reference_source"].eq("retrieval")]
 
     thr = prov["thresholds"].get("whitebox")
+    first = planted[planted["copy_index"] == 0]
+    originals = dict(zip(first["group"].astype(int), first["file"]))
+    src_images = args.work / "lab" / "source" / "images"
+    originals = {g: src_images / f for g, f in originals.items()}
     per_group = []
     for g in sorted({int(x) for x in planted.loc[planted["copy_count"] > 1, "group"]}):
         rows = res[res["groups"].map(lambda gs: g in gs)]
@@ -191,6 +238,7 @@ def analyse(args, planted: pd.DataFrame, gt: dict) -> dict:
         r0 = rows.sort_values("rank").iloc[0] if len(rows) else None
         best = rows[rows["copy"]]["best_key"].tolist() if by_caption else []
         gtr = gtrows.get(g, {})
+        lab_l2 = lab_distance(pr, gens[gens["caption"].isin(rows["caption"])], originals.get(g))
         per_group.append({
             "group": g, "copies": int(planted.loc[planted["group"] == g, "copy_count"].iloc[0]),
             "gt_min_tiled_l2": gtr.get("min_tiled_l2"), "clear": bool(gtr.get("clear", False)),
@@ -199,6 +247,7 @@ def analyse(args, planted: pd.DataFrame, gt: dict) -> dict:
             "whitebox_flag": None if r0 is None or pd.isna(r0["whitebox_flag"]) else bool(r0["whitebox_flag"]),
             "tier": r0["tier"] if r0 is not None else None, "verdict": r0["verdict"] if r0 is not None else None,
             "probe_min_tiled_l2": None if r0 is None or pd.isna(r0["min_tiled_l2"]) else float(r0["min_tiled_l2"]),
+            "probe_generations_lab_l2": lab_l2,
             "unet_evals": int(rows["unet_evals"].sum()),
             "best_copy_transform": file_tf.get(best[0], "")[:40] if best else "",
             "found_by_caption": by_caption, "found_by_retrieval": by_retrieval,
@@ -236,6 +285,23 @@ def analyse(args, planted: pd.DataFrame, gt: dict) -> dict:
         if hit_at is not None:
             events.append((spent + (hit_at + 1) * per_image, set(r.groups) & clear_groups))
         spent += conf
+    # recall had every confirmed caption been given only its first m generations (the same per-seed verdicts)
+    by_m = []
+    confirmed = res[res["n_generations"] > 0]
+    for m in (1, 2, 4, 8, 16, 32):
+        if m > int(res["n_generations"].max() or 0):
+            break
+        got = set()
+        for r in confirmed.itertuples():
+            g = gens[(gens["caption"] == r.caption) & (gens["variant"] == r.variant)].sort_values("seed").head(m)
+            gc = g["verdict"].eq("verbatim").any() or (g["verdict"].eq("template").sum() >= 2)
+            if gc:
+                got |= set(r.groups) & clear_groups
+            rk = g[g["verdict"].isin(["verbatim", "template"]) & g["reference_source"].eq("retrieval")]
+            got |= set(rk["best_key"].map(file_group).dropna().astype(int)) & clear_groups
+        cost = cal + screen + len(confirmed) * m * per_image
+        by_m.append({"confirm_generations": m, "unet_evals": int(cost),
+                     "share_of_carlini": cost / (carlini * max(1, len(res))), "recall": len(got) / max(1, len(clear))})
     curve, seen = [], set()
     for ev, gs in sorted(events, key=lambda e: e[0]):
         new = gs - seen
@@ -256,9 +322,9 @@ def analyse(args, planted: pd.DataFrame, gt: dict) -> dict:
         "generations_copying_a_singleton": int(len(copies_of_singles)),
         "singletons_gt_clear": sum(1 for r in gt["rows"] if r["copy_count"] == 1 and r["clear"]),
         "singletons_gt_measured": sum(1 for r in gt["rows"] if r["copy_count"] == 1),
-        "groups": per_group, "curve": curve,
+        "groups": per_group, "curve": curve, "by_confirm_generations": by_m,
         "split": split_check(planted, manifest),
-        "dedup_summary": json.loads((pr / "dedup" / "summary.json").read_text()).get("clustering"),
+        "dedup_last_run": dedup_last_run(pr),
     }
 
 
@@ -288,17 +354,23 @@ def markdown(doc: dict) -> str:
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['copies']} | {r['groups']} | {r['split']} | {r['clear']} | {r['found_clear']} | "
                   f"{r['found_any']} | {r['unet_evals']} |" for r in by_size(rep)]
-        lines += ["", "| group | copies | GT min tiled L2 | rank | white-box (flag) | tier | verdict | probe min tiled L2 | found |",
-                  "|---:|---:|---:|---:|---|---|---|---:|---|"]
+        lines += ["", "| group | copies | GT min tiled L2 | rank | white-box (flag) | tier | verdict | probe min tiled L2 "
+                      "| its generations, lab L2 | found |",
+                  "|---:|---:|---:|---:|---|---|---|---:|---:|---|"]
         for r in rep["groups"]:
             wb = "-" if r["whitebox_score"] is None else f"{r['whitebox_score']:.3f} ({'y' if r['whitebox_flag'] else 'n'})"
             pl = "-" if r["probe_min_tiled_l2"] is None else f"{r['probe_min_tiled_l2']:.3f}"
             how = ("caption" if r["found_by_caption"] else "") + (" retrieval" if r["found_by_retrieval"] else "")
+            ll = "-" if r["probe_generations_lab_l2"] is None else f"{r['probe_generations_lab_l2']:.3f}"
             lines.append(f"| {r['group']} | {r['copies']} | {r['gt_min_tiled_l2']:.3f} | {r['rank']} | {wb} | "
-                         f"{r['tier']} | {r['verdict']} | {pl} | {how.strip() or 'no'} |")
+                         f"{r['tier']} | {r['verdict']} | {pl} | {ll} | {how.strip() or 'no'} |")
         lines += ["", "Recall against UNet evaluations spent:", "", "| UNet evals | share of 500 gens/caption | recall |",
                   "|---:|---:|---:|"]
         lines += [f"| {c['unet_evals']} | {c['share_of_carlini']:.2%} | {c['recall']:.2f} |" for c in rep["curve"]]
+        lines += ["", "Recall had each confirmed caption been given only its first m generations:", "",
+                  "| m | UNet evals | share of 500 gens/caption | recall |", "|---:|---:|---:|---:|"]
+        lines += [f"| {c['confirm_generations']} | {c['unet_evals']} | {c['share_of_carlini']:.2%} | {c['recall']:.2f} |"
+                  for c in rep["by_confirm_generations"]]
         lines.append("")
     return "\n".join(lines)
 
@@ -314,17 +386,32 @@ def main(argv=None) -> int:
     ap.add_argument("--singletons", type=int, default=160)
     ap.add_argument("--train-steps", type=int, default=5000)
     ap.add_argument("--vae-steps", type=int, default=800)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads for training (1: on shared cores more threads wait on each other)")
     ap.add_argument("--gt-singletons", type=int, default=40)
     ap.add_argument("--probe-name", default="defaults")
     ap.add_argument("--probe-set", action="append", default=[], help="extra --set for the probe (not defaults)")
+    ap.add_argument("--code", type=Path, default=REPO,
+                    help="the auditor source the probe runs from (PYTHONPATH), e.g. an exported older commit")
     ap.add_argument("--timeout", type=int, default=3600)
-    ap.add_argument("--stop-after", choices=["train", "gt", "stages"], default=None)
+    ap.add_argument("--stop-after", choices=["dedup", "train", "gt", "stages"], default=None)
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     args.work = args.work.absolute()
     args.work.mkdir(parents=True, exist_ok=True)
 
     cfg = lab_config(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.stop_after == "dedup":
+        planted = build(args, cfg)
+        stages(args, probe=False)
+        man = pd.read_parquet(args.work / "run" / "dedup" / "manifest.parquet")
+        print(json.dumps(split_check(planted, man), indent=1))
+        print(dedup_last_run(args.work / "run"))
+        return 0
     summary = train(args, cfg)
     if args.stop_after == "train":
         return 0
