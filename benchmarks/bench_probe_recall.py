@@ -119,12 +119,15 @@ def ground_truth(args, cfg, planted: pd.DataFrame) -> list[dict]:
 
 def cli(args, *argv, log: Path, code: Path = REPO) -> float:
     env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
+    if args.threads:  # torch's intra-op pool of the probe's generator (a runtime setting, not a probe default)
+        env["OMP_NUM_THREADS"] = str(args.threads)
     t0 = time.perf_counter()
     with open(log, "a") as fh:
         fh.write(f"$ auditor {' '.join(map(str, argv))}\n")
         fh.flush()
         subprocess.run([sys.executable, "-m", "auditor.cli", *map(str, argv)], check=True, env=env, stdout=fh,
-                       stderr=subprocess.STDOUT, timeout=args.timeout)
+                       stderr=subprocess.STDOUT, timeout=args.timeout,
+                       cwd=args.work)  # not a source folder: `-m` puts the cwd first on sys.path, before PYTHONPATH
     return round(time.perf_counter() - t0, 1)
 
 
@@ -318,6 +321,9 @@ def analyse(args, planted: pd.DataFrame, gt: dict) -> dict:
                        "carlini_per_caption": carlini, "share_of_carlini": total / (carlini * max(1, len(res)))},
         "clearly_memorized": len(clear), "found": len(found), "recall": len(found) / max(1, len(clear)),
         "recall_all_groups": sum(r["found"] for r in per_group) / max(1, len(per_group)),
+        # Carlini's own delta as the ground truth's bound (a looser "memorized" than the target's 0.12)
+        "memorized_at_015": sum(1 for r in per_group if (r["gt_min_tiled_l2"] or 1) <= 0.15),
+        "found_at_015": sum(1 for r in per_group if (r["gt_min_tiled_l2"] or 1) <= 0.15 and r["found"]),
         "singleton_captions_flagged": int(len(flagged_single_captions)),
         "generations_copying_a_singleton": int(len(copies_of_singles)),
         "singletons_gt_clear": sum(1 for r in gt["rows"] if r["copy_count"] == 1 and r["clear"]),
@@ -346,7 +352,7 @@ def markdown(doc: dict) -> str:
         lines += [f"## probe run `{rep['probe_name']}` (screen {rep['screen']}, {rep['steps']} steps, guidance "
                   f"{rep['guidance_scale']})", "",
                   f"Recall {rep['found']}/{rep['clearly_memorized']} = {rep['recall']:.2f} of the clearly memorized "
-                  f"groups; singleton captions flagged {rep['singleton_captions_flagged']}, generations naming a "
+                  f"groups (at Carlini's 0.15: {rep['found_at_015']}/{rep['memorized_at_015']}); singleton captions flagged {rep['singleton_captions_flagged']}, generations naming a "
                   f"singleton image as their copy {rep['generations_copying_a_singleton']}; UNet evaluations "
                   f"{u['total']} ({u['calibration']} calibration) for {rep['probed_captions']} captions = "
                   f"{u['share_of_carlini']:.1%} of 500 generations per caption.", "",

@@ -249,7 +249,7 @@ def build_dataset(sources: list[Source], copy_counts: list[int], out_dir: str | 
     rows = []
     for gi, src in enumerate(sources):
         n = copy_counts[gi] if gi < len(copy_counts) else 1
-        # drawn from their own generator: the other groups' copies stay those of a dataset without splits
+        # the crop box from its own generator; with no split group no draw is added (the demo's dataset unchanged)
         crop = heavy_crop(src.image, random.Random(f"{seed}:heavy:{gi}")) if gi in split else None
         for ci in range(n):
             if ci == 0:
