@@ -92,7 +92,7 @@ class ProbeConfig(_Strict):
     reference_fpr: float = Field(0.01, gt=0, lt=1)
     tile_grid: int = Field(4, ge=1)            # grid x grid tiles (Carlini: 4x4 tiles of 128 px on 512 px images)
     template_tile_fraction: float = Field(0.5, gt=0, le=1)  # share of tiles within delta for a template copy
-    compare_max_side: int = Field(512, ge=16)  # compare at the training image's size, capped to this and the generation's longer side
+    compare_max_side: int = Field(512, ge=16)  # training image's size, capped to this and the generation's side
     reference_crop: Literal["center", "none"] = "center"  # center-crop training images to the generation's aspect
     max_references: int = Field(16, ge=1)      # training images of a cluster compared against
     copy_similarity: bool = True               # use the index's embedder as a copy descriptor when it has one
