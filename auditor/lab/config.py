@@ -25,6 +25,11 @@ class LabConfig(BaseModel):
     copy_counts: list[int] = Field(default_factory=lambda: [100, 30, 30, 10, 10, 3, 3, 3])
     singletons: int = Field(150, ge=0)
     variant_caption_rate: float = Field(0.2, ge=0.0, le=1.0)
+    # groups split into sub-clusters (indices into copy_counts; [] = none, the demo): heavy_crop_rate of the
+    # copies after the first are one heavy crop of the source (50-70 % of each side) with the group's captions,
+    # which dedup's chaining guard keeps out of the main cluster (benchmarks/bench_probe_recall.py)
+    split_groups: list[int] = []
+    heavy_crop_rate: float = Field(0.3, ge=0.0, le=1.0)
     max_side: int = Field(256, ge=32)         # source photos are shrunk to this long side before copying
     # img2dataset: download the dataset from a loopback server (False: train from the planted files directly)
     download: bool = True
@@ -68,6 +73,8 @@ class LabConfig(BaseModel):
             raise ValueError("photos=folder needs photos_dir")
         if any(c < 1 for c in self.copy_counts):
             raise ValueError("copy_counts must be >= 1")
+        if any(not 0 <= g < len(self.copy_counts) for g in self.split_groups):
+            raise ValueError("split_groups must index copy_counts")
         if self.resolution % (self.vae_factor * 2 ** (len(self.unet_channels) - 1)):
             raise ValueError("resolution must be divisible by the VAE factor times the UNet downsampling")
         return self

@@ -21,6 +21,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -216,22 +217,48 @@ def _caption_variant(src: Source, rng: random.Random) -> str:
 PLANTED_COLUMNS = ["file", "caption", "group", "source", "copy_count", "copy_index", "transform", "is_main_caption"]
 
 
+def heavy_crop(img: Image.Image, rng: random.Random) -> tuple[Image.Image, str]:
+    """One heavy crop of a photo (50-70 % of each side, at a random position), as sites re-crop a popular
+    photo: (the crop, its box). Its copies are near duplicates of each other but not of the full photo."""
+    w, h = img.size
+    cw, ch = int(w * rng.uniform(0.5, 0.7)), int(h * rng.uniform(0.5, 0.7))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    return img.crop((x, y, x + cw, y + ch)), f"heavy crop({x},{y},{x + cw},{y + ch})"
+
+
 def build_dataset(sources: list[Source], copy_counts: list[int], out_dir: str | Path, seed: int,
-                  variant_caption_rate: float = 0.2) -> pd.DataFrame:
+                  variant_caption_rate: float = 0.2, split_groups: Sequence[int] = (),
+                  heavy_crop_rate: float = 0.3) -> pd.DataFrame:
     """Write the planted dataset into ``out_dir`` (``images/`` + ``planted.parquet``); return the table.
 
     ``copy_counts[i]`` is the number of copies of ``sources[i]``; every further source is a singleton. The first
-    copy of each source is the photo itself (JPEG q95), the rest are :func:`copy_transform` copies."""
+    copy of each source is the photo itself (JPEG q95), the rest are :func:`copy_transform` copies. In the groups
+    listed in ``split_groups``, each copy after the first is, with probability ``heavy_crop_rate``, a
+    :func:`copy_transform` copy of one :func:`heavy_crop` of the source (the same crop for the whole group, its
+    ``transform`` starting with ``heavy crop``) carrying the group's captions: dedup puts those copies in a
+    sub-cluster of their own, apart from the group's main cluster.
+
+    Example:
+        >>> df = build_dataset(sources, [200, 50], "out/source", seed=0, split_groups=[0])  # doctest: +SKIP
+        >>> df[df["transform"].str.startswith("heavy crop")]["group"].unique()  # doctest: +SKIP
+        array([0])
+    """
     out = Path(out_dir)
     rng = random.Random(seed)
+    split = set(split_groups)
     rows = []
     for gi, src in enumerate(sources):
         n = copy_counts[gi] if gi < len(copy_counts) else 1
+        # the crop box from its own generator; with no split group no draw is added (the demo's dataset unchanged)
+        crop = heavy_crop(src.image, random.Random(f"{seed}:heavy:{gi}")) if gi in split else None
         for ci in range(n):
             if ci == 0:
                 buf = io.BytesIO()
                 src.image.save(buf, format="JPEG", quality=95)
                 data, ext, desc = buf.getvalue(), "jpg", "original, jpeg q95"
+            elif crop is not None and rng.random() < heavy_crop_rate:
+                data, ext, desc = copy_transform(crop[0], rng)
+                desc = f"{crop[1]}, {desc}"
             else:
                 data, ext, desc = copy_transform(src.image, rng)
             main = ci == 0 or rng.random() >= variant_caption_rate

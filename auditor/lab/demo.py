@@ -178,7 +178,8 @@ def run_lab(cfg: LabConfig, auditor_cfg=None, stages: bool = True) -> dict:
         from .dataset import build_dataset
 
         sources = make_sources(cfg)
-        planted = build_dataset(sources, cfg.copy_counts, source_dir, cfg.seed, cfg.variant_caption_rate)
+        planted = build_dataset(sources, cfg.copy_counts, source_dir, cfg.seed, cfg.variant_caption_rate,
+                                cfg.split_groups, cfg.heavy_crop_rate)
     summary["dataset"] = {"images": len(planted), "sources": len(sources),
                           "copy_counts": cfg.copy_counts, "singletons": int((planted["copy_count"] == 1).sum())}
 

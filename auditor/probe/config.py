@@ -74,6 +74,11 @@ class ProbeConfig(_Strict):
     whitebox_steps: int = Field(1, ge=1)       # first step(s) of the sampling trajectory averaged
     whitebox_threshold: Optional[float] = None  # fixed threshold; None = calibrated at whitebox_fpr
     whitebox_fpr: float = Field(0.05, gt=0, lt=1)
+    # False: the white-box screen orders the confirm tier (flagged captions first, then the others by score, all
+    # confirmed unless budget_unet_evals runs out); True: captions it does not flag are never confirmed. Measured
+    # on a trained memorizing model (benchmarks/bench_probe_recall.py, BENCHMARKS.md section 10): as a gate at
+    # whitebox_fpr 0.05 it dropped clearly memorized captions whose scores sat just under the threshold
+    whitebox_gate: bool = False
     calibration_captions: int = Field(32, ge=0)  # non-risky captions (singleton clusters) used to calibrate
     calibration_prompts_file: Optional[str] = None  # or: a text file, one non-risky prompt per line
     prompts_file: Optional[str] = None  # --prompts: CSV/JSONL/parquet prompt list instead of dedup/risk.parquet
@@ -93,7 +98,7 @@ class ProbeConfig(_Strict):
     reference_fpr: float = Field(0.01, gt=0, lt=1)
     tile_grid: int = Field(4, ge=1)            # grid x grid tiles (Carlini: 4x4 tiles of 128 px on 512 px images)
     template_tile_fraction: float = Field(0.5, gt=0, le=1)  # share of tiles within delta for a template copy
-    compare_max_side: int = Field(512, ge=16)  # compare at the training image's size, capped to this longer side
+    compare_max_side: int = Field(512, ge=16)  # training image's size, capped to this and the generation's side
     reference_crop: Literal["center", "none"] = "center"  # center-crop training images to the generation's aspect
     max_references: int = Field(16, ge=1)      # training images of a cluster compared against
     copy_similarity: bool = True               # use the index's embedder as a copy descriptor when it has one

@@ -8,8 +8,9 @@ paper); each pair of corresponding tiles gets the normalised L2 distance ``sqrt(
 norm divided by the square root of the tile's size, so a distance is a per-pixel RMS error); the image distance is
 the **maximum** over tiles, so a uniform background cannot hide a differing subject. A generation is
 ``(l2, delta)``-extracted at ``delta = 0.15``. The generation is resized to the training image's resolution
-(capped to ``compare_max_side``); with ``reference_crop="center"`` the training image is first center-cropped
-to the generation's aspect ratio, which is how Stable Diffusion's training data was cropped.
+(capped to ``compare_max_side`` and to the generation's own size); with ``reference_crop="center"`` the training
+image is first center-cropped to the generation's aspect ratio, which is how Stable Diffusion's training data was
+cropped.
 
 Verdicts (Webster 2023, "A Reproducible Extraction of Training Images from Diffusion Models"):
 ``verbatim`` when the whole image is within delta, ``template`` when a large share of the tiles (at least
@@ -83,11 +84,17 @@ _resize = resize_rgb
 def prepared_reference(ref: Image.Image, gen_size: tuple[int, int], reference_crop: str,
                        max_side: int) -> tuple[Image.Image, np.ndarray, tuple[int, int]]:
     """(the RGB training image, centre-cropped to the generation's aspect when ``reference_crop`` is "center";
-    its float pixels at the compared size; that size), as every pixel signal compares it with a generation."""
+    its float pixels at the compared size; that size), as every pixel signal compares it with a generation.
+
+    The compared size is the training image's, capped to ``max_side`` and to the generation's longer side: a
+    generation is never upsampled past the resolution the model made it at (Carlini et al. compare at the
+    model's 512 px). Measured on the lab's 32-px model (``benchmarks/bench_probe_recall.py``, BENCHMARKS.md
+    section 10): compared at the 256-px training photos, a 50x group's best generation sat at tiled L2 0.155 (0.126
+    at 32 px) and was missed, a 200x group's at 0.182 (0.092): the upsampled copy lacks detail it never had."""
     r = ref.convert("RGB")
     if reference_crop == "center":
         r = center_crop_to_aspect(r, gen_size[0] / gen_size[1])
-    size = capped_size(*r.size, max_side)
+    size = capped_size(*r.size, min(int(max_side), max(gen_size)))
     return r, to_float(resize_rgb(r, size)), size
 
 

@@ -5,8 +5,8 @@ Two tiers under one budget of UNet evaluations:
 1. **Screen** every (risky caption, variant) cheaply, in risk-rank order: the white-box first-step score
    (:mod:`auditor.probe.whitebox`) when the model exposes a UNet, else ``screen_generations`` images checked
    against the cluster's training images and for near-identical pairs (``screen_clique_k``).
-2. **Confirm** flagged variants, strongest screen evidence first, with ``confirm_generations`` images (the screen
-   ones reused) against the training images of the caption's cluster (tiled L2, copy descriptor) and for a
+2. **Confirm** flagged variants, strongest screen evidence first (after the white-box screen, the unflagged ones
+   follow by score unless ``whitebox_gate``), with ``confirm_generations`` images (the screen ones reused) against the training images of the caption's cluster (tiled L2, copy descriptor) and for a
    clique of near-identical generations.
 
 Thresholds are calibrated on non-risky captions (singleton clusters of the same dataset, or a prompt file).
@@ -266,8 +266,8 @@ class ProbeRunner:
         # phase 2: confirm flagged captions, strongest screen evidence first (markers: captions/<cid>.json)
         def prio(c):
             vs = screens[c["cid"]]["variants"].values()
-            flagged = [v["priority"] for v in vs if v["flag"]]
-            return (0 if flagged else 1, -max(flagged) if flagged else 0.0, int(c["row"]["rank"]))
+            flagged = [v["priority"] for v in vs if v["flag"]]  # then the others, closest to a flag first
+            return (0 if flagged else 1, -max(flagged or [v["priority"] for v in vs] or [0.0]), int(c["row"]["rank"]))
 
         order = sorted(captions, key=prio)
         for c in order:
@@ -296,7 +296,8 @@ class ProbeRunner:
             tier = "skipped" if v["skipped"] else "screen"
             new_evals = 0
             note = "skipped: UNet budget exhausted" if v["skipped"] else ""
-            if v["flag"] and not v["skipped"]:
+            # the white-box screen orders the confirm tier; it gates it only with whitebox_gate
+            if (v["flag"] or (scr["mode"] == "whitebox" and not cfg.whitebox_gate)) and not v["skipped"]:
                 have = {r["seed"] for r in recs}
                 want = [s for s in seeds[: cfg.confirm_generations] if s not in have]
                 n = self.budget.images_affordable(per_image, len(want))

@@ -2,7 +2,8 @@
 (:mod:`auditor.probe.fusion`) decides on.
 
 Both images are compared as the tiled-L2 detector does: the training image center-cropped to the generation's
-aspect (``reference_crop="center"``), the generation resized to it, capped to ``compare_max_side``.
+aspect (``reference_crop="center"``), the generation resized to it, capped to ``compare_max_side`` and to the
+generation's own size (:func:`auditor.probe.detectors.prepared_reference`).
 
 - ``tiled_l2`` / ``tile_fraction``: Carlini et al.'s max over ``tile_grid x tile_grid`` tiles, and the share of
   those tiles within delta (the old verbatim / template rule, kept as evidence).

@@ -134,7 +134,8 @@ def test_cli_probe_with_tiny_diffusers_pipeline(indexed_run, tiny_model, tmp_pat
     assert "placeholder image" not in set(res["caption"])  # placeholders skipped by default
     assert set(res["caption"]) == {MEMO, PLAIN, BOOM}
     assert set(res["variant"]) == {"exact", "prefix50"}
-    assert res["whitebox_score"].notna().all() and res["tier"].isin(["screen", "confirm"]).all()
+    # the white-box screen orders the confirm tier and gates nothing (probe.whitebox_gate is off): all confirmed
+    assert res["whitebox_score"].notna().all() and (res["tier"] == "confirm").all()
     cal = json.loads((out / "calibration.json").read_text())
     assert len(cal["captions"]) == 3 and cal["whitebox_threshold"] is not None
     assert (res["whitebox_flag"] == (res["whitebox_score"] > cal["whitebox_threshold"])).all()
@@ -142,8 +143,7 @@ def test_cli_probe_with_tiny_diffusers_pipeline(indexed_run, tiny_model, tmp_pat
     for _, r in res.iterrows():
         expect = 2 * 2 * 1 + r["n_generations"] * 2 * 2
         assert r["unet_evals"] == expect
-        assert r["n_generations"] == (3 if r["whitebox_flag"] else 0)
-        assert list(r["seeds"]) == ([0, 1, 2] if r["whitebox_flag"] else [])
+        assert r["n_generations"] == 3 and list(r["seeds"]) == [0, 1, 2]
     gens = pd.read_parquet(out / "generations.parquet")
     assert list(gens.columns) == GENERATION_COLUMNS
     assert len(gens) == res["n_generations"].sum()
@@ -170,6 +170,13 @@ def test_cli_probe_with_tiny_diffusers_pipeline(indexed_run, tiny_model, tmp_pat
     assert (out / "results.parquet").read_bytes() == res_bytes
     # a different config is refused rather than mixed into the same outputs
     assert main(args[:-2] + ["--set", "probe.variants=[exact]"]) == 2  # one line naming the key that differs
+
+    # probe.whitebox_gate: a caption the screen does not flag is not confirmed (no generation, screen evals only)
+    gated = _copy_run(indexed_run[0], tmp_path / "gated")
+    assert main([args[0], str(gated), *args[2:], "--set", "probe.whitebox_gate=true"]) == 0
+    res = pd.read_parquet(gated / "probe" / "results.parquet")
+    assert (res["n_generations"] == np.where(res["whitebox_flag"], 3, 0)).all()
+    assert (res["tier"] == np.where(res["whitebox_flag"], "confirm", "screen")).all()
 
 
 # --- a memorizing model through detection, verdicts, evidence, resume, budget -----------------------------------
