@@ -71,17 +71,19 @@ def make_sources(cfg: LabConfig):
 
 
 def load_training_pairs(dataset_dir: Path, planted: pd.DataFrame, source_dir: Path, res: int):
-    """(images, captions, planted file names) of every downloaded sample, in the dataset's order.
+    """(images, captions, planted file names) of every downloaded sample, in (shard, key) order.
 
     The img2dataset output is read through the auditor's own reader; each sample is tied back to its planted
-    file through the ``source`` column img2dataset saved."""
+    file through the ``source`` column img2dataset saved. img2dataset writes a shard's samples in the order their
+    downloads finish (a thread pool), while its keys follow the input rows: the samples are sorted by key so
+    that the training order, and so the trained model, does not depend on download timing."""
     from ..io import open_dataset
 
     reader = open_dataset(str(dataset_dir))
     files = set(planted["file"])
     imgs, caps, names, errors = [], [], [], []
     for ref in reader.shards():
-        for s in reader.read_shard(ref):
+        for s in sorted(reader.read_shard(ref), key=lambda smp: str(smp.key)):
             if s.data is None:
                 errors.append({"key": s.key, "shard": s.shard, "stage": "lab-train", "error": s.error or s.status})
                 continue
