@@ -5,9 +5,9 @@ Two tiers under one budget of UNet evaluations:
 1. **Screen** every (risky caption, variant) cheaply, in risk-rank order: the white-box first-step score
    (:mod:`auditor.probe.whitebox`) when the model exposes a UNet, else ``screen_generations`` images checked
    against the cluster's training images and for near-identical pairs (``screen_clique_k``).
-2. **Confirm** flagged variants, strongest screen evidence first (after the white-box screen, the unflagged ones
-   follow by score unless ``whitebox_gate``), with ``confirm_generations`` images (the screen ones reused) against the training images of the caption's cluster (tiled L2, copy descriptor) and for a
-   clique of near-identical generations.
+2. **Confirm** flagged variants, strongest screen evidence first (after the white-box screen the unflagged ones
+   follow by score unless ``whitebox_gate``), with ``confirm_generations`` images (the screen ones reused) against
+   the caption's training images and the whole index (the fused verdict) and for a clique of near-identical ones.
 
 Thresholds are calibrated on non-risky captions (singleton clusters of the same dataset, or a prompt file).
 
@@ -54,8 +54,7 @@ from .fusion import Thresholds
 from .retrieval import Retriever
 from .verdict import VerdictTools, judge
 from .whitebox import select_whitebox
-from .schema import (FORMAT_VERSION, GENERATION_COLUMNS, GENERATION_SCHEMA, PROBE_DIR, RESULT_COLUMNS,  # noqa: F401
-                     RESULT_SCHEMA, generations_table, results_table)  # the columns are re-exported (tests, lab)
+from .schema import FORMAT_VERSION, GENERATION_COLUMNS, PROBE_DIR, RESULT_COLUMNS, generations_table, results_table  # noqa: F401,E501 (columns re-exported: tests)
 from .variants import load_user_variants, make_variants
 
 log = logging.getLogger(__name__)
