@@ -25,6 +25,13 @@ from . import parquet as _parquet  # noqa: F401
 from . import webdataset as _webdataset  # noqa: F401
 from .base import IMAGE_EXTS, READERS, DatasetReader, find_files, has_protocol, list_dir, url_to_fs
 from .parquet import find_image_column
+from ..errors import UserError
+
+
+class LayoutError(UserError, ValueError):
+    """No layout matches the files of a dataset root (an empty folder, the wrong folder): a ``ValueError`` for the
+    API, and the user's to fix on the command line (one line, exit 2)."""
+
 
 LAYOUTS = ("webdataset", "parquet", "files", "folder")
 
@@ -58,7 +65,7 @@ def detect_layout(root: str | os.PathLike) -> str:
             return "webdataset"
         if path.endswith(".parquet"):
             return "parquet"
-        raise ValueError(f"{root} is a file but neither a .tar nor a .parquet shard")
+        raise LayoutError(f"{root} is a file but neither a .tar nor a .parquet shard")
     entries = list_dir(fs, path)
     by_name = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
     file_names = sorted(n for n, e in by_name.items() if e["type"] != "directory")
@@ -80,8 +87,8 @@ def detect_layout(root: str | os.PathLike) -> str:
             continue
         if "." in rel and rel.rsplit(".", 1)[-1].lower() in IMAGE_EXTS:
             return "folder"
-    raise ValueError(f"cannot tell the dataset layout of {root}: no .tar shards, no img2dataset parquet/files "
-                     f"shards and no image files; pass the layout explicitly ({', '.join(LAYOUTS)})")
+    raise LayoutError(f"cannot tell the dataset layout of {root}: no .tar shards, no img2dataset parquet/files "
+                      f"shards and no image files; pass the layout explicitly ({', '.join(LAYOUTS)})")
 
 
 def open_dataset(root: str | os.PathLike, layout: str = "auto", **options: Any) -> DatasetReader:
