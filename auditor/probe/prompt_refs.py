@@ -68,6 +68,12 @@ PROGRESS_MIN = 8  # a bar only when more than a handful of URLs are fetched
 _URL = re.compile(r"^https?://", re.IGNORECASE)
 
 
+def _clean(ref) -> Optional[str]:
+    """The reference of a prompt row, stripped; None for none (empty, or pandas' "nan"/"None" of a blank cell)."""
+    ref = "" if ref is None else str(ref).strip()
+    return ref if ref and ref.lower() not in ("nan", "none") else None
+
+
 class UnresolvedReference(Exception):
     """A reference that could not be resolved (the message is what errors.parquet records)."""
 
@@ -101,9 +107,9 @@ class PromptReferences:
     # --- resolution ----------------------------------------------------------------------------------------
     def get(self, ref: Optional[str], cluster_id) -> Optional[PromptReference]:
         """The reference image of one prompt row (resolved once per reference; None when it has none or fails)."""
-        if ref is None or not str(ref).strip() or str(ref).strip().lower() in ("nan", "none"):
+        ref = _clean(ref)
+        if ref is None:
             return None
-        ref = str(ref).strip()
         with self._lock:
             if ref in self._done:
                 return self._done[ref]
@@ -123,8 +129,8 @@ class PromptReferences:
         seen: set[str] = set()
         todo = []
         for r, c in rows:  # each reference once (the first row naming it is the one its errors name)
-            r = "" if r is None else str(r).strip()
-            if r and r.lower() not in ("nan", "none") and r not in seen and r not in self._done:
+            r = _clean(r)
+            if r is not None and r not in seen and r not in self._done:
                 seen.add(r)
                 todo.append((r, c))
         if not todo:
