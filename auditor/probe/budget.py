@@ -24,17 +24,25 @@ class Budget:
         return max(0, min(want, (self.limit - self.spent) // max(1, per_image)))
 
 
+def confirmed(variant: dict, screen: dict, whitebox_gate: bool) -> bool:
+    """Whether the confirm phase generates for a screened variant: flagged, or (the white-box screen orders the
+    confirm tier, it gates it only with ``whitebox_gate``) any variant of a white-box-screened caption; never a
+    variant the screen skipped for the budget."""
+    return (variant["flag"] or (screen["mode"] == "whitebox" and not whitebox_gate)) and not variant["skipped"]
+
+
 def confirm_reach(captions: list[dict], screens: dict, seeds: list[int], confirm_generations: int, per_image: int,
-                  budget: Budget) -> list[dict]:
+                  budget: Budget, whitebox_gate: bool) -> list[dict]:
     """The captions (``captions`` in the confirm phase's order, the finished ones left out) that the confirm phase
-    will judge generations of: a variant with screen generations, or flagged and not skipped with at least one
-    new generation the budget still affords (the runner's ``finish_caption`` rule, without spending anything)."""
+    will judge generations of: a variant with screen generations, or :func:`confirmed` with at least one new
+    generation the budget still affords (the runner's ``finish_caption`` rule, without spending anything)."""
     left = budget.left()
     out = []
     for c in captions:
         judged = False
-        for v in screens[c["cid"]]["variants"].values():
-            if v["flag"] and not v["skipped"]:
+        scr = screens[c["cid"]]
+        for v in scr["variants"].values():
+            if confirmed(v, scr, whitebox_gate):
                 have = {r["seed"] for r in v["recs"]}
                 want = sum(s not in have for s in seeds[:confirm_generations])
                 n = want if left is None else min(want, left // max(1, per_image))

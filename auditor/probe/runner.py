@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from ..rundir import GENERATIONS, PROBE_FINGERPRINT, PROVENANCE, RESULTS, RunDir, check_resume
 from ..utils import (ErrorRecord, caption_hash, errors_frame, package_versions, remove_temporary_files, write_json,
                      write_parquet)
-from .budget import Budget, confirm_reach
+from .budget import Budget, confirm_reach, confirmed
 from .config import ProbeConfig, fingerprint, public_config
 from .detectors import CopyDescriptorDetector, TiledL2Detector
 from .generators import Generation, Generator, build_generator
@@ -275,7 +275,7 @@ class ProbeRunner:
                 self.budget.spent += m["confirm_unet_evals"]
         if self.refs.prompt_refs is not None:  # the references of the captions confirm will judge, concurrently
             todo = confirm_reach([c for c in order if c["cid"] not in done_final], screens, seeds,
-                                 cfg.confirm_generations, per_image, self.budget)
+                                 cfg.confirm_generations, per_image, self.budget, cfg.whitebox_gate)
             self.refs.prompt_refs.prefetch([(c["row"].get("reference"), int(c["row"]["cluster_id"])) for c in todo])
         for c in tqdm(order, desc="probe: confirm", unit="caption", disable=not cfg.progress):
             if c["cid"] in done_final:
@@ -295,8 +295,7 @@ class ProbeRunner:
             tier = "skipped" if v["skipped"] else "screen"
             new_evals = 0
             note = "skipped: UNet budget exhausted" if v["skipped"] else ""
-            # the white-box screen orders the confirm tier; it gates it only with whitebox_gate
-            if (v["flag"] or (scr["mode"] == "whitebox" and not cfg.whitebox_gate)) and not v["skipped"]:
+            if confirmed(v, scr, cfg.whitebox_gate):  # the white-box screen orders the tier, gates it on request
                 have = {r["seed"] for r in recs}
                 want = [s for s in seeds[: cfg.confirm_generations] if s not in have]
                 n = self.budget.images_affordable(per_image, len(want))
