@@ -58,7 +58,8 @@ ASSIGN_CHUNK = 65_536         # rows per centroid search
 CDIST_FULL_MAX = 4096         # lists up to which the margin rule keeps all centroid distances (64 MB)
 
 __all__ = ["DEFAULT_NPROBE", "DEFAULT_MAX_PROBES", "default_nlist", "default_nprobe", "train_centroids",
-           "assign_lists", "pair_slack", "centroid_distances", "probe_mask", "probe_lists", "ivf_join", "IVFSearch"]
+           "assign_lists", "pair_radius", "pair_slack", "centroid_distances", "probe_mask", "probe_lists", "ivf_join",
+           "IVFSearch"]
 
 
 def default_nlist(n: int) -> int:
@@ -112,10 +113,15 @@ def assign_lists(x: np.ndarray, centroids: np.ndarray, k: int, progress: bool, c
     return out
 
 
+def pair_radius(threshold: float) -> float:
+    """``|a - b|`` of unit vectors with ``cos(a, b) = threshold``: ``sqrt(2 (1 - threshold))``, the largest distance
+    of a pair at or above the threshold (the margin rule's ``r``, here and in the partitioned search)."""
+    return math.sqrt(max(0.0, 2.0 * (1.0 - float(threshold))))
+
+
 def pair_slack(threshold: float, margin: float) -> float:
-    """``margin * r`` with ``r = sqrt(2 (1 - threshold))``, the largest ``|a - b|`` of unit rows at or above the
-    threshold (the margin rule, module docstring)."""
-    return float(margin) * math.sqrt(max(0.0, 2.0 * (1.0 - float(threshold))))
+    """``margin * r`` with ``r`` = :func:`pair_radius` (the margin rule, module docstring)."""
+    return float(margin) * pair_radius(threshold)
 
 
 def centroid_distances(centroids: np.ndarray) -> Optional[np.ndarray]:

@@ -52,6 +52,7 @@ from ...utils import write_json, write_npy
 from ..config import DedupConfig
 from . import ivf
 from .common import f32
+from .ivf import pair_radius  # noqa: F401  (re-exported: auditor.dedup.partitioned)
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,6 @@ def default_nparts(n: int, target_rows: int = DEFAULT_ROWS) -> int:
     return max(1, math.ceil(n / target_rows))
 
 
-def pair_radius(threshold: float) -> float:
-    """``|a - b|`` of unit vectors with ``cos(a, b) = threshold``: ``sqrt(2 (1 - threshold))``."""
-    return math.sqrt(max(0.0, 2.0 * (1.0 - float(threshold))))
-
-
 def train_centroids(emb, nparts: int, seed: int = 0, sample_per_part: int = 64, niter: int = 20) -> np.ndarray:
     """Spherical k-means centroids (float32 [nparts, dim]) on a seeded random sample of the rows (the same
     training as the in-memory IVF join's lists)."""
@@ -97,7 +93,7 @@ class ProbeAssigner:
         self.centroids = f32(centroids)
         P, d = self.centroids.shape
         self.max_probes = max(1, min(int(max_probes), P))
-        self.slack = float(margin) * pair_radius(threshold)
+        self.slack = ivf.pair_slack(threshold, margin)
         self.quant = faiss.IndexFlatIP(d)
         self.quant.add(self.centroids)
         self.sq = (self.centroids * self.centroids).sum(1)
