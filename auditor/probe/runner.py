@@ -54,7 +54,8 @@ from .fusion import Thresholds
 from .retrieval import Retriever
 from .verdict import VerdictTools, judge
 from .whitebox import select_whitebox
-from .schema import FORMAT_VERSION, GENERATION_COLUMNS, PROBE_DIR, RESULT_COLUMNS, generations_table, results_table  # noqa: F401,E501 (columns re-exported: tests)
+from .schema import (FORMAT_VERSION, GENERATION_COLUMNS, PROBE_DIR, RESULT_COLUMNS,  # noqa: F401 (columns:
+                     generations_table, results_table)  # re-exported for the tests)
 from .variants import load_user_variants, make_variants
 
 log = logging.getLogger(__name__)
