@@ -171,6 +171,22 @@ def utf8_safe(text):
         return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
+def string_table(rows: list[dict], columns) -> pa.Table:
+    """``rows`` as a pyarrow table of string columns ``columns`` (a missing or None value is null, anything else
+    its ``str``), built without pandas: the index command writes its error and not-downloaded tables with this,
+    and not importing pandas there cut ~0.6 s of its start-up (BENCHMARKS.md §1)."""
+    import pyarrow as pa
+
+    data = {c: [None if r.get(c) is None else utf8_safe(str(r[c])) for r in rows] for c in columns}
+    return pa.table({c: pa.array(v, pa.string()) for c, v in data.items()})
+
+
+def errors_table(records: list[ErrorRecord]) -> pa.Table:
+    """:func:`errors_frame`'s rows and columns as a pyarrow table (every value a string, as there)."""
+    return string_table([{k: str(utf8_safe(v)) for k, v in asdict(r).items()} for r in records],
+                        ErrorRecord.ERROR_COLUMNS)
+
+
 def errors_frame(records: list[ErrorRecord]) -> pd.DataFrame:
     import pandas as pd
 

@@ -25,13 +25,14 @@ import logging
 import os
 from pathlib import Path
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..errors import ConfigMismatch, UserError
 from ..rundir import INDEX_DIR, INDEX_ERRORS, INDEX_JSON, NOT_INDEXED, SHARDS_DIR, check_resume, without_runtime
 from ..io import open_dataset
 from ..io.base import ShardRef
-from ..utils import errors_frame, package_versions, remove_temporary_files, write_json, write_parquet
+from ..utils import ErrorRecord, package_versions, remove_temporary_files, write_json, write_parquet
 from .config import IndexConfig
 from .engines import build_engine
 from .shard import IndexJob, empty_table
@@ -161,6 +162,16 @@ def run_index(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: Index
     return _finalize(run_dir, all_shards, base_info)
 
 
+def _concat_strings(tables: list, kind: str, columns) -> pa.Table:
+    """The shards' error (or not-downloaded) tables as one table of string columns; a shard written by an
+    older auditor through pandas carries pandas metadata, which the cast drops."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return empty_table(kind)
+    schema = empty_table(kind).schema
+    return pa.concat_tables([t.select(list(columns)).cast(schema) for t in tables])
+
+
 def _finalize(run_dir: Path, all_shards: list[ShardRef], base_info: dict) -> IndexStore:
     index_dir = run_dir / INDEX_DIR
     shard_dir = index_dir / SHARDS_DIR
@@ -174,14 +185,11 @@ def _finalize(run_dir: Path, all_shards: list[ShardRef], base_info: dict) -> Ind
         counts = json.loads(marker.read_text(encoding="utf-8"))
         per_shard.append({"id": sid, **counts})
         if counts.get("errors", 1):  # the marker's counts: no need to read an empty table back
-            errs.append(pd.read_parquet(shard_dir / f"{sid}.errors.parquet"))
+            errs.append(pq.read_table(shard_dir / f"{sid}.errors.parquet"))
         if counts.get("not_indexed", 1):
-            skipped.append(pd.read_parquet(shard_dir / f"{sid}.not_indexed.parquet"))
-    err_df = pd.concat(errs, ignore_index=True) if errs else errors_frame([])
-    skip_df = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=NOT_INDEXED_COLUMNS)
-    write_parquet(index_dir / INDEX_ERRORS, err_df.astype(str) if len(err_df) else empty_table("errors"))
-    write_parquet(index_dir / NOT_INDEXED, skip_df.astype("string") if len(skip_df)
-                  else empty_table("not_indexed"))
+            skipped.append(pq.read_table(shard_dir / f"{sid}.not_indexed.parquet"))
+    write_parquet(index_dir / INDEX_ERRORS, _concat_strings(errs, "errors", ErrorRecord.ERROR_COLUMNS))
+    write_parquet(index_dir / NOT_INDEXED, _concat_strings(skipped, "not_indexed", NOT_INDEXED_COLUMNS))
     totals = {k: int(sum(s[k] for s in per_shard)) for k in ("indexed", "errors", "not_indexed")}
     info = dict(base_info)
     info.update({"shards": per_shard, "counts": {"shards": len(per_shard), **totals},

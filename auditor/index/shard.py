@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from ..io.base import DatasetReader, Sample, ShardRef
-from ..utils import (ErrorRecord, errors_frame, is_utf8, utf8_safe, write_json, write_npy,
+from ..utils import (ErrorRecord, errors_table, is_utf8, string_table, utf8_safe, write_json, write_npy,
                      write_parquet)
 from .config import IndexConfig
 from .store import NOT_INDEXED_COLUMNS, SAMPLE_SCHEMA
@@ -183,17 +182,16 @@ def _embed_shard(acc: ShardAccumulator, embedder, batch_size: int, gpu=None) -> 
 
 @functools.cache
 def empty_table(kind: str) -> pa.Table:
-    frame = errors_frame([]) if kind == "errors" else pd.DataFrame(columns=NOT_INDEXED_COLUMNS).astype("string")
-    return pa.Table.from_pandas(frame, preserve_index=False)
+    return string_table([], ErrorRecord.ERROR_COLUMNS if kind == "errors" else NOT_INDEXED_COLUMNS)
 
 
-def _errors_table(errors: list[ErrorRecord]):
-    """The shard's errors as written (the usual empty one is built once: pandas costs ~2 ms a frame)."""
-    return errors_frame(errors) if errors else empty_table("errors")
+def _errors_table(errors: list[ErrorRecord]) -> pa.Table:
+    """The shard's errors as written (pyarrow, not pandas: see ``utils.string_table``)."""
+    return errors_table(errors) if errors else empty_table("errors")
 
 
-def _not_indexed_table(rows: list[dict]):
-    return pd.DataFrame(rows, columns=NOT_INDEXED_COLUMNS).astype("string") if rows else empty_table("not_indexed")
+def _not_indexed_table(rows: list[dict]) -> pa.Table:
+    return string_table(rows, NOT_INDEXED_COLUMNS) if rows else empty_table("not_indexed")
 
 
 def write_shard(acc: ShardAccumulator, shard_dir: Path, embedder, batch_size: int,

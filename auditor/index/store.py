@@ -18,16 +18,18 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..rundir import INDEX_DIR, INDEX_ERRORS, INDEX_JSON, NOT_INDEXED, SHARDS_DIR  # noqa: F401 - the layout
 from .columns import SAMPLE_COLUMN_NAMES
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: the index command itself never needs it
+    import pandas as pd
 
 # 3: ``phash_dihedral`` / ``dhash_dihedral`` (the hashes of the flipped and rotated thumbnail); 2: the pixel hash is
 # BLAKE3 (``pixel_blake3``); format 1 had ``pixel_sha256``
@@ -136,6 +138,8 @@ class IndexStore:
     def table(self, columns: Optional[list[str]] = None, shards: Optional[Iterable[str]] = None) -> pd.DataFrame:
         """All indexed samples, shards concatenated in ``shard_ids()`` order; ``row`` is the global row,
         aligned with :meth:`embeddings`."""
+        import pandas as pd
+
         ids = list(shards) if shards is not None else self.shard_ids()
         parts = [_read_shard_columns(self.shard_dir / f"{s}.parquet", columns) for s in ids]
         if not parts:
@@ -186,10 +190,14 @@ class IndexStore:
         return np.concatenate(mats, axis=0) if len(mats) > 1 else np.asarray(mats[0])
 
     def errors(self) -> pd.DataFrame:
+        import pandas as pd
+
         p = self.dir / INDEX_ERRORS
         return pd.read_parquet(p) if p.exists() else pd.DataFrame(columns=["key", "shard", "stage", "error"])
 
     def not_indexed(self) -> pd.DataFrame:
+        import pandas as pd
+
         p = self.dir / NOT_INDEXED
         return pd.read_parquet(p) if p.exists() else pd.DataFrame(columns=NOT_INDEXED_COLUMNS)
 

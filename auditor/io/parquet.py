@@ -12,7 +12,6 @@ import posixpath
 from typing import Any, Iterator, Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .base import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TEXT_BYTES, EXPANSION_FLOOR, \
@@ -74,6 +73,8 @@ def value_lengths(arr: pa.Array) -> Optional[list]:
     if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t)
             or pa.types.is_large_string(t)):
         return None
+    import pyarrow.compute as pc  # here: 0.1 s of every command's start-up otherwise (the CLI lists readers)
+
     return pc.binary_length(arr).to_pylist()
 
 
@@ -131,6 +132,8 @@ class ParquetReader(DatasetReader):
         except Exception:  # noqa: BLE001 - an unconvertible key column: keys from the row numbers
             keys = [None] * batch.num_rows
         if over:  # the oversized values are replaced by nulls before anything is copied into Python
+            import pyarrow.compute as pc
+
             mask = pa.array([i in over for i in range(batch.num_rows)])
             for name in ([cols["image"]] if cols["image"] else []) + cols["captions"]:
                 j = batch.schema.get_field_index(name)
