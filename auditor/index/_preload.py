@@ -1,7 +1,7 @@
 """Imported by the local engine's forkserver before it forks pool workers (``set_forkserver_preload``): the
 worker side of the pipeline (:mod:`auditor.index.worker`, free of pandas and pyarrow) is imported, the hashing
 tables built and the JPEG fast path verified once, not once per worker, and its BLAS/OpenMP pools are capped to one
-thread. The forkserver is started with ``PYTHONSAFEPATH=1`` (``auditor.index.engines.local.worker_context``), so
+thread. The forkserver is started with ``PYTHONSAFEPATH=1`` (``auditor.index.workerctx.worker_context``), so
 this import never finds a folder named ``auditor`` in the caller's current folder instead of the package.
 
 Only the worker's modules are imported: a worker needs nothing else, and importing the whole pipeline (pandas,

@@ -94,9 +94,9 @@ def _run(args: argparse.Namespace) -> int:
     check_dataset(args.dataset)
     check_out(args.dataset, args.out)
     check_weights(cfg.index.embedder)
-    from .engines.local import start_worker_server
+    from .workerctx import start_worker_server
 
-    start_worker_server(cfg.index)  # its preload overlaps this process's imports (pandas, pyarrow, readers)
+    start_worker_server(cfg.index)  # usually running already (cli.main: workerctx.prestart); else started now
     from .runner import run_index
 
     store = run_index(args.dataset, args.out, cfg.index)

@@ -72,6 +72,24 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["photos/", "--out", "run"], True),
+    (["photos/", "--out", "run", "--workers", "2"], True),
+    (["photos/", "--out", "run", "--workers", "0"], False),
+    (["photos/", "--out", "run", "--workers=0"], False),
+    (["photos/", "--out", "run", "--set", "index.workers=0"], False),
+    (["photos/", "--out", "run", "--engine", "ray"], False),
+    (["photos/", "--out", "run", "--set", "index.engine=ray"], False),
+    (["--help"], False),
+])
+def test_prestart_guesses_the_pool_from_the_arguments(argv, expected):
+    """``auditor index`` starts the pool's forkserver before it imports the pipeline (cli.main -> prestart), from
+    the arguments alone: not when they say the run is in-process, on Ray, or only asks for help."""
+    from auditor.index.workerctx import guess_pool
+
+    assert guess_pool(argv) is expected
+
+
 def test_ray_engine_byte_identical_to_local(photos, tiny_clip, ray_cluster, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="auditor.index.engines.ray_engine")
     for name, emb in (("none", {"name": "none"}), ("clip", tiny_clip)):

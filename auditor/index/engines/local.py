@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import types
-from multiprocessing import context as mpc
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
+from ..workerctx import worker_context
 from .base import ENGINES, IndexEngine
 
 if TYPE_CHECKING:  # kept light: the CLI imports this module to start the worker server before pandas loads
@@ -87,12 +85,31 @@ class LocalEngine(IndexEngine):
                 for chunk in chunk_iter:
                     consume(process_chunk(chunk, decode_cfg, emb_cfg, keep, mode))
             else:
+                _import_in_background("pandas")
                 run_pool(chunk_iter, workers, decode_cfg, emb_cfg, consume, keep, mode)
             if acc is not None:
                 finish(acc)
         finally:
             bar.close()
             nbar.close()
+
+
+def _import_in_background(name: str) -> None:
+    """Import ``name`` on a daemon thread of this (otherwise waiting) main process while the pool works.
+    pyarrow imports pandas on its first conversion of Python values (``pa.array`` checks for pandas types), so
+    without this the first shard write waited 0.44 s for it after the last chunk; imported while the workers run,
+    it cost ``auditor index`` of 3,000 photos ~0.2 s instead (2 cores, BENCHMARKS.md §1). A later import of the
+    same module waits for this one (the import lock), so the result is the same either way."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the import that needs it reports the problem
+            pass
+
+    threading.Thread(target=run, name=f"auditor-import-{name}", daemon=True).start()
 
 
 def init_worker(parent_pid: int, native_threads: int) -> None:
@@ -120,78 +137,6 @@ def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
                 os._exit(0)
 
     threading.Thread(target=watch, name="auditor-parent-watch", daemon=True).start()
-
-
-class _BareMainProcess:
-    """Mixed into the context's Process class: the worker is started without the caller's ``__main__``.
-
-    spawn and forkserver workers normally re-run the parent's main script (as ``__mp_main__``) before they take
-    work, so a user script that calls ``run_index`` without ``if __name__ == "__main__":`` would index again in
-    every worker and kill the pool. The workers only run ``auditor`` functions, so they are started with a bare
-    ``__main__`` instead (custom backends must then live in an importable module, not in the script itself)."""
-
-    def start(self):
-        main = sys.modules.get("__main__")
-        sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to re-run
-        try:
-            super().start()
-        finally:
-            if main is not None:
-                sys.modules["__main__"] = main
-
-
-class _SpawnProcess(_BareMainProcess, mpc.SpawnProcess):
-    pass
-
-
-class _SpawnContext(mpc.SpawnContext):
-    Process = _SpawnProcess
-
-
-if hasattr(mpc, "ForkServerContext"):  # POSIX
-    class _ForkServerProcess(_BareMainProcess, mpc.ForkServerProcess):
-        pass
-
-    class _ForkServerContext(mpc.ForkServerContext):
-        Process = _ForkServerProcess
-
-
-def worker_context():
-    """The multiprocessing context of the index pool, kept off the caller's current folder and ``__main__``.
-
-    forkserver on POSIX: workers never inherit the main process's threads (torch/OpenMP, tqdm's monitor) and
-    fork from a server that already imported the pipeline (``auditor.index._preload``). The server is started by
-    ``python -c``, which puts the current folder first on ``sys.path`` (and CPython's forkserver ignores the
-    parent's ``sys.path``): started from a folder holding a directory named ``auditor`` it would import that
-    instead of the package. It is therefore started with ``PYTHONSAFEPATH=1`` (Python >= 3.11; on 3.10 nothing
-    is preloaded, and the workers import the package after taking the parent's ``sys.path``)."""
-    if os.name != "posix":
-        return _SpawnContext()
-    ctx = _ForkServerContext()
-    if sys.version_info >= (3, 11):
-        from multiprocessing import forkserver
-
-        ctx.set_forkserver_preload(["auditor.index._preload"])
-        saved = os.environ.get("PYTHONSAFEPATH")
-        os.environ["PYTHONSAFEPATH"] = "1"
-        try:
-            forkserver.ensure_running()  # started once per process; later pools reuse it
-        finally:
-            if saved is None:
-                os.environ.pop("PYTHONSAFEPATH", None)
-            else:
-                os.environ["PYTHONSAFEPATH"] = saved
-    return ctx
-
-
-def start_worker_server(icfg) -> None:
-    """Start the pool's forkserver now, if this config will use one, so that its preload (the pipeline's imports,
-    ~1 s of CPU) runs on another core while the caller still imports and lists; the pool started later reuses it.
-    The ``auditor index`` command calls this first thing (issue 18: the fixed cost of a 1,000-file run)."""
-    from ..threads import resolve_workers
-
-    if icfg.engine == "local" and resolve_workers(icfg.workers) > 0:
-        worker_context()
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
