@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional
 from ..workerctx import worker_context
 from .base import ENGINES, IndexEngine
 
-if TYPE_CHECKING:  # kept light: the CLI imports this module to start the worker server before pandas loads
+if TYPE_CHECKING:  # types only: the pipeline modules are imported where the engine runs
     from ...io.base import Sample
     from ...utils import ErrorRecord
 
