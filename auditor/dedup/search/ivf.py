@@ -58,7 +58,8 @@ ASSIGN_CHUNK = 65_536         # rows per centroid search
 CDIST_FULL_MAX = 4096         # lists up to which the margin rule keeps all centroid distances (64 MB)
 
 __all__ = ["DEFAULT_NPROBE", "DEFAULT_MAX_PROBES", "default_nlist", "default_nprobe", "train_centroids",
-           "assign_lists", "pair_radius", "pair_slack", "centroid_distances", "probe_mask", "probe_lists", "ivf_join",
+           "assign_lists", "pair_radius", "pair_slack", "centroid_distances", "probe_mask", "margin_keep", "probe_lists",
+           "ivf_join",
            "IVFSearch"]
 
 
@@ -154,6 +155,13 @@ def probe_mask(sims: np.ndarray, ids: np.ndarray, centroids: np.ndarray, slack: 
         for col in range(ids.shape[1]):
             diff = c[home[:, col]] - c[ids[:, col]]
             cd[:, col] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return margin_keep(sims, cd, slack, floor)
+
+
+def margin_keep(sims: np.ndarray, cd: np.ndarray, slack: float, floor: int = 1) -> np.ndarray:
+    """The margin rule on distances already looked up: probe list ``j`` (column ``k``) when ``sims[:, 0] -
+    sims[:, k] <= slack * cd[:, k]`` (``cd`` = ``|c_home - c_j|``), and the ``floor`` nearest always. Shared by
+    :func:`probe_mask` and the partitioned search's ``ProbeAssigner``."""
     keep = (sims[:, :1] - sims) <= np.float32(slack) * cd
     keep[:, :max(1, int(floor))] = True
     return keep

@@ -98,32 +98,24 @@ class ProbeAssigner:
         self.quant.add(self.centroids)
         self.sq = (self.centroids * self.centroids).sum(1)
         # |c_i - c_j| for all pairs while that matrix is small; past it, only for the pairs a block needs
-        self.cdist = self._cdist_matrix() if P <= CDIST_MATRIX_MAX else None
-
-    @staticmethod
-    def _dist(sq_a: np.ndarray, sq_b: np.ndarray, dots: np.ndarray) -> np.ndarray:
-        """Euclidean distances from squared norms and dot products (clipped at 0 against round-off), float32."""
-        return np.sqrt(np.maximum(sq_a + sq_b - 2.0 * dots, 0.0)).astype(np.float32)
-
-    def _cdist_matrix(self) -> np.ndarray:
-        return self._dist(self.sq[:, None], self.sq[None, :], self.centroids @ self.centroids.T)
+        self.cdist = ivf.centroid_distances(self.centroids) if P <= CDIST_MATRIX_MAX else None
 
     def _cdist_pairs(self, h: np.ndarray, j: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+        """``|c_h - c_j|`` of each distinct (h, j) pair once (from squared norms and dot products, clipped at 0)."""
         P = len(self.centroids)
         u, inv = np.unique(h.astype(np.int64) * P + j, return_inverse=True)
         a, b = u // P, u % P
         dots = np.concatenate([np.einsum("ij,ij->i", self.centroids[a[lo:lo + chunk]], self.centroids[b[lo:lo + chunk]])
                                for lo in range(0, len(u), chunk)]) if len(u) else np.zeros(0, np.float32)
-        return self._dist(self.sq[a], self.sq[b], dots)[inv.reshape(-1)].reshape(h.shape)
+        dist = np.sqrt(np.maximum(self.sq[a] + self.sq[b] - 2.0 * dots, 0.0)).astype(np.float32)
+        return dist[inv.reshape(-1)].reshape(h.shape)
 
     def __call__(self, x) -> np.ndarray:
         S, I = self.quant.search(f32(x), self.max_probes)
         I = I.astype(np.int32)
-        gap = S[:, :1] - S
         H = np.broadcast_to(I[:, :1], I.shape)
         cd = self.cdist[H, I] if self.cdist is not None else self._cdist_pairs(H, I)
-        keep = gap <= self.slack * cd
-        keep[:, 0] = True
+        keep = ivf.margin_keep(S, cd, self.slack)
         out = np.where(keep, I, np.int32(-1))
         order = np.argsort(~keep, axis=1, kind="stable")  # kept probes first, in decreasing similarity
         return np.take_along_axis(out, order, axis=1)
