@@ -31,22 +31,27 @@ def confirmed(variant: dict, screen: dict, whitebox_gate: bool) -> bool:
     return (variant["flag"] or (screen["mode"] == "whitebox" and not whitebox_gate)) and not variant["skipped"]
 
 
+def new_seeds(recs: list[dict], seeds: list[int], confirm_generations: int) -> list[int]:
+    """The confirm seeds (the first ``confirm_generations``) a variant has no generation for yet in ``recs``."""
+    have = {r["seed"] for r in recs}
+    return [s for s in seeds[:confirm_generations] if s not in have]
+
+
 def confirm_reach(captions: list[dict], screens: dict, seeds: list[int], confirm_generations: int, per_image: int,
                   budget: Budget, whitebox_gate: bool) -> list[dict]:
     """The captions (``captions`` in the confirm phase's order, the finished ones left out) that the confirm phase
     will judge generations of: a variant with screen generations, or :func:`confirmed` with at least one new
     generation the budget still affords (the runner's ``finish_caption`` rule, without spending anything)."""
-    left = budget.left()
+    sim = Budget(budget.limit)  # spent on a copy: this only looks ahead
+    sim.spent = budget.spent
     out = []
     for c in captions:
         judged = False
         scr = screens[c["cid"]]
         for v in scr["variants"].values():
             if confirmed(v, scr, whitebox_gate):
-                have = {r["seed"] for r in v["recs"]}
-                want = sum(s not in have for s in seeds[:confirm_generations])
-                n = want if left is None else min(want, left // max(1, per_image))
-                left = None if left is None else left - n * per_image
+                n = sim.images_affordable(per_image, len(new_seeds(v["recs"], seeds, confirm_generations)))
+                sim.spent += n * per_image
                 judged = judged or n > 0
             judged = judged or bool(v["recs"])
         if judged:

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from ..rundir import GENERATIONS, PROBE_FINGERPRINT, PROVENANCE, RESULTS, RunDir, check_resume
 from ..utils import (ErrorRecord, caption_hash, errors_frame, package_versions, remove_temporary_files, write_json,
                      write_parquet)
-from .budget import Budget, confirm_reach, confirmed
+from .budget import Budget, confirm_reach, confirmed, new_seeds
 from .config import ProbeConfig, fingerprint, public_config
 from .detectors import CopyDescriptorDetector, TiledL2Detector
 from .generators import Generation, Generator, build_generator
@@ -297,8 +297,7 @@ class ProbeRunner:
             new_evals = 0
             note = "skipped: UNet budget exhausted" if v["skipped"] else ""
             if confirmed(v, scr, cfg.whitebox_gate):  # the white-box screen orders the tier, gates it on request
-                have = {r["seed"] for r in recs}
-                want = [s for s in seeds[: cfg.confirm_generations] if s not in have]
+                want = new_seeds(recs, seeds, cfg.confirm_generations)
                 n = self.budget.images_affordable(per_image, len(want))
                 if n < len(want):
                     note = f"confirm cut to {n} of {len(want)} new generations: UNet budget exhausted"
