@@ -173,8 +173,9 @@ def utf8_safe(text):
 
 def string_table(rows: list[dict], columns) -> pa.Table:
     """``rows`` as a pyarrow table of string columns ``columns`` (a missing or None value is null, anything else
-    its ``str``), built without pandas: the index command writes its error and not-downloaded tables with this,
-    and not importing pandas there cut ~0.6 s of its start-up (BENCHMARKS.md §1)."""
+    its ``str``), built without pandas: the index command writes its error and not-downloaded tables with this, so
+    it no longer imports pandas at start-up (pyarrow still does at its first conversion of Python values, which the
+    local engine lets happen on a background thread: ``index/engines/local.py``, BENCHMARKS.md §1)."""
     import pyarrow as pa
 
     data = {c: [None if r.get(c) is None else utf8_safe(str(r[c])) for r in rows] for c in columns}
@@ -183,8 +184,7 @@ def string_table(rows: list[dict], columns) -> pa.Table:
 
 def errors_table(records: list[ErrorRecord]) -> pa.Table:
     """:func:`errors_frame`'s rows and columns as a pyarrow table (every value a string, as there)."""
-    return string_table([{k: str(utf8_safe(v)) for k, v in asdict(r).items()} for r in records],
-                        ErrorRecord.ERROR_COLUMNS)
+    return string_table([{k: str(v) for k, v in asdict(r).items()} for r in records], ErrorRecord.ERROR_COLUMNS)
 
 
 def errors_frame(records: list[ErrorRecord]) -> pd.DataFrame:
